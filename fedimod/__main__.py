@@ -1,0 +1,3 @@
+from fedimod.cli import main
+
+raise SystemExit(main())

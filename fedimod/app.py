@@ -1,0 +1,254 @@
+"""Wires the stages into one asyncio service.
+
+    stream ──► store.record_post (jobs, durable) ──► workers: fetch → hash → match
+                                                     └─► store.complete_job (+ pending report)
+                                                                   └─► reporter: file report once
+
+Every task is owned by one TaskGroup. The job table is the source of truth: workers claim jobs
+from it, so a post stored before a crash is hashed after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from fedimod.act import MastodonActions, build_report_request
+from fedimod.config import Config
+from fedimod.errors import MastodonAPIError, MediaRejected
+from fedimod.ingest import StreamIngester
+from fedimod.logs import log_event
+from fedimod.match import BankIndex
+from fedimod.media import Hasher, MediaFetcher
+from fedimod.models import JobState, MediaJob, Post, ReportRequest, ReportState
+from fedimod.signals import REGISTRY
+from fedimod.store import JobOutcome, SQLiteStore
+
+logger = logging.getLogger(__name__)
+
+HASHABLE_TYPES = frozenset({"image"})
+# Mastodon serves these, but this version hashes still images only; they are recorded as skipped.
+UNHASHED_TYPES = {
+    "video": "video frames are not hashed by this version",
+    "gifv": "video frames are not hashed by this version",
+    "audio": "audio carries no image signal",
+    "unknown": "the instance has no copy of this media (type unknown)",
+}
+IDLE_POLL_S = 1.0
+BANK_REFRESH_S = 5.0
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    media_hashed: int = 0
+    matches: int = 0
+    reports_filed: int = 0
+    job_errors: Counter[str] = field(default_factory=Counter)
+
+
+class Pipeline:
+    def __init__(
+        self, *, config: Config, store: SQLiteStore, fetcher: MediaFetcher, hasher: Hasher,
+        actions: MastodonActions, session: aiohttp.ClientSession,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._fetcher = fetcher
+        self._hasher = hasher
+        self._actions = actions
+        self._instance = urlsplit(config.instance.base_url).netloc
+        self._index = BankIndex(())
+        self._bank_version = (-1, -1)
+        self._work = asyncio.Event()
+        self._reports_due = asyncio.Event()
+        self.stats = PipelineStats()
+        self.ingester = StreamIngester(
+            session=session,
+            base_url=config.instance.base_url,
+            token=config.instance.token,
+            streams=config.instance.streams,
+            on_post=self.accept_post,
+            newest_seen_id=store.newest_status_id,
+            reconnect_max_s=config.instance.reconnect_max_s,
+            request_timeout_s=config.instance.request_timeout_s,
+        )
+
+    async def accept_post(self, post: Post, source: str) -> None:
+        """Durably record a post's jobs, then wake the workers. The only thing ingest calls."""
+        new_jobs = await self._store.record_post(post, source)
+        if new_jobs:
+            log_event(logger, logging.DEBUG, "post_accepted", status_id=post.id, new_jobs=new_jobs, source=source)
+            self._work.set()
+
+    async def run(self) -> None:
+        released = await self._store.release_leases()
+        if released:
+            log_event(logger, logging.WARNING, "leases_released", jobs=released,
+                      msg="jobs in flight when the previous process stopped will run again")
+        await self._refresh_index()
+        log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self._index),
+                  workers=self._config.workers.concurrency, dry_run=self._config.report.dry_run)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.ingester.run(), name="ingest")
+            group.create_task(self._bank_refresher(), name="banks")
+            group.create_task(self._reporter(), name="reporter")
+            for n in range(self._config.workers.concurrency):
+                group.create_task(self._worker(), name=f"worker-{n}")
+
+    # -- banks ----------------------------------------------------------------------------------
+
+    async def _refresh_index(self) -> None:
+        version = await self._store.bank_version()
+        if version != self._bank_version:
+            self._index = BankIndex(await self._store.bank_entries())
+            self._bank_version = version
+            log_event(logger, logging.INFO, "banks_loaded", entries=len(self._index))
+
+    async def _bank_refresher(self) -> None:
+        while True:
+            await asyncio.sleep(BANK_REFRESH_S)
+            await self._refresh_index()
+
+    # -- workers --------------------------------------------------------------------------------
+
+    async def _wait_for(self, event: asyncio.Event, next_due: float | None) -> None:
+        timeout = IDLE_POLL_S if next_due is None else max(0.05, min(IDLE_POLL_S, next_due - time.time()))
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+        event.clear()
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._store.claim_job(self._config.workers.lease_s)
+            if job is None:
+                await self._wait_for(self._work, await self._store.next_job_time())
+                continue
+            await self._process(job)
+
+    def _retry_at(self, job: MediaJob) -> float | None:
+        if job.attempts >= self._config.workers.max_attempts:
+            return None
+        delay = self._config.workers.retry_delay_s * 2 ** (job.attempts - 1)
+        return time.time() + delay * random.uniform(0.8, 1.2)
+
+    async def _process(self, job: MediaJob) -> None:
+        if job.media_type not in HASHABLE_TYPES:
+            reason = UNHASHED_TYPES.get(job.media_type, f"media type {job.media_type!r} is not hashed")
+            await self._store.fail_job(job, f"skipped: {reason}", retry_at=None, final_state=JobState.SKIPPED)
+            log_event(logger, logging.INFO, "job_skipped", job_id=job.id, status_id=job.status_id,
+                      media_type=job.media_type, reason=reason)
+            return
+        url = job.media_url or job.remote_url
+        if url is None:
+            # Mastodon sends url null while it is still processing the upload (MASTODON_API.md §4.2).
+            await self._fail(job, "no media URL yet (still processing on the instance)", permanent=False)
+            return
+        try:
+            data = await self._fetcher.fetch(url)
+            result = await self._hasher.hash(data)
+            del data  # media bytes never outlive hashing
+            result.raise_if_rejected()
+        except MediaRejected as exc:
+            await self._fail(job, str(exc), permanent=exc.is_permanent, reason=exc.reason.value)
+            return
+        self.stats.media_hashed += 1
+        matches = self._index.match(result.signals)
+        request = build_report_request(
+            instance=self._instance, job=job, matches=matches, template=self._config.report.comment_template
+        )
+        new_report = await self._store.complete_job(
+            job, JobOutcome(signals=result.signals, matches=tuple(matches), report=request)
+        )
+        pdq = next((s for s in result.signals if s.signal_type == "pdq"), None)
+        log_event(logger, logging.INFO, "media_hashed", job_id=job.id, status_id=job.status_id,
+                  attachment_id=job.attachment_id, format=result.format, width=result.width, height=result.height,
+                  pdq_quality=pdq.quality if pdq else None, matches=len(matches))
+        for match in matches:
+            self.stats.matches += 1
+            log_event(logger, logging.WARNING, "media_matched", job_id=job.id, status_id=job.status_id,
+                      bank=match.entry.bank, entry_id=match.entry.id, category=match.entry.category.value,
+                      signal_type=match.signal_type, distance=match.distance, threshold=match.threshold,
+                      value=REGISTRY[match.signal_type].format(match.entry.value))
+        if new_report:
+            self._reports_due.set()
+
+    async def _fail(self, job: MediaJob, error: str, *, permanent: bool, reason: str = "other") -> None:
+        retry_at = None if permanent else self._retry_at(job)
+        state = await self._store.fail_job(job, error, retry_at=retry_at)
+        self.stats.job_errors[reason] += 1
+        log_event(logger, logging.WARNING if state is JobState.PENDING else logging.ERROR, "job_failed",
+                  job_id=job.id, status_id=job.status_id, attempt=job.attempts, error=error, state=state.value,
+                  retry_in_s=round(retry_at - time.time(), 1) if retry_at else None)
+
+    # -- reports --------------------------------------------------------------------------------
+
+    async def _reporter(self) -> None:
+        """Files pending reports one at a time (the instance's rate limits are per account)."""
+        while True:
+            for pending in await self._store.due_reports():
+                await self._send_report(pending.request, pending.attempts)
+            await self._wait_for(self._reports_due, await self._store.next_report_time())
+
+    async def _send_report(self, request: ReportRequest, attempts: int) -> None:
+        key = request.idempotency_key
+        if self._config.report.dry_run:
+            await self._store.finish_report(key, ReportState.DRY_RUN)
+            log_event(logger, logging.WARNING, "report_dry_run", key=key, status_id=request.status_id,
+                      msg="dry run: report not sent")
+            return
+        try:
+            if attempts > 0:
+                # An earlier attempt may have reached the instance before a crash: look first.
+                existing = await self._actions.find_report(request)
+                if existing is not None:
+                    await self._store.finish_report(key, ReportState.SENT, remote_report_id=existing)
+                    log_event(logger, logging.INFO, "report_reconciled", key=key, report_id=existing)
+                    return
+            await self._store.note_report_attempt(key)
+            remote_id = await self._actions.file_report(
+                request, category=self._config.report.category, forward=self._config.report.forward
+            )
+        except MastodonAPIError as exc:
+            if exc.is_transient and attempts + 1 < 20:
+                retry_at = (
+                    max(self._actions.ratelimit_reset, time.time() + 1) if exc.status == 429
+                    else time.time() + min(300.0, 2.0 * 2 ** attempts) * random.uniform(0.8, 1.2)
+                )
+                await self._store.retry_report(key, str(exc), retry_at)
+                log_event(logger, logging.WARNING, "report_retry", key=key, error=str(exc),
+                          retry_in_s=round(retry_at - time.time(), 1))
+            else:
+                await self._store.finish_report(key, ReportState.FAILED, error=str(exc))
+                log_event(logger, logging.ERROR, "report_failed", key=key, status_id=request.status_id, error=str(exc))
+            return
+        await self._store.finish_report(key, ReportState.SENT, remote_report_id=remote_id)
+        self.stats.reports_filed += 1
+        log_event(logger, logging.WARNING, "report_filed", key=key, status_id=request.status_id, report_id=remote_id)
+
+
+@asynccontextmanager
+async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
+    """Open every resource the pipeline needs, and close them all on the way out."""
+    async with (
+        SQLiteStore.open(config.store.path) as store,
+        MediaFetcher(config.media) as fetcher,
+        Hasher(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels) as hasher,
+        aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as session,
+    ):
+        actions = MastodonActions(
+            base_url=config.instance.base_url, token=config.instance.token,
+            request_timeout_s=config.instance.request_timeout_s,
+        )
+        yield Pipeline(config=config, store=store, fetcher=fetcher, hasher=hasher, actions=actions, session=session)

@@ -1,0 +1,236 @@
+"""config/fedimod.toml → a frozen, validated `Config`.
+
+Loaded once at startup. A bad or missing setting stops startup with a `ConfigError` naming the key
+path and what to do. Secrets are never in the file: the file names an environment variable
+(`token_env`), read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fedimod.errors import ConfigError
+
+REPORT_CATEGORIES = ("legal", "spam", "violation", "other")
+STREAMS = ("public", "public:local", "public:remote", "public:media", "public:local:media", "public:remote:media")
+COMMENT_FIELDS = {
+    "bank": "local",
+    "category": "csam",
+    "signal_type": "pdq",
+    "distance": 3,
+    "threshold": 31,
+    "matches": 1,
+    "key": "k",
+}
+DEFAULT_COMMENT = (
+    "fedimod hash match: {signal_type} distance {distance}/{threshold} to an entry in bank "
+    "'{bank}' (category {category}); {matches} match(es). No media attached. ref {key}"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceConfig:
+    base_url: str
+    token_env: str
+    token: str = field(repr=False)
+    streams: tuple[str, ...] = ("public:media",)
+    request_timeout_s: float = 30.0
+    reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaConfig:
+    max_bytes: int = 16 * 1024 * 1024
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_redirects: int = 3
+    max_pixels: int = 40_000_000
+    allow_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    concurrency: int = 4
+    hash_processes: int = 0
+    max_attempts: int = 5
+    lease_s: float = 120.0
+    retry_delay_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportConfig:
+    category: str = "legal"
+    forward: bool = False
+    comment_template: str = DEFAULT_COMMENT
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    instance: InstanceConfig
+    store: StoreConfig
+    media: MediaConfig
+    workers: WorkerConfig
+    report: ReportConfig
+    log_level: str = "INFO"
+
+
+class _Table:
+    """A TOML table that remembers its key path, so every error names the key."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, known: frozenset[str]) -> None:
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}.{unknown[0]}" if path else unknown[0], "unknown setting; check spelling")
+        self._data = data
+        self._path = path
+
+    def key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if name not in self._data:
+            if default is _REQUIRED:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        value = self._data[name]
+        # bool is an int subclass; never accept true where a number is meant.
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise ConfigError(self.key(name), f"expected a number, got {value!r}")
+        if not isinstance(value, kind):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(self.key(name), f"expected {expected}, got {type(value).__name__} {value!r}")
+        return value
+
+    def positive(self, name: str, default: Any, kind: type | tuple[type, ...] = (int, float)) -> Any:
+        value = self.get(name, kind, default)
+        if value <= 0:
+            raise ConfigError(self.key(name), f"must be greater than 0, got {value!r}")
+        return value
+
+    def table(self, name: str, known: frozenset[str]) -> _Table:
+        sub = self.get(name, dict, {})
+        return _Table(sub, self.key(name), known)
+
+
+_REQUIRED = object()
+
+
+def _fields(cls: type) -> frozenset[str]:
+    return frozenset(cls.__dataclass_fields__)  # type: ignore[attr-defined]  # every caller passes a dataclass
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require_token: bool = True) -> Config:
+    """Read and validate the config file; `environ` defaults to the process environment.
+
+    Commands that only touch the local store (bank import, status) pass `require_token=False`.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found; copy config/fedimod.toml and edit it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    return parse_config(raw, env, require_token=require_token)
+
+
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
+    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "logging"}))
+
+    inst = top.table("instance", frozenset({"base_url", "token_env", "streams", "request_timeout_s", "reconnect_max_s"}))
+    base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(inst.key("base_url"), f"{base_url!r} must be an http(s) URL such as https://mastodon.example")
+    token_env = inst.get("token_env", str, "FEDIMOD_TOKEN")
+    token = env.get(token_env, "")
+    if not token and require_token:
+        raise ConfigError(
+            inst.key("token_env"),
+            f"environment variable {token_env} is empty or unset; export the bot account's access token there",
+        )
+    streams = tuple(inst.get("streams", list, ["public:media"]))
+    if not streams:
+        raise ConfigError(inst.key("streams"), "name at least one stream")
+    for i, stream in enumerate(streams):
+        if stream not in STREAMS:
+            raise ConfigError(f"{inst.key('streams')}[{i}]", f"{stream!r} is not one of {', '.join(STREAMS)}")
+    instance = InstanceConfig(
+        base_url=base_url,
+        token_env=token_env,
+        token=token,
+        streams=streams,
+        request_timeout_s=inst.positive("request_timeout_s", 30.0),
+        reconnect_max_s=inst.positive("reconnect_max_s", 60.0),
+    )
+
+    st = top.table("store", frozenset({"path"}))
+    store = StoreConfig(path=Path(st.get("path", str, "fedimod.sqlite3")))
+
+    med = top.table("media", _fields(MediaConfig))
+    allow_hosts = med.get("allow_hosts", list, [])
+    for i, host in enumerate(allow_hosts):
+        if not isinstance(host, str) or not host:
+            raise ConfigError(f"{med.key('allow_hosts')}[{i}]", "must be a host name or IP address")
+    media = MediaConfig(
+        max_bytes=med.positive("max_bytes", MediaConfig.max_bytes, int),
+        timeout_s=med.positive("timeout_s", MediaConfig.timeout_s),
+        connect_timeout_s=med.positive("connect_timeout_s", MediaConfig.connect_timeout_s),
+        max_redirects=med.get("max_redirects", int, MediaConfig.max_redirects),
+        max_pixels=med.positive("max_pixels", MediaConfig.max_pixels, int),
+        allow_hosts=tuple(h.lower() for h in allow_hosts),
+    )
+    if not 0 <= media.max_redirects <= 10:
+        raise ConfigError(med.key("max_redirects"), "must be between 0 and 10")
+
+    wk = top.table("workers", _fields(WorkerConfig))
+    workers = WorkerConfig(
+        concurrency=wk.positive("concurrency", WorkerConfig.concurrency, int),
+        hash_processes=wk.get("hash_processes", int, WorkerConfig.hash_processes),
+        max_attempts=wk.positive("max_attempts", WorkerConfig.max_attempts, int),
+        lease_s=wk.positive("lease_s", WorkerConfig.lease_s),
+        retry_delay_s=wk.positive("retry_delay_s", WorkerConfig.retry_delay_s),
+    )
+    if workers.hash_processes < 0:
+        raise ConfigError(wk.key("hash_processes"), "must be 0 (one per core) or a positive count")
+
+    rp = top.table("report", _fields(ReportConfig))
+    category = rp.get("category", str, ReportConfig.category)
+    if category not in REPORT_CATEGORIES:
+        raise ConfigError(rp.key("category"), f"{category!r} is not one of {', '.join(REPORT_CATEGORIES)}")
+    template = rp.get("comment_template", str, DEFAULT_COMMENT)
+    try:
+        rendered = template.format(**COMMENT_FIELDS)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            rp.key("comment_template"),
+            f"cannot be rendered ({exc!r}); use only the fields {', '.join(sorted(COMMENT_FIELDS))}",
+        ) from exc
+    if len(rendered) > 900:
+        raise ConfigError(rp.key("comment_template"), "is too long; Mastodon caps report comments at 1000 characters")
+    report = ReportConfig(
+        category=category,
+        forward=rp.get("forward", bool, False),
+        comment_template=template,
+        dry_run=rp.get("dry_run", bool, False),
+    )
+
+    lg = top.table("logging", frozenset({"level"}))
+    level = lg.get("level", str, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(lg.key("level"), f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return Config(instance=instance, store=store, media=media, workers=workers, report=report, log_level=level)

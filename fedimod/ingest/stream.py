@@ -1,0 +1,219 @@
+"""The streaming client: one WebSocket to the instance, multiplexing the configured streams.
+
+On every (re)connect it subscribes, then reads the public timeline from the newest post it has
+stored (`min_id` paging, 40 per page, following `rel="prev"`), so posts published while the
+connection was down are not lost; the store deduplicates by status id. A dropped connection is
+retried with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from fedimod.errors import StreamEventError
+from fedimod.ingest.parse import parse_status, parse_ws_frame
+from fedimod.logs import log_event
+from fedimod.models import Post
+
+logger = logging.getLogger(__name__)
+
+PostHandler = Callable[[Post, str], Awaitable[None]]
+CursorGetter = Callable[[], Awaitable[str | None]]
+
+# Timeline query flags that select the same population as each stream (MASTODON_API.md §3.6).
+_TIMELINE_PARAMS: dict[str, dict[str, str]] = {
+    "public": {},
+    "public:local": {"local": "true"},
+    "public:remote": {"remote": "true"},
+    "public:media": {"only_media": "true"},
+    "public:local:media": {"local": "true", "only_media": "true"},
+    "public:remote:media": {"remote": "true", "only_media": "true"},
+}
+PAGE_LIMIT = 40
+
+
+def status_id_key(status_id: str) -> tuple[int, str]:
+    """Mastodon ids are numeric strings of varying length: order by length, then lexically."""
+    return (len(status_id), status_id)
+
+
+@dataclass(slots=True)
+class IngestStats:
+    frames: int = 0
+    posts: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    gap_filled: int = 0
+    connected: bool = False
+    last_frame_at: float | None = None
+
+
+class StreamIngester:
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str,
+        streams: tuple[str, ...],
+        on_post: PostHandler,
+        newest_seen_id: CursorGetter,
+        reconnect_max_s: float = 60.0,
+        request_timeout_s: float = 30.0,
+        heartbeat_s: float = 30.0,
+        max_gap_pages: int = 50,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._token = token
+        self._streams = streams
+        self._on_post = on_post
+        self._newest_seen_id = newest_seen_id
+        self._reconnect_max_s = reconnect_max_s
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._heartbeat_s = heartbeat_s
+        self._max_gap_pages = max_gap_pages
+        self.stats = IngestStats()
+        self.connected = asyncio.Event()
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def run(self) -> None:
+        """Stream until cancelled, reconnecting after every failure."""
+        failures = 0
+        while True:
+            started = time.monotonic()
+            frames_before = self.stats.frames
+            try:
+                await self._connect_and_read()
+                reason = "closed by server"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.stats.connected = False
+                self.connected.clear()
+            # A connection that lived a while or carried traffic resets the backoff.
+            if time.monotonic() - started > 30 or self.stats.frames > frames_before:
+                failures = 0
+            failures += 1
+            self.stats.reconnects += 1
+            delay = min(self._reconnect_max_s, 0.5 * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1.0)
+            log_event(logger, logging.WARNING, "stream_disconnected", reason=reason, retry_in_s=round(delay, 2),
+                      failures=failures)
+            await asyncio.sleep(delay)
+
+    async def _streaming_url(self) -> str:
+        """Where the streaming server lives, as the instance advertises it (`urls.streaming_api`)."""
+        streaming = None
+        try:
+            async with self._session.get(
+                f"{self._base_url}/api/v1/instance", headers=self._auth, timeout=self._timeout
+            ) as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    urls = body.get("urls") if isinstance(body, dict) else None
+                    if isinstance(urls, dict) and isinstance(urls.get("streaming_api"), str):
+                        streaming = urls["streaming_api"]
+        except (aiohttp.ClientError, ValueError) as exc:
+            log_event(logger, logging.WARNING, "instance_lookup_failed", error=str(exc))
+        if not streaming:
+            parts = urlsplit(self._base_url)
+            streaming = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, "", "", ""))
+        return streaming.rstrip("/") + "/api/v1/streaming"
+
+    async def _connect_and_read(self) -> None:
+        url = await self._streaming_url()
+        try:
+            ws = await self._session.ws_connect(
+                url, headers=self._auth, heartbeat=self._heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=10)
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            # Mastodon refuses a bad token with a plain 401 before the upgrade (MASTODON_API.md §1.5).
+            log_event(logger, logging.ERROR, "stream_refused", status=exc.status, reason=exc.message,
+                      hint="check the access token and its read:statuses scope" if exc.status == 401 else "")
+            raise
+        async with ws:
+            for stream in self._streams:
+                await ws.send_json({"type": "subscribe", "stream": stream})
+            self.stats.connected = True
+            self.connected.set()
+            log_event(logger, logging.INFO, "stream_connected", url=url, streams=list(self._streams))
+            await self._gap_fill()
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await self._handle_frame(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self.stats.malformed += 1
+                    log_event(logger, logging.WARNING, "stream_event_malformed", error="binary frame", size=len(msg.data))
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
+
+    async def _handle_frame(self, text: str) -> None:
+        self.stats.frames += 1
+        self.stats.last_frame_at = time.time()
+        try:
+            event = parse_ws_frame(text)
+        except StreamEventError as exc:
+            self.stats.malformed += 1
+            # The payload itself is not logged: it may carry personal data.
+            log_event(logger, logging.WARNING, "stream_event_malformed", error=str(exc), size=len(text))
+            return
+        if event.error is not None:
+            log_event(logger, logging.ERROR, "stream_error_frame", error=event.error, status=event.error_status)
+        elif event.post is not None:
+            self.stats.posts += 1
+            await self._on_post(event.post, "stream")
+
+    async def _gap_fill(self) -> None:
+        """Page the timeline forward from the newest stored post, for each configured stream."""
+        start = await self._newest_seen_id()
+        if start is None:
+            return
+        for stream in self._streams:
+            since = start
+            params = dict(_TIMELINE_PARAMS[stream], limit=str(PAGE_LIMIT), min_id=since)
+            pages = 0
+            while pages < self._max_gap_pages:
+                pages += 1
+                async with self._session.get(
+                    f"{self._base_url}/api/v1/timelines/public", params=params, headers=self._auth,
+                    timeout=self._timeout,
+                ) as resp:
+                    if resp.status != 200:
+                        log_event(logger, logging.WARNING, "gap_fill_failed", status=resp.status, stream=stream)
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info, resp.history, status=resp.status, message="timeline page refused"
+                        )
+                    page = await resp.json()
+                    prev_link = resp.links.get("prev")
+                if not isinstance(page, list) or not page:
+                    break
+                newest = since
+                for raw in sorted(page, key=lambda s: status_id_key(str(s.get("id", ""))) if isinstance(s, dict)
+                                  else (0, "")):
+                    try:
+                        post = parse_status(raw)
+                    except StreamEventError as exc:
+                        self.stats.malformed += 1
+                        log_event(logger, logging.WARNING, "timeline_status_malformed", error=str(exc))
+                        continue
+                    self.stats.gap_filled += 1
+                    await self._on_post(post, "timeline")
+                    newest = max(newest, post.id, key=status_id_key)
+                if prev_link is None or newest == since:
+                    break
+                params["min_id"] = newest
+                since = newest
+            else:
+                log_event(logger, logging.WARNING, "gap_fill_truncated", stream=stream, pages=pages)
+            log_event(logger, logging.INFO, "gap_fill_done", stream=stream, pages=pages)

@@ -1,0 +1,173 @@
+"""Safe media download: media URLs come from strangers.
+
+Every hop (the first URL and each redirect, at most `max_redirects`) is checked: http(s) only, and
+the host's addresses must be public unless the host is explicitly allowed in config. IP literals are
+checked here because aiohttp skips the resolver for them; names are checked by `GuardedResolver`
+at connect time, so a DNS answer cannot change between check and use. The body is capped while it
+streams, and the format is sniffed from the bytes, never taken from Content-Type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from fedimod.config import MediaConfig
+from fedimod.errors import MediaRejected, RejectReason
+
+logger = logging.getLogger(__name__)
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "png"),
+    (b"GIF87a", 0, "gif"),
+    (b"GIF89a", 0, "gif"),
+)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format named by the leading bytes, or None when it is not one we decode."""
+    for magic, offset, name in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def is_public_address(address: str) -> bool:
+    """False for loopback, private, link-local, multicast, reserved and unspecified ranges (v4 and v6)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names, then drops every non-public address; fails when none is left."""
+
+    def __init__(self, allow_hosts: frozenset[str]) -> None:
+        self._inner = DefaultResolver()
+        self._allow_hosts = allow_hosts
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if host.lower() in self._allow_hosts:
+            return results
+        public = [r for r in results if is_public_address(r["host"])]
+        if not public:
+            raise MediaRejected(
+                RejectReason.BLOCKED_ADDRESS,
+                f"{host} resolves only to non-public addresses ({', '.join(sorted({r['host'] for r in results}))})",
+            )
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class MediaFetcher:
+    """Downloads one URL into memory under the configured caps. Own one per process; close it."""
+
+    def __init__(self, config: MediaConfig) -> None:
+        self._config = config
+        self._allow_hosts = frozenset(config.allow_hosts)
+        self._session: aiohttp.ClientSession | None = None
+        self.refusals: Counter[str] = Counter()
+
+    async def __aenter__(self) -> MediaFetcher:
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._allow_hosts), limit=32)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self._config.timeout_s,
+                sock_connect=self._config.connect_timeout_s,
+                sock_read=self._config.connect_timeout_s,
+            ),
+            headers={"User-Agent": "fedimod (hash-matching moderation bot)"},
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _check_url(self, url: URL) -> None:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise MediaRejected(RejectReason.BAD_URL, f"only http(s) URLs with a host are fetched, got {str(url)[:200]!r}")
+        host = url.host.lower().strip("[]")
+        if host in self._allow_hosts:
+            return
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return  # a name: GuardedResolver checks what it resolves to, at connect time
+        if not is_public_address(str(literal)):
+            raise MediaRejected(RejectReason.BLOCKED_ADDRESS, f"{host} is not a public address")
+
+    async def fetch(self, url_text: str) -> bytes:
+        try:
+            return await self._fetch(url_text)
+        except MediaRejected as exc:
+            self.refusals[exc.reason.value] += 1
+            raise
+
+    async def _fetch(self, url_text: str) -> bytes:
+        if self._session is None:
+            raise RuntimeError("MediaFetcher used outside 'async with'")
+        try:
+            url = URL(url_text, encoded=False)
+        except (ValueError, TypeError) as exc:
+            raise MediaRejected(RejectReason.BAD_URL, f"unparseable URL {url_text[:200]!r}") from exc
+        for _hop in range(self._config.max_redirects + 1):
+            self._check_url(url)
+            try:
+                async with self._session.get(url, allow_redirects=False) as resp:
+                    if resp.status in _REDIRECTS:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise MediaRejected(RejectReason.HTTP_STATUS, f"{resp.status} without Location from {url}")
+                        url = url.join(URL(location))
+                        continue
+                    if resp.status != 200:
+                        raise MediaRejected(RejectReason.HTTP_STATUS, f"HTTP {resp.status} from {url}")
+                    return await self._read_capped(resp, url)
+            except MediaRejected:
+                raise
+            except aiohttp.ClientConnectorError as exc:
+                # The resolver's refusal arrives wrapped in a connector error.
+                cause: Any = exc.__cause__ or exc.__context__
+                if isinstance(cause, MediaRejected):
+                    raise cause from exc
+                raise MediaRejected(RejectReason.NETWORK, f"cannot connect to {url.host}: {exc.strerror}") from exc
+            except (TimeoutError, asyncio.TimeoutError) as exc:
+                raise MediaRejected(RejectReason.TIMEOUT, f"{url.host} did not answer in time") from exc
+            except aiohttp.ClientError as exc:
+                raise MediaRejected(RejectReason.NETWORK, f"download from {url.host} failed: {exc}") from exc
+        raise MediaRejected(
+            RejectReason.TOO_MANY_REDIRECTS, f"more than {self._config.max_redirects} redirects from {url_text[:200]}"
+        )
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        cap = self._config.max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap:
+            raise MediaRejected(RejectReason.TOO_LARGE, f"{url.host} declares {declared} bytes, over the {cap}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise MediaRejected(RejectReason.TOO_LARGE, f"body from {url.host} exceeds the {cap}-byte cap")
+            chunks.append(chunk)
+        return b"".join(chunks)

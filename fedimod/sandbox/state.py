@@ -1,0 +1,189 @@
+"""The sandbox instance's state and its JSON serializers (Mastodon entity shapes, §4 of the API notes)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "user": frozenset(),
+    "moderator": frozenset({"view_feeds", "manage_users", "manage_reports"}),
+    "admin": frozenset({"view_feeds", "manage_users", "manage_reports", "manage_federation"}),
+    "owner": frozenset({"view_feeds", "manage_users", "manage_reports", "manage_federation", "view_devops"}),
+}
+ROLE_POSITION = {"user": 0, "moderator": 10, "admin": 100, "owner": 1000}
+
+
+def iso(ts: float) -> str:
+    """Mastodon's timestamp form: ISO-8601 UTC with milliseconds and a Z."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
+
+
+class Snowflake:
+    """Ids like Mastodon's: (milliseconds << 16) + sequence, strictly increasing per process."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._seq = itertools.count()
+
+    def at(self, ts: float) -> int:
+        return (int(ts * 1000) << 16) + (next(self._seq) & 0xFFFF)
+
+    def now(self) -> int:
+        candidate = int(time.time() * 1000) << 16
+        self._last = max(self._last + 1, candidate)
+        return self._last
+
+
+@dataclass(slots=True)
+class SandboxAccount:
+    id: int
+    username: str
+    domain: str | None = None
+    role: str = "user"
+    created_at: float = field(default_factory=time.time)
+    suspended: bool = False
+    silenced: bool = False
+    sensitized: bool = False
+    disabled: bool = False
+    statuses_count: int = 0
+
+    @property
+    def acct(self) -> str:
+        return self.username if self.domain is None else f"{self.username}@{self.domain}"
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        return ROLE_PERMISSIONS[self.role]
+
+
+@dataclass(slots=True)
+class SandboxToken:
+    token: str
+    account_id: int | None  # None: an app-only (client credentials) token
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        """`read` covers `read:statuses`; `admin:write` covers `admin:write:accounts` (doorkeeper)."""
+        parts = scope.split(":")
+        return any(":".join(parts[:n]) in self.scopes for n in range(1, len(parts) + 1))
+
+
+@dataclass(slots=True)
+class SandboxMedia:
+    id: int
+    account_id: int
+    type: str
+    data: bytes
+    content_type: str
+    filename: str
+    description: str | None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(slots=True)
+class SandboxStatus:
+    id: int
+    account_id: int
+    text: str
+    visibility: str
+    media_ids: list[int]
+    created_at: float
+    in_reply_to_id: int | None = None
+    in_reply_to_account_id: int | None = None
+    sensitive: bool = False
+    spoiler_text: str = ""
+    edited_at: float | None = None
+    deleted: bool = False
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class SandboxReport:
+    id: int
+    account_id: int
+    target_account_id: int
+    status_ids: list[int]
+    comment: str
+    category: str
+    forward: bool
+    rule_ids: list[int] | None
+    created_at: float
+    updated_at: float
+    action_taken_at: float | None = None
+
+    @property
+    def action_taken(self) -> bool:
+        return self.action_taken_at is not None
+
+
+@dataclass(slots=True, frozen=True)
+class SandboxAccountAction:
+    account_id: int
+    type: str
+    report_id: int | None
+    text: str | None
+    send_email_notification: bool
+    by_account_id: int
+    at: float
+
+
+def account_json(base: str, account: SandboxAccount) -> dict[str, Any]:
+    origin = base if account.domain is None else f"https://{account.domain}"
+    out: dict[str, Any] = {
+        "id": str(account.id),
+        "username": account.username,
+        "acct": account.acct,
+        "display_name": account.username.title(),
+        "locked": False,
+        "bot": False,
+        "discoverable": True,
+        "indexable": True,
+        "group": False,
+        "created_at": iso(account.created_at - account.created_at % 86400),
+        "note": "",
+        "url": f"{origin}/@{account.username}",
+        "uri": f"{origin}/users/{account.username}",
+        "avatar": f"{base}/avatars/original/missing.png",
+        "avatar_static": f"{base}/avatars/original/missing.png",
+        "header": f"{base}/headers/original/missing.png",
+        "header_static": f"{base}/headers/original/missing.png",
+        "followers_count": 0,
+        "following_count": 0,
+        "statuses_count": account.statuses_count,
+        "last_status_at": None,
+        "hide_collections": None,
+        "emojis": [],
+        "fields": [],
+    }
+    if account.suspended:
+        out["suspended"] = True
+    if account.silenced:
+        out["limited"] = True
+    if account.domain is None:
+        out["noindex"] = False
+    return out
+
+
+def media_json(base: str, media: SandboxMedia, account: SandboxAccount) -> dict[str, Any]:
+    url = f"{base}/system/media_attachments/files/{media.id}/original/{media.filename}"
+    meta: dict[str, Any] = {}
+    if media.width and media.height:
+        meta = {"original": {"width": media.width, "height": media.height,
+                             "size": f"{media.width}x{media.height}", "aspect": media.width / media.height}}
+    return {
+        "id": str(media.id),
+        "type": media.type,
+        "url": url,
+        "preview_url": f"{base}/system/media_attachments/files/{media.id}/small/{media.filename}",
+        "remote_url": None if account.domain is None else f"https://{account.domain}/media/{media.filename}",
+        "preview_remote_url": None,
+        "text_url": None,
+        "meta": meta,
+        "description": media.description,
+        "blurhash": None,
+    }
