@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -83,6 +84,7 @@ class StreamIngester:
         self._max_gap_pages = max_gap_pages
         self.stats = IngestStats()
         self.connected = asyncio.Event()
+        self._last_page_has_prev = False
 
     @property
     def _auth(self) -> dict[str, str]:
@@ -131,8 +133,34 @@ class StreamIngester:
             streaming = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, "", "", ""))
         return streaming.rstrip("/") + "/api/v1/streaming"
 
+    async def _timeline_head(self, stream: str) -> str:
+        """The newest status id on the timeline now ("0" when empty): where a fresh store starts."""
+        params = dict(_TIMELINE_PARAMS[stream], limit="1")
+        page = await self._timeline_page(params, stream)
+        return str(page[0]["id"]) if page and isinstance(page[0], dict) and "id" in page[0] else "0"
+
+    async def _timeline_page(self, params: dict[str, str], stream: str) -> list[Any]:
+        async with self._session.get(
+            f"{self._base_url}/api/v1/timelines/public", params=params, headers=self._auth, timeout=self._timeout,
+        ) as resp:
+            if resp.status != 200:
+                log_event(logger, logging.WARNING, "timeline_read_failed", status=resp.status, stream=stream)
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message="timeline page refused"
+                )
+            page = await resp.json()
+            self._last_page_has_prev = "prev" in resp.links
+        return page if isinstance(page, list) else []
+
     async def _connect_and_read(self) -> None:
         url = await self._streaming_url()
+        # Where to read the timeline from once subscribed. A store that has never seen a post starts
+        # at the timeline's head *before* subscribing, so a post published between this read and the
+        # subscription is caught by the gap fill rather than lost.
+        start = await self._newest_seen_id()
+        if start is None:
+            heads = [await self._timeline_head(stream) for stream in self._streams]
+            start = min(heads, key=status_id_key)
         try:
             ws = await self._session.ws_connect(
                 url, headers=self._auth, heartbeat=self._heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=10)
@@ -148,7 +176,7 @@ class StreamIngester:
             self.stats.connected = True
             self.connected.set()
             log_event(logger, logging.INFO, "stream_connected", url=url, streams=list(self._streams))
-            await self._gap_fill()
+            await self._gap_fill(start)
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     await self._handle_frame(msg.data)
@@ -174,29 +202,16 @@ class StreamIngester:
             self.stats.posts += 1
             await self._on_post(event.post, "stream")
 
-    async def _gap_fill(self) -> None:
-        """Page the timeline forward from the newest stored post, for each configured stream."""
-        start = await self._newest_seen_id()
-        if start is None:
-            return
+    async def _gap_fill(self, start: str) -> None:
+        """Page each configured stream's timeline forward from `start` (min_id paging, oldest first)."""
         for stream in self._streams:
             since = start
             params = dict(_TIMELINE_PARAMS[stream], limit=str(PAGE_LIMIT), min_id=since)
             pages = 0
             while pages < self._max_gap_pages:
                 pages += 1
-                async with self._session.get(
-                    f"{self._base_url}/api/v1/timelines/public", params=params, headers=self._auth,
-                    timeout=self._timeout,
-                ) as resp:
-                    if resp.status != 200:
-                        log_event(logger, logging.WARNING, "gap_fill_failed", status=resp.status, stream=stream)
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info, resp.history, status=resp.status, message="timeline page refused"
-                        )
-                    page = await resp.json()
-                    prev_link = resp.links.get("prev")
-                if not isinstance(page, list) or not page:
+                page = await self._timeline_page(params, stream)
+                if not page:
                     break
                 newest = since
                 for raw in sorted(page, key=lambda s: status_id_key(str(s.get("id", ""))) if isinstance(s, dict)
@@ -210,10 +225,9 @@ class StreamIngester:
                     self.stats.gap_filled += 1
                     await self._on_post(post, "timeline")
                     newest = max(newest, post.id, key=status_id_key)
-                if prev_link is None or newest == since:
+                if not self._last_page_has_prev or newest == since:
                     break
-                params["min_id"] = newest
-                since = newest
+                params["min_id"] = since = newest
             else:
                 log_event(logger, logging.WARNING, "gap_fill_truncated", stream=stream, pages=pages)
             log_event(logger, logging.INFO, "gap_fill_done", stream=stream, pages=pages)

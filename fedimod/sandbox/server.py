@@ -184,6 +184,10 @@ class Sandbox:
     def stream_subscribers(self) -> int:
         return len(self._subscribers)
 
+    def is_subscribed(self, channel: str) -> bool:
+        """Whether some open stream receives `channel` (tests wait for this before posting)."""
+        return any(channel in sub.channels for sub in self._subscribers)
+
     def status_json(self, status: SandboxStatus) -> dict[str, Any]:
         account = self.accounts[status.account_id]
         base = self.base_url

@@ -1,0 +1,82 @@
+"""Helpers shared by the tests: configs pointing at a sandbox, banking images, a running pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fedimod.app import Pipeline, open_pipeline
+from fedimod.config import Config, InstanceConfig, MediaConfig, ReportConfig, StoreConfig, WorkerConfig
+from fedimod.match import parse_bank_lines
+from fedimod.media import hash_image_bytes
+from fedimod.sandbox import Sandbox
+from fedimod.signals import REGISTRY
+from fedimod.store import SQLiteStore
+
+BOT_SCOPES = ("read", "write:reports", "admin:read:reports")
+
+
+def make_config(sandbox: Sandbox, token: str, db: Path, **report: Any) -> Config:
+    return Config(
+        instance=InstanceConfig(base_url=sandbox.base_url, token_env="TEST_TOKEN", token=token,
+                                streams=("public:media",), reconnect_max_s=0.5),
+        store=StoreConfig(path=db),
+        media=MediaConfig(allow_hosts=("127.0.0.1",), timeout_s=10),
+        workers=WorkerConfig(concurrency=2, hash_processes=1, retry_delay_s=0.2, max_attempts=3),
+        report=ReportConfig(**report),
+    )
+
+
+async def bank_images(db: Path, images: list[bytes], category: str = "csam", bank: str = "test-bank") -> None:
+    """Bank the PDQ and MD5 of each image through the plain bank-file parser."""
+    lines = []
+    for data in images:
+        for signal in hash_image_bytes(data).signals:
+            if signal.signal_type in ("pdq", "md5"):
+                lines.append(f"{signal.signal_type} {REGISTRY[signal.signal_type].format(signal.value)} {category}")
+    rows = parse_bank_lines(lines)
+    async with SQLiteStore.open(db) as store:
+        await store.add_bank_entries(bank, [(r.signal_type, r.value, r.category) for r in rows])
+
+
+@asynccontextmanager
+async def running(config: Config, sandbox: Sandbox | None = None) -> AsyncIterator[Pipeline]:
+    """Run the pipeline in a task until the block ends; fail loudly if it dies on its own.
+
+    With `sandbox`, also wait until the sandbox has the bot's subscriptions in place.
+    """
+    async with open_pipeline(config) as pipeline:
+        task = asyncio.create_task(pipeline.run())
+        try:
+            async with asyncio.timeout(10):
+                await pipeline.ingester.connected.wait()
+            if sandbox is not None:
+                await wait_until(lambda: all(sandbox.is_subscribed(s) for s in config.instance.streams),
+                                 what="stream subscriptions")
+            yield pipeline
+        finally:
+            if task.done():
+                task.result()  # re-raise whatever killed it
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 20.0,
+                     what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,158 @@
+"""The bot end to end, in-process, against the live sandbox instance on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.sandbox import Sandbox
+from fedimod.store import SQLiteStore
+from tests.helpers import bank_images, make_config, running, wait_until
+
+BANNED = generate_image(101)
+BANNED_JPEG = jpeg_bytes(BANNED)
+
+
+def reported_status_ids(sandbox: Sandbox) -> list[int]:
+    return [s for r in sandbox.reports for s in r.status_ids]
+
+
+async def test_bot_reports_matching_post_and_ignores_innocent(sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    user, _ = sandbox.create_account("mallory")
+    async with running(make_config(sandbox, bot_token, db)) as pipeline:
+        innocent = sandbox.post_status(user.id, "my cat", media=[jpeg_bytes(generate_image(202))])
+        copy = sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
+        await wait_until(lambda: len(sandbox.reports) >= 1, what="a report")
+        await wait_until(lambda: pipeline.stats.media_hashed >= 2, what="both images hashed")
+        await asyncio.sleep(0.3)  # a false report on the innocent post would arrive now
+    assert reported_status_ids(sandbox) == [copy.id]
+    report = sandbox.reports[0]
+    assert report.target_account_id == user.id
+    assert report.category == "legal"
+    assert "test-bank" in report.comment and "csam" in report.comment and "pdq distance" in report.comment
+    assert innocent.id not in reported_status_ids(sandbox)
+    # Nothing was uploaded: the report names the status and carries no media.
+    assert not [path for method, path in sandbox.request_log if method == "POST" and "/media" in path]
+    async with SQLiteStore.open(db) as store:
+        counts = await store.counts()
+        reports = await store.reports()
+    assert counts.matched_posts == 1
+    assert [r["state"] for r in reports] == ["sent"]
+    assert reports[0]["remote_report_id"] == str(report.id)
+
+
+async def test_post_with_two_images_creates_two_jobs_and_one_report(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG, jpeg_bytes(generate_image(103))])
+    user, _ = sandbox.create_account("mallory")
+    async with running(make_config(sandbox, bot_token, db)) as pipeline:
+        status = sandbox.post_status(
+            user.id, "two", media=[altered_copy(BANNED, 0.7), altered_copy(generate_image(103), 0.6)]
+        )
+        await wait_until(lambda: pipeline.stats.media_hashed >= 2, what="both attachments hashed")
+        await wait_until(lambda: len(sandbox.reports) >= 1, what="a report")
+        await asyncio.sleep(0.3)
+        async with SQLiteStore.open(db) as store:
+            jobs = await store.job_states(str(status.id))
+    assert [state for _attachment, state, _error in jobs] == ["done", "done"]
+    assert {a for a, _s, _e in jobs} == {str(m) for m in status.media_ids}
+    # Both attachments matched, but one post gets one report.
+    assert len(sandbox.reports) == 1
+    assert sandbox.reports[0].status_ids == [status.id]
+    # The report goes out on the first match; the second attachment's match is recorded beside it.
+    async with SQLiteStore.open(db) as store:
+        counts = await store.counts()
+    assert counts.matched_posts == 1
+    assert counts.matches >= 2
+
+
+async def test_malformed_stream_events_are_logged_and_skipped(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    user, _ = sandbox.create_account("mallory")
+    bad_frames = [
+        "not json at all",
+        "[1, 2, 3]",
+        json.dumps({"stream": ["public:media"], "event": "update", "payload": {"id": "1"}}),  # payload not a string
+        json.dumps({"stream": ["public:media"], "event": "update", "payload": "{broken"}),
+        json.dumps({"stream": ["public:media"], "event": "update", "payload": json.dumps({"id": "5"})}),
+        json.dumps({"stream": ["public:media"], "payload": "x"}),
+    ]
+    caplog.set_level(logging.WARNING)
+    async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
+        for frame in bad_frames:
+            sandbox.inject_frame(frame, channel="public:media")
+        status = sandbox.post_status(user.id, "after the junk", media=[altered_copy(BANNED, 0.6)])
+        await wait_until(lambda: len(sandbox.reports) >= 1, what="the valid post reported")
+        assert pipeline.ingester.stats.malformed == len(bad_frames)
+        assert pipeline.ingester.stats.reconnects == 0  # the stream was never dropped
+    assert reported_status_ids(sandbox) == [status.id]
+    logged = [r for r in caplog.records if getattr(r, "event", "") == "stream_event_malformed"]
+    assert len(logged) == len(bad_frames)
+    assert all("error" in vars(r) for r in logged)
+
+
+async def test_posts_published_while_stream_is_down_are_caught_by_gap_fill(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    user, _ = sandbox.create_account("mallory")
+    async with running(make_config(sandbox, bot_token, db)) as pipeline:
+        first = sandbox.post_status(user.id, "seen live", media=[jpeg_bytes(generate_image(300))])
+        await wait_until(lambda: pipeline.stats.media_hashed >= 1, what="first post hashed")
+        pipeline.ingester.connected.clear()
+        sandbox.drop_streams()
+        await wait_until(lambda: sandbox.stream_subscribers == 0, what="stream dropped")
+        missed = sandbox.post_status(user.id, "posted during the outage", media=[altered_copy(BANNED, 0.55)])
+        await wait_until(lambda: len(sandbox.reports) >= 1, what="the outage post reported")
+    assert reported_status_ids(sandbox) == [missed.id]
+    assert pipeline.ingester.stats.gap_filled >= 1
+    assert first.id not in reported_status_ids(sandbox)
+
+
+async def test_video_attachment_is_recorded_as_skipped_not_silently_dropped(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    user, _ = sandbox.create_account("mallory")
+    async with running(make_config(sandbox, bot_token, db)):
+        media = sandbox.add_media(user.id, b"\x00\x00\x00\x18ftypmp42", content_type="video/mp4", filename="v.mp4")
+        status = sandbox._create_status(user.id, "a clip", visibility="public", media_ids=[media.id])
+
+        async def skipped() -> bool:
+            async with SQLiteStore.open(db) as store:
+                return [s for _a, s, _e in await store.job_states(str(status.id))] == ["skipped"]
+
+        await wait_until(skipped, what="video job skipped")
+        async with SQLiteStore.open(db) as store:
+            (_attachment, _state, reason), = await store.job_states(str(status.id))
+    assert reason is not None and "video" in reason
+
+
+async def test_dry_run_files_nothing_but_records_what_it_would_do(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    user, _ = sandbox.create_account("mallory")
+
+    async def dry_run_recorded() -> bool:
+        async with SQLiteStore.open(db) as store:
+            return [r["state"] for r in await store.reports()] == ["dry_run"]
+
+    async with running(make_config(sandbox, bot_token, db, dry_run=True)):
+        sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
+        await wait_until(dry_run_recorded, what="dry-run report recorded")
+    assert sandbox.reports == []
