@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -127,6 +127,11 @@ class _Table:
 _REQUIRED = object()
 
 
+def _default(cls: type, name: str) -> Any:
+    """A field's default (with slots=True the class attribute is a descriptor, not the default)."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
 def _fields(cls: type) -> frozenset[str]:
     return frozenset(cls.__dataclass_fields__)  # type: ignore[attr-defined]  # every caller passes a dataclass
 
@@ -187,11 +192,11 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         if not isinstance(host, str) or not host:
             raise ConfigError(f"{med.key('allow_hosts')}[{i}]", "must be a host name or IP address")
     media = MediaConfig(
-        max_bytes=med.positive("max_bytes", MediaConfig.max_bytes, int),
-        timeout_s=med.positive("timeout_s", MediaConfig.timeout_s),
-        connect_timeout_s=med.positive("connect_timeout_s", MediaConfig.connect_timeout_s),
-        max_redirects=med.get("max_redirects", int, MediaConfig.max_redirects),
-        max_pixels=med.positive("max_pixels", MediaConfig.max_pixels, int),
+        max_bytes=med.positive("max_bytes", _default(MediaConfig, "max_bytes"), int),
+        timeout_s=med.positive("timeout_s", _default(MediaConfig, "timeout_s")),
+        connect_timeout_s=med.positive("connect_timeout_s", _default(MediaConfig, "connect_timeout_s")),
+        max_redirects=med.get("max_redirects", int, _default(MediaConfig, "max_redirects")),
+        max_pixels=med.positive("max_pixels", _default(MediaConfig, "max_pixels"), int),
         allow_hosts=tuple(h.lower() for h in allow_hosts),
     )
     if not 0 <= media.max_redirects <= 10:
@@ -199,17 +204,17 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
 
     wk = top.table("workers", _fields(WorkerConfig))
     workers = WorkerConfig(
-        concurrency=wk.positive("concurrency", WorkerConfig.concurrency, int),
-        hash_processes=wk.get("hash_processes", int, WorkerConfig.hash_processes),
-        max_attempts=wk.positive("max_attempts", WorkerConfig.max_attempts, int),
-        lease_s=wk.positive("lease_s", WorkerConfig.lease_s),
-        retry_delay_s=wk.positive("retry_delay_s", WorkerConfig.retry_delay_s),
+        concurrency=wk.positive("concurrency", _default(WorkerConfig, "concurrency"), int),
+        hash_processes=wk.get("hash_processes", int, _default(WorkerConfig, "hash_processes")),
+        max_attempts=wk.positive("max_attempts", _default(WorkerConfig, "max_attempts"), int),
+        lease_s=wk.positive("lease_s", _default(WorkerConfig, "lease_s")),
+        retry_delay_s=wk.positive("retry_delay_s", _default(WorkerConfig, "retry_delay_s")),
     )
     if workers.hash_processes < 0:
         raise ConfigError(wk.key("hash_processes"), "must be 0 (one per core) or a positive count")
 
     rp = top.table("report", _fields(ReportConfig))
-    category = rp.get("category", str, ReportConfig.category)
+    category = rp.get("category", str, _default(ReportConfig, "category"))
     if category not in REPORT_CATEGORIES:
         raise ConfigError(rp.key("category"), f"{category!r} is not one of {', '.join(REPORT_CATEGORIES)}")
     template = rp.get("comment_template", str, DEFAULT_COMMENT)

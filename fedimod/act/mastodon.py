@@ -30,7 +30,8 @@ def _translate(endpoint: str, exc: mastodon.MastodonError) -> MastodonAPIError:
         return MastodonAPIError(None, endpoint, str(exc))
     if isinstance(exc, mastodon.MastodonAPIError):
         status = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
-        detail = exc.args[3] if len(exc.args) > 3 else str(exc)
+        # Mastodon.py 2.3 often loses the body's "error" text; fall back to the HTTP reason.
+        detail = next((a for a in reversed(exc.args[2:4]) if a), str(exc))
         return MastodonAPIError(status, endpoint, str(detail))
     return MastodonAPIError(None, endpoint, str(exc))
 

@@ -12,7 +12,7 @@ Quirks kept on purpose because real Mastodon has them (shared/MASTODON_API.md):
 
 Tests drive it through the `Sandbox` object: create accounts and tokens, post, and read back every
 report and account action. Fault switches: `drop_streams()`, `inject_frame()`, `media_gate`,
-`fail_api_with`.
+`report_response_gate`, `fail_api_with`.
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ class Sandbox:
         self.request_log: list[tuple[str, str]] = []
         self.media_gate = asyncio.Event()
         self.media_gate.set()
+        # Cleared: a report is recorded, but its response is held (a client "crashes" before the answer).
+        self.report_response_gate = asyncio.Event()
+        self.report_response_gate.set()
         self.fail_api_with: int | None = None
         self._subscribers: set[_Subscriber] = set()
         self._connections: set[web.StreamResponse] = set()
@@ -124,6 +127,7 @@ class Sandbox:
 
     async def stop(self) -> None:
         self.media_gate.set()
+        self.report_response_gate.set()
         self.drop_streams()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -575,6 +579,7 @@ class Sandbox:
             created_at=now, updated_at=now,
         )
         self.reports.append(report)
+        await self.report_response_gate.wait()
         return web.json_response(self._report_json(report))
 
     def _report_json(self, report: SandboxReport) -> dict[str, Any]:

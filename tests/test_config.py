@@ -1,0 +1,82 @@
+"""Config: the shipped example loads, and every bad setting names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedimod.config import load_config, parse_config
+from fedimod.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"FEDIMOD_TOKEN": "secret-token"}
+
+
+def minimal(**sections: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"instance": {"base_url": "https://mastodon.example"}}
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return raw
+
+
+def test_shipped_example_config_loads_with_the_documented_defaults() -> None:
+    config = load_config(ROOT / "config/fedimod.toml", ENV)
+    assert config.instance.base_url == "https://mastodon.example"
+    assert config.instance.token == "secret-token"
+    assert config.instance.streams == ("public:media",)
+    assert config.report.category == "legal" and not config.report.dry_run
+    assert config.media.allow_hosts == ()  # nothing private is reachable by default
+    assert "secret-token" not in repr(config)  # the token never shows up in a repr or log
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({}, "instance.base_url", "is required"),
+        (minimal(instance={"base_url": "ftp://x"}), "instance.base_url", "http(s) URL"),
+        (minimal(instance={"streams": ["user"]}), "instance.streams[0]", "not one of"),
+        (minimal(instance={"streams": []}), "instance.streams", "at least one"),
+        (minimal(instance={"request_timeout_s": 0}), "instance.request_timeout_s", "greater than 0"),
+        (minimal(instance={"request_timeout_s": True}), "instance.request_timeout_s", "expected a number"),
+        (minimal(media={"max_bytes": "big"}), "media.max_bytes", "expected int"),
+        (minimal(media={"max_redirects": 50}), "media.max_redirects", "between 0 and 10"),
+        (minimal(media={"allow_hosts": [""]}), "media.allow_hosts[0]", "host name"),
+        (minimal(workers={"concurrency": -1}), "workers.concurrency", "greater than 0"),
+        (minimal(workers={"hash_processes": -2}), "workers.hash_processes", "one per core"),
+        (minimal(report={"category": "illegal"}), "report.category", "not one of"),
+        (minimal(report={"comment_template": "{status}"}), "report.comment_template", "cannot be rendered"),
+        (minimal(report={"comment_template": "x" * 950}), "report.comment_template", "too long"),
+        (minimal(report={"dry_run": "yes"}), "report.dry_run", "expected bool"),
+        (minimal(logging={"level": "LOUD"}), "logging.level", "not one of"),
+        (minimal(media={"max_byte": 1}), "media.max_byte", "unknown setting"),
+        (minimal(extra={"x": 1}), "extra", "unknown setting"),
+    ],
+)
+def test_bad_setting_is_rejected_naming_its_key(raw: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(raw, ENV)
+    assert excinfo.value.path == key
+    assert fragment in str(excinfo.value)
+
+
+def test_missing_token_names_the_environment_variable() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(minimal(instance={"token_env": "MY_BOT_TOKEN"}), {})
+    assert excinfo.value.path == "instance.token_env"
+    assert "MY_BOT_TOKEN" in str(excinfo.value)
+
+
+def test_local_commands_load_config_without_the_token() -> None:
+    config = parse_config(minimal(), {}, require_token=False)
+    assert config.instance.token == ""
+
+
+def test_unreadable_or_invalid_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.toml", ENV)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[instance\nbase_url = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, ENV)

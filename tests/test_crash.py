@@ -1,0 +1,132 @@
+"""Crash safety with a real `fedimod run` subprocess, killed with SIGKILL at the worst moments."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.sandbox import Sandbox
+from fedimod.store import SQLiteStore
+from tests.helpers import bank_images, wait_until
+
+pytestmark = pytest.mark.slow
+BANNED = generate_image(404)
+
+
+def write_config(tmp_path: Path, sandbox: Sandbox) -> Path:
+    path = tmp_path / "fedimod.toml"
+    path.write_text(f"""
+[instance]
+base_url = "{sandbox.base_url}"
+token_env = "FEDIMOD_TEST_TOKEN"
+streams = ["public:media"]
+reconnect_max_s = 0.5
+
+[store]
+path = "{tmp_path / 'store.sqlite3'}"
+
+[media]
+allow_hosts = ["127.0.0.1"]
+
+[workers]
+concurrency = 2
+hash_processes = 1
+retry_delay_s = 0.2
+""")
+    return path
+
+
+@asynccontextmanager
+async def bot_process(config: Path, token: str, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = dict(os.environ, FEDIMOD_TEST_TOKEN=token)
+    with log.open("ab") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fedimod", "run", "--config", str(config),
+            env=env, stdout=log_file, stderr=log_file,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_kill_between_job_row_and_fetch_then_restart_reports_once(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    db = tmp_path / "store.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    user, _ = sandbox.create_account("mallory")
+    log = tmp_path / "bot.log"
+    sandbox.media_gate.clear()  # every media download hangs until we open the gate
+
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        status = sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.6)])
+        media_id = status.media_ids[0]
+        await wait_until(lambda: media_id in sandbox.media_requests, what="the bot started the download")
+        proc.send_signal(signal.SIGKILL)
+        assert await proc.wait() == -signal.SIGKILL
+
+    # The job row was written before the fetch began, and the kill left it in flight.
+    async with SQLiteStore.open(db) as store:
+        assert await store.job_states(str(status.id)) == [(str(media_id), "leased", None)]
+    assert sandbox.reports == []
+
+    sandbox.media_gate.set()
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: len(sandbox.reports) >= 1, what=f"a report after restart; log: {log}")
+        await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert [r.status_ids for r in sandbox.reports] == [[status.id]]
+    async with SQLiteStore.open(db) as store:
+        assert await store.job_states(str(status.id)) == [(str(media_id), "done", None)]
+
+
+async def test_kill_after_report_sent_before_recorded_does_not_file_twice(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    db = tmp_path / "store.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    user, _ = sandbox.create_account("mallory")
+    log = tmp_path / "bot.log"
+    sandbox.report_response_gate.clear()  # the instance records the report but never answers
+
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        status = sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
+        await wait_until(lambda: len(sandbox.reports) == 1, what="the report reached the instance")
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    async with SQLiteStore.open(db) as store:
+        (row,) = await store.reports()
+    assert row["state"] == "pending" and row["attempts"] == 1  # sent, but never recorded as sent
+
+    sandbox.report_response_gate.set()
+    async with bot_process(config, bot_token, log) as proc:
+        async def recorded() -> bool:
+            async with SQLiteStore.open(db) as store:
+                return [r["state"] for r in await store.reports()] == ["sent"]
+
+        await wait_until(recorded, what=f"the report reconciled; log: {log}")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert len(sandbox.reports) == 1
+    async with SQLiteStore.open(db) as store:
+        (row,) = await store.reports()
+    assert row["remote_report_id"] == str(sandbox.reports[0].id)
+    assert sandbox.reports[0].status_ids == [status.id]
+    assert '"event": "report_reconciled"' in log.read_text()

@@ -1,0 +1,85 @@
+"""Stream frames and Status entities as Mastodon sends them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from fedimod.errors import StreamEventError
+from fedimod.ingest import parse_status, parse_ws_frame
+
+STATUS = {
+    "id": "109876543210987654",
+    "created_at": "2026-11-23T10:00:00.000Z",
+    "visibility": "public",
+    "uri": "https://remote.example/users/dave/statuses/1",
+    "url": "https://remote.example/@dave/1",
+    "account": {"id": "42", "acct": "dave@remote.example", "url": "https://remote.example/@dave"},
+    "media_attachments": [
+        {"id": "7", "type": "image", "url": "https://cdn.example/a.jpg", "remote_url": "https://remote.example/a.jpg"},
+        {"id": "8", "type": "gifv", "url": None, "remote_url": "https://remote.example/b.mp4"},
+    ],
+    "reblog": None,
+}
+
+
+def frame(event: str, payload: object, stream: list[str] | None = None) -> str:
+    return json.dumps({"stream": stream or ["public:media"], "event": event, "payload": payload})
+
+
+def test_update_payload_is_a_json_string_holding_the_status() -> None:
+    event = parse_ws_frame(frame("update", json.dumps(STATUS)))
+    assert event.event == "update" and event.stream == ("public:media",)
+    post = event.post
+    assert post is not None
+    assert (post.id, post.account.acct) == ("109876543210987654", "dave@remote.example")
+    assert [(a.id, a.type, a.url) for a in post.attachments] == [
+        ("7", "image", "https://cdn.example/a.jpg"), ("8", "gifv", None)]
+
+
+def test_edit_and_delete_and_in_band_errors() -> None:
+    assert parse_ws_frame(frame("status.update", json.dumps(STATUS))).post is not None
+    assert parse_ws_frame(frame("delete", "109876543210987654")).deleted_id == "109876543210987654"
+    error = parse_ws_frame(json.dumps({"error": "Access token does not have the required scopes", "status": 401}))
+    assert (error.event, error.error_status) == ("error", 401)
+    assert parse_ws_frame(frame("notification", "{}")).post is None  # other events are ignored
+
+
+def test_a_boost_is_unwrapped_to_the_boosted_status() -> None:
+    boost = dict(STATUS, id="1", media_attachments=[], reblog=STATUS)
+    assert parse_status(boost).id == STATUS["id"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nope",
+        "[]",
+        frame("update", STATUS),                                   # payload not a string
+        frame("update", "{"),                                      # payload not JSON
+        frame("update", json.dumps({**STATUS, "account": None})),  # missing account
+        frame("update", json.dumps({**STATUS, "media_attachments": [{"id": 7, "type": "image"}]})),
+        frame("update", json.dumps({**STATUS, "id": ""})),
+        frame("delete", 123),
+        json.dumps({"payload": "x"}),
+    ],
+)
+def test_malformed_frames_raise_stream_event_error(text: str) -> None:
+    with pytest.raises(StreamEventError):
+        parse_ws_frame(text)
+
+
+@given(st.one_of(st.text(max_size=300), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+).map(json.dumps)))
+@example("[" * 5000)
+def test_any_input_gives_an_event_or_our_typed_error(text: str) -> None:
+    try:
+        parse_ws_frame(text)
+    except StreamEventError:
+        pass
