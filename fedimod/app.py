@@ -140,7 +140,7 @@ class Pipeline:
     def _retry_at(self, job: MediaJob) -> float | None:
         if job.attempts >= self._config.workers.max_attempts:
             return None
-        delay = self._config.workers.retry_delay_s * 2 ** (job.attempts - 1)
+        delay: float = self._config.workers.retry_delay_s * 2.0 ** (job.attempts - 1)
         return time.time() + delay * random.uniform(0.8, 1.2)
 
     async def _process(self, job: MediaJob) -> None:

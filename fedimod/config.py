@@ -156,7 +156,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "logging"}))
 
-    inst = top.table("instance", frozenset({"base_url", "token_env", "streams", "request_timeout_s", "reconnect_max_s"}))
+    inst = top.table("instance", _fields(InstanceConfig) - {"token"})
     base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

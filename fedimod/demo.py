@@ -64,7 +64,8 @@ def bank_lines(originals: list[bytes], category: Category) -> list[str]:
         result = hash_image_bytes(data)
         for signal in result.signals:
             if signal.signal_type in ("pdq", "md5"):
-                lines.append(f"{signal.signal_type} {REGISTRY[signal.signal_type].format(signal.value)} {category.value}")
+                text = REGISTRY[signal.signal_type].format(signal.value)
+                lines.append(f"{signal.signal_type} {text} {category.value}")
     return lines
 
 

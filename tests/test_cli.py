@@ -29,7 +29,8 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 
 def write_config(tmp_path: Path) -> Path:
     config = tmp_path / "fedimod.toml"
-    config.write_text(f'[instance]\nbase_url = "https://mastodon.example"\n[store]\npath = "{tmp_path / "s.sqlite3"}"\n')
+    store = tmp_path / "s.sqlite3"
+    config.write_text(f'[instance]\nbase_url = "https://mastodon.example"\n[store]\npath = "{store}"\n')
     return config
 
 

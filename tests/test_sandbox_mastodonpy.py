@@ -18,6 +18,7 @@ import pytest
 
 from fedimod.demo import generate_image, jpeg_bytes
 from fedimod.sandbox import Sandbox
+from tests.helpers import wait_until
 
 ADMIN_SCOPES = ("read", "write", "follow", "admin:read", "admin:write")
 
@@ -149,8 +150,7 @@ async def test_websocket_envelope_carries_payload_as_a_json_string(sandbox: Sand
             await ws.send_json({"type": "subscribe", "stream": "nonsense"})
             error = await ws.receive_json(timeout=5)
             assert error == {"error": "Unknown stream type", "status": 400}
-            while not sandbox.is_subscribed("hashtag:cats"):
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: sandbox.is_subscribed("hashtag:cats"), what="subscription")
             status = sandbox.post_status(user.id, "look #cats", media=[jpeg_bytes(generate_image(2))])
             frame = await ws.receive_json(timeout=5)
         assert frame["stream"] == ["hashtag", "Cats"]  # the tag echoed as the client sent it

@@ -46,7 +46,9 @@ def test_registry_rejects_a_duplicate_name_and_unknown_names() -> None:
 
 
 def test_bank_file_parses_rows_with_default_category_and_skips_comments() -> None:
-    rows = parse_bank_lines(["# a comment", "", f"pdq {PDQ_HEX} csam", "md5 " + "ab" * 16, "SHA256 " + "CD" * 32 + " SPAM"])
+    rows = parse_bank_lines(
+        ["# a comment", "", f"pdq {PDQ_HEX} csam", "md5 " + "ab" * 16, "SHA256 " + "CD" * 32 + " SPAM"]
+    )
     assert [(r.line, r.signal_type, r.category) for r in rows] == [
         (3, "pdq", Category.CSAM), (4, "md5", Category.OTHER), (5, "sha256", Category.SPAM)]
 

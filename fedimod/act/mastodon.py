@@ -75,7 +75,8 @@ class MastodonActions:
         }
         result = await self._call(
             "POST /api/v1/reports",
-            lambda: self._api._Mastodon__api_request("POST", "/api/v1/reports", params),  # see module docstring
+            # Mastodon.py's private request path: see the module docstring for why.
+            lambda: self._api._Mastodon__api_request("POST", "/api/v1/reports", params),  # type: ignore[attr-defined]
         )
         return str(result["id"])
 

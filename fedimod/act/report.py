@@ -35,4 +35,6 @@ def build_report_request(
     )
     if f"ref {key}" not in comment:
         comment = f"{comment} ref {key}"
-    return ReportRequest(idempotency_key=key, status_id=job.status_id, account_id=job.account_id, comment=comment[:1000])
+    return ReportRequest(
+        idempotency_key=key, status_id=job.status_id, account_id=job.account_id, comment=comment[:1000]
+    )

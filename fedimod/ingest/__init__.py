@@ -7,5 +7,5 @@ jobs before anything else happens).
 from fedimod.ingest.parse import StreamEvent, parse_status, parse_ws_frame
 from fedimod.ingest.stream import IngestStats, StreamIngester, status_id_key
 
-__all__ = ["IngestStats", "StreamEvent", "StreamIngester", "parse_status", "parse_status", "parse_ws_frame",
+__all__ = ["IngestStats", "StreamEvent", "StreamIngester", "parse_status", "parse_ws_frame",
            "status_id_key"]

@@ -182,7 +182,8 @@ class StreamIngester:
                     await self._handle_frame(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     self.stats.malformed += 1
-                    log_event(logger, logging.WARNING, "stream_event_malformed", error="binary frame", size=len(msg.data))
+                    log_event(logger, logging.WARNING, "stream_event_malformed", error="binary frame",
+                              size=len(msg.data))
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
 

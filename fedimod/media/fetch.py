@@ -9,7 +9,6 @@ streams, and the format is sniffed from the bytes, never taken from Content-Type
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
@@ -60,7 +59,9 @@ class GuardedResolver(AbstractResolver):
         self._inner = DefaultResolver()
         self._allow_hosts = allow_hosts
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         if host.lower() in self._allow_hosts:
             return results
@@ -104,7 +105,9 @@ class MediaFetcher:
 
     def _check_url(self, url: URL) -> None:
         if url.scheme not in ("http", "https") or not url.host:
-            raise MediaRejected(RejectReason.BAD_URL, f"only http(s) URLs with a host are fetched, got {str(url)[:200]!r}")
+            raise MediaRejected(
+                RejectReason.BAD_URL, f"only http(s) URLs with a host are fetched, got {str(url)[:200]!r}"
+            )
         host = url.host.lower().strip("[]")
         if host in self._allow_hosts:
             return
@@ -150,7 +153,7 @@ class MediaFetcher:
                 if isinstance(cause, MediaRejected):
                     raise cause from exc
                 raise MediaRejected(RejectReason.NETWORK, f"cannot connect to {url.host}: {exc.strerror}") from exc
-            except (TimeoutError, asyncio.TimeoutError) as exc:
+            except TimeoutError as exc:
                 raise MediaRejected(RejectReason.TIMEOUT, f"{url.host} did not answer in time") from exc
             except aiohttp.ClientError as exc:
                 raise MediaRejected(RejectReason.NETWORK, f"download from {url.host} failed: {exc}") from exc
@@ -162,7 +165,9 @@ class MediaFetcher:
         cap = self._config.max_bytes
         declared = resp.content_length
         if declared is not None and declared > cap:
-            raise MediaRejected(RejectReason.TOO_LARGE, f"{url.host} declares {declared} bytes, over the {cap}-byte cap")
+            raise MediaRejected(
+                RejectReason.TOO_LARGE, f"{url.host} declares {declared} bytes, over the {cap}-byte cap"
+            )
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):

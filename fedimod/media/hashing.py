@@ -19,9 +19,11 @@ import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import imagehash
 import numpy as np
+import numpy.typing as npt
 import pdqhash
 from PIL import Image, ImageOps
 
@@ -52,7 +54,7 @@ class HashResult:
             raise MediaRejected(self.reject_reason, self.reject_message)
 
 
-def pdq_bits_to_int(bits: np.ndarray) -> int:
+def pdq_bits_to_int(bits: npt.NDArray[np.integer[Any]]) -> int:
     return int.from_bytes(np.packbits(bits.astype(np.uint8)).tobytes(), "big")
 
 

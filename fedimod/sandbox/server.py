@@ -122,8 +122,7 @@ class Sandbox:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server  # type: ignore[attr-defined]  # aiohttp exposes the bound port only here
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         self.media_gate.set()
@@ -596,7 +595,8 @@ class Sandbox:
     def _admin_account_json(self, account: SandboxAccount) -> dict[str, Any]:
         return {
             "id": str(account.id), "username": account.username, "domain": account.domain,
-            "created_at": iso(account.created_at), "email": None if account.domain else f"{account.username}@sandbox.invalid",
+            "created_at": iso(account.created_at),
+            "email": None if account.domain else f"{account.username}@sandbox.invalid",
             "ip": None, "ips": [], "locale": "en", "invite_request": None,
             "role": {"id": str(ROLE_POSITION[account.role]), "name": account.role.title(), "color": "",
                      "permissions": "0", "highlighted": False},
@@ -902,6 +902,6 @@ def _image_size(data: bytes) -> tuple[int | None, int | None]:
 
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except Exception:  # noqa: BLE001 - meta is decorative; a bad file just gets no dimensions
+    except Exception:
         return None, None
 
