@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import aiosqlite
@@ -157,11 +158,13 @@ class SQLiteStore:
 
     async def _setup(self) -> None:
         conn = self._conn
-        await conn.execute("PRAGMA journal_mode=WAL")
+        # First, so that every later statement (even switching to WAL) waits for a lock held by
+        # another connection (`fedimod status` beside a running bot) instead of failing at once.
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute_fetchall("PRAGMA journal_mode=WAL")
         # WAL + NORMAL survives a process crash (kill -9); only an OS crash can lose the last commits.
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
         async with self._transaction():
             await conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = await self._one("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -191,13 +194,16 @@ class SQLiteStore:
             # A cancel arriving now must not leave a half-recorded outcome: finish the commit first.
             await asyncio.shield(self._conn.execute("COMMIT"))
 
-    async def _one(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Row | None:
-        async with self._conn.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+    # Reads run as one operation on the connection's thread (execute, fetch, close). A cursor left
+    # open across awaits would keep a read snapshot that another task's BEGIN IMMEDIATE on this
+    # connection then tries to upgrade; once another connection has committed, SQLite refuses that
+    # at once with "database is locked", without waiting for busy_timeout.
+    async def _one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        rows = await self._conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
-    async def _all(self, sql: str, params: Sequence[object] = ()) -> Iterable[aiosqlite.Row]:
-        async with self._conn.execute(sql, params) as cursor:
-            return await cursor.fetchall()
+    async def _all(self, sql: str, params: Sequence[object] = ()) -> Iterable[Any]:
+        return await self._conn.execute_fetchall(sql, params)
 
     # -- ingest ---------------------------------------------------------------------------------
 
