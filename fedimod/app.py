@@ -31,7 +31,7 @@ from fedimod.match import BankIndex
 from fedimod.media import Hasher, MediaFetcher
 from fedimod.models import JobState, MediaJob, Post, ReportRequest, ReportState
 from fedimod.signals import REGISTRY
-from fedimod.store import JobOutcome, SQLiteStore
+from fedimod.store import BankState, JobOutcome, SQLiteStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ UNHASHED_TYPES = {
 }
 IDLE_POLL_S = 1.0
 BANK_REFRESH_S = 5.0
+INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
 
 @dataclass(slots=True)
@@ -67,7 +68,7 @@ class Pipeline:
         self._actions = actions
         self._instance = urlsplit(config.instance.base_url).netloc
         self._index = BankIndex(())
-        self._bank_version = (-1, -1)
+        self._bank_state: BankState | None = None
         self._work = asyncio.Event()
         self._reports_due = asyncio.Event()
         self.stats = PipelineStats()
@@ -107,11 +108,35 @@ class Pipeline:
     # -- banks ----------------------------------------------------------------------------------
 
     async def _refresh_index(self) -> None:
-        version = await self._store.bank_version()
-        if version != self._bank_version:
-            self._index = BankIndex(await self._store.bank_entries())
-            self._bank_version = version
-            log_event(logger, logging.INFO, "banks_loaded", entries=len(self._index))
+        """Keep the in-memory index equal to the store's active entries.
+
+        New entries and removals are applied incrementally; a change of banks (kind, enabled) or an
+        entry reaching its expiry rebuilds the index in a thread, then swaps it in.
+        """
+        state = await self._store.bank_state()
+        previous = self._bank_state
+        if previous == state:
+            return
+        incremental = (
+            previous is not None and previous.banks == state.banks
+            and (previous.next_expiry is None or time.time() < previous.next_expiry)
+            and state.max_entry_id - previous.max_entry_id <= INCREMENTAL_LIMIT
+        )
+        if previous is not None and incremental:
+            added = await self._store.bank_entries(after_id=previous.max_entry_id, up_to_id=state.max_entry_id)
+            removed, _seq = await self._store.bank_removals(previous.removal_seq)
+            self._index.add(added)
+            self._index.remove(removed)
+            if added or removed:
+                log_event(logger, logging.INFO, "banks_updated", added=len(added), removed=len(removed),
+                          entries=len(self._index))
+        else:
+            entries = await self._store.bank_entries(up_to_id=state.max_entry_id)
+            started = time.monotonic()
+            self._index = await asyncio.to_thread(BankIndex, entries)
+            log_event(logger, logging.INFO, "banks_loaded", entries=len(self._index), index_bytes=self._index.nbytes,
+                      seconds=round(time.monotonic() - started, 3))
+        self._bank_state = state
 
     async def _bank_refresher(self) -> None:
         while True:
@@ -165,9 +190,16 @@ class Pipeline:
             return
         self.stats.media_hashed += 1
         matches = self._index.match(result.signals)
-        request = build_report_request(
-            instance=self._instance, job=job, matches=matches, template=self._config.report.comment_template
+        allowed = [m for m in matches if m.entry.is_allowlist]
+        blocking = [m for m in matches if not m.entry.is_allowlist]
+        # An allowlisted hash (a known-benign picture) suppresses every action on this media.
+        request = None if allowed else build_report_request(
+            instance=self._instance, job=job, matches=blocking, template=self._config.report.comment_template
         )
+        if allowed and blocking:
+            log_event(logger, logging.WARNING, "match_suppressed_by_allowlist", job_id=job.id,
+                      status_id=job.status_id, allowlist_bank=allowed[0].entry.bank,
+                      allowlist_entry_id=allowed[0].entry.id, suppressed=len(blocking))
         new_report = await self._store.complete_job(
             job, JobOutcome(signals=result.signals, matches=tuple(matches), report=request)
         )
@@ -179,6 +211,7 @@ class Pipeline:
             self.stats.matches += 1
             log_event(logger, logging.WARNING, "media_matched", job_id=job.id, status_id=job.status_id,
                       bank=match.entry.bank, entry_id=match.entry.id, category=match.entry.category.value,
+                      source=match.entry.source, allowlist=match.entry.is_allowlist,
                       signal_type=match.signal_type, distance=match.distance, threshold=match.threshold,
                       value=REGISTRY[match.signal_type].format(match.entry.value))
         if new_report:

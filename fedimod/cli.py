@@ -10,13 +10,18 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedimod import __version__
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
 
+if TYPE_CHECKING:
+    from fedimod.store import SQLiteStore
+
 logger = logging.getLogger("fedimod.cli")
+FORMAT_NAMES = ("plain", "te_csv", "jsonl")
 DEFAULT_CONFIG = Path("config/fedimod.toml")
 
 
@@ -50,18 +55,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--posts", type=int, default=40, help="how many statuses to post (default: 40)")
     demo.add_argument("-v", "--verbose", action="store_true", help="also print the bot's JSON log lines")
 
-    bank = sub.add_parser("bank", help="manage local hash banks", description="Manage the hash banks in the store.")
+    bank = sub.add_parser("bank", help="manage hash banks (import, export, list, remove, enable, disable)",
+                          description="Manage the hash banks in the store. A bank is a named set of hashes; an "
+                                      "allowlist bank holds known-benign hashes, which suppress every action.")
     bank_sub = bank.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
-    imp = bank_sub.add_parser("import", help="import a bank file",
-                              description="Import lines of 'signal_type value [category]' (signal types: pdq, phash, "
-                                          "md5, sha256; categories: csam, ncii, terror, spam, other; default other). "
-                                          "Blank lines and '#' comments are skipped. Every row is checked first: one "
-                                          "bad row rejects the whole file, and every bad line number is reported.")
+    formats = ", ".join(FORMAT_NAMES)
+    imp = bank_sub.add_parser(
+        "import", help="import a bank file (all rows or none)",
+        description=f"Import a bank file. Formats ({formats}; guessed from the file name unless --format): plain "
+                    "lines 'signal_type value [category]'; te_csv, the CSV of 'threatexchange dataset --csv' "
+                    "(signal_type,signal_str,collab,category,tags); jsonl, fedimod's own export. Signal types: pdq, "
+                    "phash, md5, sha256; categories: csam, ncii, terror, spam, other. Every row is checked first: "
+                    "one bad row rejects the whole file, and every bad line number is printed.")
     imp.add_argument("file", type=Path, help="the bank file ('-' for standard input)")
     imp.add_argument("--bank", default="local", help="bank name (default: local)")
+    imp.add_argument("--format", choices=FORMAT_NAMES, help="file format (default: from the file name)")
+    imp.add_argument("--allowlist", action="store_true",
+                     help="the bank is an allowlist: its hashes never trigger an action")
+    imp.add_argument("--source", help="source recorded on each entry (default: the file's own, else 'local')")
     _add_config(imp)
-    stats = bank_sub.add_parser("list", help="count entries per bank, signal type and category")
+    exp = bank_sub.add_parser("export", help="write a bank's entries in any import format",
+                              description="Write every entry of a bank (expired and disabled ones included), in "
+                                          "any format that 'bank import' reads.")
+    exp.add_argument("--bank", required=True, help="bank to export")
+    exp.add_argument("--format", choices=FORMAT_NAMES, default="jsonl", help="output format (default: jsonl)")
+    exp.add_argument("-o", "--output", type=Path, help="output file (default: standard output)")
+    _add_config(exp)
+    stats = bank_sub.add_parser("list", help="count entries per bank, signal type and category",
+                                description="One line per bank, signal type and category, with the bank's kind and "
+                                            "whether it is enabled.")
     _add_config(stats)
+    rm = bank_sub.add_parser("remove", help="remove one hash from a bank, or a whole bank",
+                             description="Remove one entry (--type and --value) or, with --all, the whole bank. A "
+                                         "running fedimod drops removed entries from its index within seconds.")
+    rm.add_argument("--bank", required=True, help="bank to remove from")
+    rm.add_argument("--type", dest="signal_type", help="signal type of the entry to remove")
+    rm.add_argument("--value", help="hash value (hex) of the entry to remove")
+    rm.add_argument("--all", action="store_true", help="remove the whole bank")
+    _add_config(rm)
+    for verb in ("enable", "disable"):
+        toggle = bank_sub.add_parser(verb, help=f"{verb} a bank (a disabled bank's hashes are not matched)")
+        toggle.add_argument("--bank", required=True, help=f"bank to {verb}")
+        _add_config(toggle)
 
     status = sub.add_parser("status", help="print what the store holds: posts, jobs by state, matches, reports",
                             description="Summarise the store for a human: posts seen, jobs by state (with the last "
@@ -107,9 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "bank":
             config = load_config(args.config, require_token=False)
             setup_logging(config.log_level)
-            if args.bank_command == "import":
-                return asyncio.run(_bank_import(config, args.file, args.bank))
-            return asyncio.run(_bank_list(config))
+            return asyncio.run(_bank(config, args))
         case "status":
             config = load_config(args.config, require_token=False)
             return asyncio.run(_status(config))
@@ -153,35 +186,105 @@ async def _run(config: Config) -> int:
     return 0
 
 
-async def _bank_import(config: Config, path: Path, bank: str) -> int:
-    from fedimod.match import parse_bank_lines
+async def _bank(config: Config, args: argparse.Namespace) -> int:
     from fedimod.store import SQLiteStore
 
-    if str(path) == "-":
+    async with SQLiteStore.open(config.store.path) as store:
+        match args.bank_command:
+            case "import":
+                return await _bank_import(store, args)
+            case "export":
+                return await _bank_export(store, args)
+            case "list":
+                return await _bank_list(store)
+            case "remove":
+                return await _bank_remove(store, args)
+            case "enable" | "disable":
+                if not await store.set_bank_enabled(args.bank, args.bank_command == "enable"):
+                    print(f"fedimod: error: no bank named '{args.bank}'", file=sys.stderr)
+                    return 2
+                print(f"bank '{args.bank}' {args.bank_command}d")
+                return 0
+    raise AssertionError(args.bank_command)
+
+
+async def _bank_import(store: SQLiteStore, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from fedimod.match import guess_format, parse_bank_file
+    from fedimod.models import BankKind
+
+    fmt = args.format or guess_format(str(args.file))
+    if str(args.file) == "-":
         text = sys.stdin.read()
     else:
         try:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            text = await asyncio.to_thread(args.file.read_text, encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"fedimod: error: cannot read {path}: {exc}", file=sys.stderr)
+            print(f"fedimod: error: cannot read {args.file}: {exc}", file=sys.stderr)
             return 2
-    rows = parse_bank_lines(text.splitlines())
-    async with SQLiteStore.open(config.store.path) as store:
-        added = await store.add_bank_entries(bank, [(r.signal_type, r.value, r.category) for r in rows])
-    print(f"imported {added} new entries into bank '{bank}' ({len(rows) - added} already present)")
+    lines = text.splitlines()
+    kind = BankKind.ALLOW if args.allowlist else BankKind.BLOCK
+    # The bar shows only on a terminal and only for files big enough to wait for.
+    show = len(lines) > 20_000
+    with tqdm(total=len(lines), desc="checking", unit=" rows", disable=not show or None, file=sys.stderr) as bar:
+        rows = await asyncio.to_thread(parse_bank_file, lines, fmt, lambda n: bar.update(n - bar.n))
+    mismatched = [r for r in rows if r.is_allowlist is not None and r.is_allowlist != args.allowlist]
+    if mismatched:
+        where = "an allowlist (--allowlist)" if mismatched[0].is_allowlist else "a block bank (no --allowlist)"
+        lines_ = ", ".join(str(r.line) for r in mismatched[:10])
+        print(f"fedimod: error: lines {lines_}: rows marked for {where}; nothing imported", file=sys.stderr)
+        return 2
+    if args.source:
+        rows = [replace(r, source=args.source) for r in rows]
+    with tqdm(total=len(rows), desc="importing", unit=" rows", disable=not show or None, file=sys.stderr) as bar:
+        added = await store.add_bank_entries(args.bank, rows, kind=kind, on_progress=lambda n: bar.update(n - bar.n))
+    print(f"imported {added} new entries into {kind.value} bank '{args.bank}' ({len(rows) - added} already present)")
     return 0
 
 
-async def _bank_list(config: Config) -> int:
-    from fedimod.store import SQLiteStore
+async def _bank_export(store: SQLiteStore, args: argparse.Namespace) -> int:
+    from fedimod.match import FORMATS
 
-    async with SQLiteStore.open(config.store.path) as store:
-        rows = await store.bank_stats()
+    entries = await store.bank_entries(bank=args.bank, active_only=False)
+    lines = "".join(line + "\n" for line in FORMATS[args.format].render(entries))
+    if args.output is None:
+        sys.stdout.write(lines)
+    else:
+        await asyncio.to_thread(args.output.write_text, lines, encoding="utf-8")
+        print(f"exported {len(entries)} entries of bank '{args.bank}' to {args.output}", file=sys.stderr)
+    return 0
+
+
+async def _bank_list(store: SQLiteStore) -> int:
+    rows = await store.bank_stats()
     if not rows:
-        print("no bank entries; add some with 'fedimod bank import FILE'")
-    for bank, signal_type, category, count in rows:
-        print(f"{bank:20} {signal_type:8} {category:8} {count}")
+        print("no banks; add one with 'fedimod bank import FILE'")
+    for bank, kind, enabled, signal_type, category, count in rows:
+        state = "enabled" if enabled else "disabled"
+        print(f"{bank:20} {kind:6} {state:9} {signal_type:8} {category:8} {count}")
     return 0
+
+
+async def _bank_remove(store: SQLiteStore, args: argparse.Namespace) -> int:
+    from fedimod.signals import signal_type_named
+
+    if args.all == bool(args.signal_type or args.value):
+        print("fedimod: error: give either --all or both --type and --value", file=sys.stderr)
+        return 2
+    if args.all:
+        removed = await store.remove_bank_entries(args.bank)
+    else:
+        if not (args.signal_type and args.value):
+            print("fedimod: error: --type and --value go together", file=sys.stderr)
+            return 2
+        signal_type = signal_type_named(args.signal_type)
+        removed = await store.remove_bank_entries(args.bank, signal_type=signal_type.name,
+                                                  value=signal_type.parse(args.value))
+    print(f"removed {removed} entries from bank '{args.bank}'")
+    return 0 if removed else 1
 
 
 async def _status(config: Config) -> int:

@@ -111,7 +111,7 @@ async def run_demo(*, posts: int = 40, seed: int = 7, rate_per_s: float = 20.0, 
         db = Path(tmp) / "demo.sqlite3"
         rows = parse_bank_lines(bank_lines([jpeg_bytes(o) for o in originals], Category.OTHER))
         async with SQLiteStore.open(db) as store:
-            await store.add_bank_entries("demo", [(r.signal_type, r.value, r.category) for r in rows])
+            await store.add_bank_entries("demo", rows)
         out(f"demo: banked {len(rows)} hashes of {len(originals)} generated images")
 
         async with Sandbox() as sandbox:

@@ -86,6 +86,13 @@ class Signal:
     quality: int | None = None
 
 
+class BankKind(enum.StrEnum):
+    """A block bank's hashes call for action; an allowlist's hashes suppress it."""
+
+    BLOCK = "block"
+    ALLOW = "allow"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BankEntry:
     id: int
@@ -93,6 +100,24 @@ class BankEntry:
     signal_type: str
     value: int
     category: Category
+    source: str = "local"
+    is_allowlist: bool = False
+    added_at: int | None = None
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankRow:
+    """One parsed row of a bank file, before it is stored."""
+
+    line: int
+    signal_type: str
+    value: int
+    category: Category
+    source: str | None = None
+    added_at: int | None = None
+    expires_at: int | None = None
+    is_allowlist: bool | None = None  # None: the file does not say
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -40,7 +40,7 @@ async def bank_images(db: Path, images: list[bytes], category: str = "csam", ban
                 lines.append(f"{signal.signal_type} {REGISTRY[signal.signal_type].format(signal.value)} {category}")
     rows = parse_bank_lines(lines)
     async with SQLiteStore.open(db) as store:
-        await store.add_bank_entries(bank, [(r.signal_type, r.value, r.category) for r in rows])
+        await store.add_bank_entries(bank, rows)
 
 
 @asynccontextmanager

@@ -41,11 +41,11 @@ def test_bank_import_with_a_bad_row_imports_nothing(tmp_path: Path, capsys: pyte
     assert main(["bank", "import", str(bank), "--config", str(config)]) == 2
     assert "line 2" in capsys.readouterr().err
     assert main(["bank", "list", "--config", str(config)]) == 0
-    assert "no bank entries" in capsys.readouterr().out
+    assert "no banks" in capsys.readouterr().out
 
     bank.write_text("pdq " + "a5" * 32 + " csam\nmd5 " + "0f" * 16 + "\n")
     assert main(["bank", "import", str(bank), "--config", str(config), "--bank", "hub"]) == 0
-    assert "imported 2 new entries" in capsys.readouterr().out
+    assert "imported 2 new entries into block bank" in capsys.readouterr().out
     assert main(["bank", "import", str(bank), "--config", str(config), "--bank", "hub"]) == 0
     assert "imported 0 new entries" in capsys.readouterr().out  # importing twice adds nothing
     assert main(["bank", "list", "--config", str(config)]) == 0

@@ -1,8 +1,12 @@
-"""An in-memory index of bank entries, per signal type.
+"""The in-memory index of bank entries, one structure per signal type.
 
-Exact digests (md5, sha256) are looked up in a dict. Perceptual hashes are compared by Hamming
-distance with a linear scan over Python ints, which is exact (every entry within the threshold is
-returned) and fast enough for banks of a few tens of thousands of entries.
+Perceptual types (pdq, phash) use `MultiIndexHamming`: exact range search, every entry within the
+threshold with its distance. Digests (md5, sha256) use a dict. Per hash the index keeps only
+compact arrays (entry id, bank, category, source, allowlist flag); a `BankEntry` record is made
+for hits only, so a bank of millions of hashes costs about 120 bytes per PDQ hash in all.
+
+Entries must be added in increasing id order per signal type (the store's ids are), so removal
+finds an entry's position by binary search instead of a per-entry dict.
 """
 
 from __future__ import annotations
@@ -10,29 +14,142 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from fedimod.models import BankEntry, Match, Signal
-from fedimod.signals import REGISTRY, hamming_distance
+import numpy as np
+import numpy.typing as npt
+
+from fedimod.match.hamming import MultiIndexHamming, ints_to_words, words_to_int
+from fedimod.models import BankEntry, Category, Match, Signal
+from fedimod.signals import REGISTRY
+
+_CATEGORIES = tuple(Category)
+
+
+class _Interner:
+    """Small table of repeated strings (bank and source names) stored as int16 codes."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def code(self, name: str) -> int:
+        if name not in self._codes:
+            self._codes[name] = len(self.names)
+            self.names.append(name)
+        return self._codes[name]
+
+
+class _Meta:
+    """Per-position entry metadata in parallel numpy arrays."""
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.bank = np.zeros(0, dtype=np.int16)
+        self.source = np.zeros(0, dtype=np.int16)
+        self.category = np.zeros(0, dtype=np.int8)
+        self.allow = np.zeros(0, dtype=np.bool_)
+        self.size = 0
+
+    def append(self, ids: npt.NDArray[np.int64], bank: npt.NDArray[np.int16], source: npt.NDArray[np.int16],
+               category: npt.NDArray[np.int8], allow: npt.NDArray[np.bool_]) -> None:
+        if self.size and len(ids) and ids[0] <= self.ids[self.size - 1]:
+            raise ValueError("bank entries must be added in increasing id order")
+        need = self.size + len(ids)
+        if need > len(self.ids):
+            cap = max(need, 2 * len(self.ids), 1024)
+            for name in ("ids", "bank", "source", "category", "allow"):
+                setattr(self, name, np.resize(getattr(self, name), cap))
+        sl = slice(self.size, need)
+        self.ids[sl], self.bank[sl], self.source[sl], self.category[sl], self.allow[sl] = (
+            ids, bank, source, category, allow)
+        self.size = need
+
+    def positions_of(self, entry_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        ids = self.ids[:self.size]
+        pos = np.searchsorted(ids, entry_ids)
+        found = (pos < self.size) & (ids[np.minimum(pos, max(self.size - 1, 0))] == entry_ids)
+        positions: npt.NDArray[np.int64] = pos[found].astype(np.int64)
+        return positions
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * (8 + 2 + 2 + 1 + 1)
 
 
 class BankIndex:
-    def __init__(self, entries: Iterable[BankEntry], thresholds: Mapping[str, int] | None = None) -> None:
-        self._thresholds = {name: st.default_threshold for name, st in REGISTRY.items()}
-        self._thresholds.update(thresholds or {})
-        self._exact: dict[str, dict[int, list[BankEntry]]] = defaultdict(lambda: defaultdict(list))
-        self._scan: dict[str, list[BankEntry]] = defaultdict(list)
-        self._size = 0
-        for entry in entries:
-            self.add(entry)
+    def __init__(self, entries: Iterable[BankEntry] = (), thresholds: Mapping[str, int] | None = None) -> None:
+        self.thresholds = {name: st.default_threshold for name, st in REGISTRY.items()}
+        self.thresholds.update(thresholds or {})
+        self._banks = _Interner()
+        self._sources = _Interner()
+        self._hamming: dict[str, MultiIndexHamming] = {}
+        self._meta: dict[str, _Meta] = {}
+        self._exact: dict[str, dict[int, list[BankEntry]]] = defaultdict(dict)
+        self._exact_by_id: dict[int, BankEntry] = {}
+        self.add(entries)
 
     def __len__(self) -> int:
-        return self._size
+        return sum(len(h) for h in self._hamming.values()) + len(self._exact_by_id)
 
-    def add(self, entry: BankEntry) -> None:
-        if REGISTRY[entry.signal_type].is_perceptual:
-            self._scan[entry.signal_type].append(entry)
-        else:
-            self._exact[entry.signal_type][entry.value].append(entry)
-        self._size += 1
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the perceptual indexes and their metadata (digest dicts not counted)."""
+        return sum(h.nbytes for h in self._hamming.values()) + sum(m.nbytes for m in self._meta.values())
+
+    def add(self, entries: Iterable[BankEntry]) -> None:
+        by_type: dict[str, list[BankEntry]] = defaultdict(list)
+        for entry in entries:
+            if REGISTRY[entry.signal_type].is_perceptual:
+                by_type[entry.signal_type].append(entry)
+            else:
+                self._exact[entry.signal_type].setdefault(entry.value, []).append(entry)
+                self._exact_by_id[entry.id] = entry
+        for signal_type, group in by_type.items():
+            group.sort(key=lambda e: e.id)
+            self.add_arrays(
+                signal_type,
+                ids=np.array([e.id for e in group], dtype=np.int64),
+                words=ints_to_words([e.value for e in group], REGISTRY[signal_type].bits),
+                banks=[e.bank for e in group],
+                sources=[e.source for e in group],
+                categories=[e.category for e in group],
+                allow=np.array([e.is_allowlist for e in group], dtype=np.bool_),
+            )
+
+    def add_arrays(self, signal_type: str, *, ids: npt.NDArray[np.int64], words: npt.NDArray[np.uint64],
+                   banks: list[str], sources: list[str], categories: list[Category],
+                   allow: npt.NDArray[np.bool_]) -> None:
+        """Bulk add for a perceptual type (the store loader and the benchmark use this)."""
+        if signal_type not in self._hamming:
+            self._hamming[signal_type] = MultiIndexHamming(REGISTRY[signal_type].bits, self.thresholds[signal_type])
+            self._meta[signal_type] = _Meta()
+        self._meta[signal_type].append(
+            ids,
+            np.array([self._banks.code(b) for b in banks], dtype=np.int16),
+            np.array([self._sources.code(s) for s in sources], dtype=np.int16),
+            np.array([_CATEGORIES.index(c) for c in categories], dtype=np.int8),
+            allow,
+        )
+        self._hamming[signal_type].add(words)
+
+    def remove(self, entry_ids: Iterable[int]) -> None:
+        wanted = np.array(sorted(set(entry_ids)), dtype=np.int64)
+        for signal_type, meta in self._meta.items():
+            self._hamming[signal_type].remove(meta.positions_of(wanted))
+        for entry_id in wanted.tolist():
+            entry = self._exact_by_id.pop(entry_id, None)
+            if entry is not None:
+                bucket = self._exact[entry.signal_type][entry.value]
+                bucket.remove(entry)
+                if not bucket:
+                    del self._exact[entry.signal_type][entry.value]
+
+    def _entry(self, signal_type: str, position: int, value: int) -> BankEntry:
+        meta = self._meta[signal_type]
+        return BankEntry(
+            id=int(meta.ids[position]), bank=self._banks.names[meta.bank[position]], signal_type=signal_type,
+            value=value, category=_CATEGORIES[meta.category[position]],
+            source=self._sources.names[meta.source[position]], is_allowlist=bool(meta.allow[position]),
+        )
 
     def match(self, signals: Iterable[Signal]) -> list[Match]:
         """Every entry within its type's threshold of any signal, nearest first.
@@ -43,22 +160,21 @@ class BankIndex:
         found: list[Match] = []
         for signal in signals:
             signal_type = REGISTRY[signal.signal_type]
-            threshold = self._thresholds[signal.signal_type]
-            if (
-                signal_type.min_quality is not None
-                and signal.quality is not None
-                and signal.quality < signal_type.min_quality
-            ):
+            if (signal_type.min_quality is not None and signal.quality is not None
+                    and signal.quality < signal_type.min_quality):
                 continue
             if not signal_type.is_perceptual:
                 for entry in self._exact.get(signal.signal_type, {}).get(signal.value, ()):
                     found.append(Match(entry=entry, signal_type=signal.signal_type, distance=0, threshold=0))
                 continue
-            for entry in self._scan.get(signal.signal_type, ()):
-                distance = hamming_distance(signal.value, entry.value)
-                if distance <= threshold:
-                    found.append(
-                        Match(entry=entry, signal_type=signal.signal_type, distance=distance, threshold=threshold)
-                    )
+            index = self._hamming.get(signal.signal_type)
+            if index is None:
+                continue
+            threshold = self.thresholds[signal.signal_type]
+            query = ints_to_words([signal.value], signal_type.bits)
+            for position, distance in index.query(query[0]):
+                value = words_to_int(index.words_at(position))
+                found.append(Match(entry=self._entry(signal.signal_type, position, value),
+                                   signal_type=signal.signal_type, distance=distance, threshold=threshold))
         found.sort(key=lambda m: (m.distance, m.entry.id))
         return found

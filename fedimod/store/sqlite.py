@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ import aiosqlite
 from fedimod.errors import StoreError
 from fedimod.models import (
     BankEntry,
+    BankKind,
+    BankRow,
     Category,
     JobState,
     Match,
@@ -106,6 +108,44 @@ _MIGRATIONS: tuple[str, ...] = (
         sent_at REAL
     );
     """,
+    # 2: banks become named sets with a kind (block or allow) and an enabled flag; entries gain
+    # their source and an expiry; removals are logged so a running index can follow them.
+    """
+    CREATE TABLE banks (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL DEFAULT 'block',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL
+    );
+    INSERT INTO banks (name, kind, enabled, created_at)
+        SELECT DISTINCT bank, 'block', 1, CAST(strftime('%s', 'now') AS REAL) FROM bank_entries;
+    ALTER TABLE bank_entries ADD COLUMN source TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE bank_entries ADD COLUMN expires_at INTEGER;
+    CREATE TABLE bank_removals (
+        seq INTEGER PRIMARY KEY,
+        entry_id INTEGER NOT NULL,
+        bank TEXT NOT NULL,
+        signal_type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        removed_at REAL NOT NULL
+    );
+    CREATE TABLE matches_v2 (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        status_id TEXT NOT NULL,
+        entry_id INTEGER NOT NULL,
+        signal_type TEXT NOT NULL,
+        distance INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        is_allowlist INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (job_id, entry_id, signal_type)
+    );
+    INSERT INTO matches_v2 (id, job_id, status_id, entry_id, signal_type, distance, threshold, created_at)
+        SELECT id, job_id, status_id, entry_id, signal_type, distance, threshold, created_at FROM matches;
+    DROP TABLE matches;
+    ALTER TABLE matches_v2 RENAME TO matches;
+    """,
 )
 
 _JOB_COLUMNS = "jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts"
@@ -124,6 +164,14 @@ class JobOutcome:
 class PendingReport:
     request: ReportRequest
     attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankState:
+    banks: tuple[tuple[str, str, bool], ...]
+    max_entry_id: int
+    removal_seq: int
+    next_expiry: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,8 +250,8 @@ class SQLiteStore:
         rows = await self._conn.execute_fetchall(sql, params)
         return next(iter(rows), None)
 
-    async def _all(self, sql: str, params: Sequence[object] = ()) -> Iterable[Any]:
-        return await self._conn.execute_fetchall(sql, params)
+    async def _all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        return list(await self._conn.execute_fetchall(sql, params))
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -288,8 +336,9 @@ class SQLiteStore:
             for match in outcome.matches:
                 await self._conn.execute(
                     "INSERT OR IGNORE INTO matches (job_id, status_id, entry_id, signal_type, distance, threshold, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.status_id, match.entry.id, match.signal_type, match.distance, match.threshold, now),
+                    "created_at, is_allowlist) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job.id, job.status_id, match.entry.id, match.signal_type, match.distance, match.threshold, now,
+                     int(match.entry.is_allowlist)),
                 )
             if outcome.report is not None:
                 request = outcome.report
@@ -383,44 +432,137 @@ class SQLiteStore:
 
     # -- banks ----------------------------------------------------------------------------------
 
+    async def ensure_bank(self, name: str, kind: BankKind) -> None:
+        """Create the bank if new; refuse to mix kinds (a block bank never becomes an allowlist)."""
+        async with self._transaction():
+            await self._ensure_bank(name, kind)
+
+    async def _ensure_bank(self, name: str, kind: BankKind) -> None:
+        row = await self._one("SELECT kind FROM banks WHERE name = ?", (name,))
+        if row is None:
+            await self._conn.execute(
+                "INSERT INTO banks (name, kind, enabled, created_at) VALUES (?, ?, 1, ?)",
+                (name, kind.value, time.time()),
+            )
+        elif row[0] != kind.value:
+            raise StoreError(f"bank '{name}' is a {row[0]} bank, not {kind.value}; use another bank name")
+
     async def add_bank_entries(
-        self, bank: str, entries: Iterable[tuple[str, int, Category]], now: float | None = None
+        self, bank: str, rows: Iterable[BankRow], *, kind: BankKind = BankKind.BLOCK, now: float | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> int:
         """Add entries in one transaction (all or nothing); returns how many were new."""
-        now = time.time() if now is None else now
+        added_at = int(time.time() if now is None else now)
         added = 0
+        done = 0
         async with self._transaction():
-            for signal_type, value, category in entries:
-                cursor = await self._conn.execute(
-                    "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, added_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (bank, signal_type, signal_type_named(signal_type).format(value), category.value, now),
-                )
-                added += cursor.rowcount
+            await self._ensure_bank(bank, kind)
+            batch: list[tuple[object, ...]] = []
+
+            async def flush() -> int:
+                before = self._conn.total_changes
+                await self._conn.executemany(
+                    "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
+                    "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                return self._conn.total_changes - before
+
+            for row in rows:
+                batch.append((bank, row.signal_type, signal_type_named(row.signal_type).format(row.value),
+                              row.category.value, row.source or "local",
+                              row.added_at if row.added_at is not None else added_at, row.expires_at))
+                if len(batch) >= 5000:
+                    added += await flush()
+                    done += len(batch)
+                    batch.clear()
+                    if on_progress is not None:
+                        on_progress(done)
+            if batch:
+                added += await flush()
+                done += len(batch)
+                if on_progress is not None:
+                    on_progress(done)
         return added
 
-    async def bank_entries(self) -> list[BankEntry]:
-        rows = await self._all("SELECT id, bank, signal_type, value, category FROM bank_entries ORDER BY id")
+    async def remove_bank_entries(
+        self, bank: str, *, signal_type: str | None = None, value: int | None = None, now: float | None = None
+    ) -> int:
+        """Remove one entry (type and value) or, with neither, the whole bank. Removals are logged."""
+        where, params = "bank = ?", [bank]
+        if signal_type is not None and value is not None:
+            where += " AND signal_type = ? AND value = ?"
+            params += [signal_type, signal_type_named(signal_type).format(value)]
+        removed_at = time.time() if now is None else now
+        async with self._transaction():
+            rows = await self._all(f"SELECT id, bank, signal_type, value FROM bank_entries WHERE {where}", params)
+            ids = [r[0] for r in rows]
+            # Matches keep pointing at removed entries (no foreign key): the log says what they were.
+            await self._conn.executemany(
+                "INSERT INTO bank_removals (entry_id, bank, signal_type, value, removed_at) VALUES (?, ?, ?, ?, ?)",
+                [(r[0], r[1], r[2], r[3], removed_at) for r in rows])
+            await self._conn.execute(f"DELETE FROM bank_entries WHERE {where}", params)
+            if signal_type is None:
+                await self._conn.execute("DELETE FROM banks WHERE name = ?", (bank,))
+        return len(ids)
+
+    async def set_bank_enabled(self, bank: str, enabled: bool) -> bool:
+        async with self._transaction():
+            cursor = await self._conn.execute("UPDATE banks SET enabled = ? WHERE name = ?", (int(enabled), bank))
+        return cursor.rowcount > 0
+
+    async def bank_entries(
+        self, *, bank: str | None = None, after_id: int = 0, up_to_id: int | None = None, active_only: bool = True,
+        now: float | None = None,
+    ) -> list[BankEntry]:
+        """Entries in id order: by default only those of enabled banks that have not expired."""
+        now_s = int(time.time() if now is None else now)
+        where = ["e.id > ?"]
+        params: list[object] = [after_id]
+        if up_to_id is not None:
+            where.append("e.id <= ?")
+            params.append(up_to_id)
+        if bank is not None:
+            where.append("e.bank = ?")
+            params.append(bank)
+        if active_only:
+            where.append("b.enabled = 1 AND (e.expires_at IS NULL OR e.expires_at > ?)")
+            params.append(now_s)
+        rows = await self._all(
+            "SELECT e.id, e.bank, e.signal_type, e.value, e.category, e.source, b.kind, e.added_at, e.expires_at "
+            f"FROM bank_entries e JOIN banks b ON b.name = e.bank WHERE {' AND '.join(where)} ORDER BY e.id",
+            params,
+        )
         return [
             BankEntry(
                 id=r[0], bank=r[1], signal_type=r[2], value=signal_type_named(r[2]).parse(r[3]),
-                category=Category(r[4]),
+                category=Category(r[4]), source=r[5], is_allowlist=r[6] == BankKind.ALLOW.value,
+                added_at=int(r[7]), expires_at=r[8],
             )
             for r in rows
         ]
 
-    async def bank_version(self) -> tuple[int, int]:
-        """(entry count, highest id): changes whenever entries are added or removed."""
-        row = await self._one("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM bank_entries")
-        assert row is not None
-        return (int(row[0]), int(row[1]))
+    async def bank_removals(self, after_seq: int) -> tuple[list[int], int]:
+        rows = await self._all("SELECT seq, entry_id FROM bank_removals WHERE seq > ? ORDER BY seq", (after_seq,))
+        return [r[1] for r in rows], (rows[-1][0] if rows else after_seq)
 
-    async def bank_stats(self) -> list[tuple[str, str, str, int]]:
-        rows = await self._all(
-            "SELECT bank, signal_type, category, COUNT(*) FROM bank_entries "
-            "GROUP BY bank, signal_type, category ORDER BY bank, signal_type, category"
+    async def bank_state(self, now: float | None = None) -> BankState:
+        """What decides whether the in-memory index is current (see `Pipeline._refresh_index`)."""
+        now_s = int(time.time() if now is None else now)
+        banks = await self._all("SELECT name, kind, enabled FROM banks ORDER BY name")
+        top = await self._one("SELECT COALESCE(MAX(id), 0) FROM bank_entries")
+        removal = await self._one("SELECT COALESCE(MAX(seq), 0) FROM bank_removals")
+        expiry = await self._one("SELECT MIN(expires_at) FROM bank_entries WHERE expires_at > ?", (now_s,))
+        return BankState(
+            banks=tuple((r[0], r[1], bool(r[2])) for r in banks), max_entry_id=int(top[0]),
+            removal_seq=int(removal[0]), next_expiry=None if expiry[0] is None else int(expiry[0]),
         )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def bank_stats(self) -> list[tuple[str, str, bool, str, str, int]]:
+        rows = await self._all(
+            "SELECT b.name, b.kind, b.enabled, e.signal_type, e.category, COUNT(e.id) FROM banks b "
+            "LEFT JOIN bank_entries e ON e.bank = b.name "
+            "GROUP BY b.name, e.signal_type, e.category ORDER BY b.name, e.signal_type, e.category"
+        )
+        return [(r[0], r[1], bool(r[2]), r[3] or "-", r[4] or "-", r[5]) for r in rows]
 
     # -- summaries ------------------------------------------------------------------------------
 

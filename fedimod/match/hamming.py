@@ -1,0 +1,246 @@
+"""Exact Hamming range search over fixed-length binary hashes: multi-index hashing (MIH).
+
+A hash of `bits` bits is cut into `m` contiguous chunks. If two hashes differ in at most `t` bits,
+then by pigeonhole at least one chunk differs in at most ``r = t // m`` bits; with
+``m = t // 2 + 1`` that is ``r = 1``. So every hash within `t` of a query shares, in some chunk, a
+key equal to the query's chunk key or to that key with one bit flipped. For each chunk the index
+keeps the hash positions grouped by key (a direct-address table: `offsets` into `ids`), probes
+``1 + chunk_bits`` keys per chunk, and verifies each candidate once with a full XOR/popcount.
+Recall is therefore 100 % by construction; speed depends on how many candidates share keys.
+
+PDQ (256 bits, t = 31): 16 chunks of 16 bits, 17 probes per chunk. pHash (64, 8): 5 chunks of
+12–13 bits. Chunks never exceed 20 bits, so the tables stay small (`4 · 2^chunk_bits` bytes each).
+
+Memory per hash: the hash itself (bits / 8 bytes), one int32 per chunk in `ids`, one int32
+"visited" stamp and one alive flag: for PDQ 32 + 64 + 4 + 1 = 101 bytes.
+
+Updates: additions go to a small unindexed tail that is scanned linearly and merged into the
+tables once it outgrows `max(4096, n / 8)` (amortised O(1) per add); removals clear an alive
+flag. Queries run in numba-compiled loops; build and merge use numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+MAX_CHUNK_BITS = 20
+U64 = npt.NDArray[np.uint64]
+I32 = npt.NDArray[np.int32]
+
+
+def ints_to_words(values: list[int], bits: int) -> U64:
+    """Python ints → (n, bits/64) uint64 array, most significant word first."""
+    width = bits // 64
+    raw = b"".join(v.to_bytes(bits // 8, "big") for v in values)
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(values), width)
+
+
+def words_to_int(words: U64) -> int:
+    return int.from_bytes(words.astype(">u8").tobytes(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    starts: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+
+    @classmethod
+    def for_threshold(cls, bits: int, threshold: int) -> ChunkPlan:
+        m = max(threshold // 2 + 1, math.ceil(bits / MAX_CHUNK_BITS))
+        m = min(m, bits)
+        base, extra = divmod(bits, m)
+        lengths = np.array([base + (1 if i < extra else 0) for i in range(m)], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        return cls(starts=starts, lengths=lengths)
+
+
+@numba.njit(cache=True, inline="always")
+def _extract(words: U64, start: int, length: int) -> np.uint64:
+    """Bits [start, start + length) of a hash, counted from its most significant bit."""
+    w = start // 64
+    off = start % 64
+    one = np.uint64(1)
+    if off + length <= 64:
+        shift = np.uint64(64 - off - length)
+        return np.uint64((words[w] >> shift) & ((one << np.uint64(length)) - one))
+    hi_len = 64 - off
+    lo_len = length - hi_len
+    hi = words[w] & ((one << np.uint64(hi_len)) - one)
+    lo = words[w + 1] >> np.uint64(64 - lo_len)
+    return np.uint64((hi << np.uint64(lo_len)) | lo)
+
+
+@numba.njit(cache=True)
+def _keys(words: U64, start: int, length: int) -> npt.NDArray[np.int64]:
+    n = words.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = np.int64(_extract(words[i], start, length))
+    return out
+
+
+@numba.njit(cache=True, inline="always")
+def _distance(a: U64, b: U64) -> int:
+    d = 0
+    for k in range(a.shape[0]):
+        x = a[k] ^ b[k]
+        # popcount (SWAR); numba has no portable intrinsic for uint64 popcount
+        x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+        x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+        d += int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    return d
+
+
+@numba.njit(cache=True)
+def _query_one(
+    query: U64, words: U64, alive: npt.NDArray[np.bool_], starts: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, indexed: int, stamps: I32, stamp: int,
+    threshold: int, tail_start: int, tail_end: int, out_pos: I32, out_dist: I32,
+) -> int:
+    found = 0
+    cap = out_pos.shape[0]
+    for c in range(starts.shape[0]):
+        key = np.int64(_extract(query, starts[c], lengths[c]))
+        for probe in range(lengths[c] + 1):
+            k = key if probe == 0 else key ^ (np.int64(1) << np.int64(probe - 1))
+            lo = offsets[c, k]
+            hi = offsets[c, k + 1]
+            for j in range(lo, hi):
+                pos = ids[c, j]
+                if stamps[pos] == stamp:
+                    continue
+                stamps[pos] = stamp
+                if not alive[pos]:
+                    continue
+                d = _distance(query, words[pos])
+                if d <= threshold:
+                    if found < cap:
+                        out_pos[found] = pos
+                        out_dist[found] = d
+                    found += 1
+    for pos in range(tail_start, tail_end):  # recent additions, not yet in the tables
+        if alive[pos]:
+            d = _distance(query, words[pos])
+            if d <= threshold:
+                if found < cap:
+                    out_pos[found] = pos
+                    out_dist[found] = d
+                found += 1
+    return found
+
+
+@numba.njit(cache=True)
+def _query_batch(
+    queries: U64, words: U64, alive: npt.NDArray[np.bool_], starts: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, indexed: int, stamps: I32, first_stamp: int,
+    threshold: int, tail_end: int, out_pos: I32, out_dist: I32, counts: I32,
+) -> None:
+    for q in range(queries.shape[0]):
+        counts[q] = _query_one(queries[q], words, alive, starts, lengths, offsets, ids, indexed, stamps,
+                               first_stamp + q, threshold, indexed, tail_end, out_pos[q], out_dist[q])
+
+
+class MultiIndexHamming:
+    """Positions 0..n-1 hold hashes; callers map positions to their own ids."""
+
+    def __init__(self, bits: int, threshold: int, capacity: int = 1024) -> None:
+        if bits % 64:
+            raise ValueError("bits must be a multiple of 64")
+        self.bits = bits
+        self.threshold = threshold
+        self._plan = ChunkPlan.for_threshold(bits, threshold)
+        self._width = bits // 64
+        self._words = np.zeros((max(capacity, 1), self._width), dtype=np.uint64)
+        self._alive = np.zeros(max(capacity, 1), dtype=np.bool_)
+        self._stamps = np.zeros(max(capacity, 1), dtype=np.int32)
+        self._stamp = 0
+        self._size = 0  # positions used (alive or not)
+        self._indexed = 0  # positions covered by the tables
+        self._live = 0
+        m = len(self._plan.lengths)
+        self._offsets = np.zeros((m, (1 << int(self._plan.lengths.max())) + 1), dtype=np.int32)
+        self._ids = np.zeros((m, 0), dtype=np.int32)
+
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def nbytes(self) -> int:
+        used = self._size
+        per_position = self._width * 8 + 1 + 4  # hash, alive flag, stamp
+        return used * per_position + self._offsets.nbytes + self._ids.nbytes
+
+    def _grow(self, needed: int) -> None:
+        capacity = self._words.shape[0]
+        if needed <= capacity:
+            return
+        new = max(needed, capacity * 2)
+        self._words = np.resize(self._words, (new, self._width))
+        self._alive = np.concatenate([self._alive, np.zeros(new - capacity, dtype=np.bool_)])
+        self._stamps = np.concatenate([self._stamps, np.zeros(new - capacity, dtype=np.int32)])
+
+    def add(self, words: U64) -> npt.NDArray[np.int64]:
+        """Append hashes ((k, bits/64) uint64); returns their positions."""
+        k = words.shape[0]
+        self._grow(self._size + k)
+        positions = np.arange(self._size, self._size + k, dtype=np.int64)
+        self._words[self._size:self._size + k] = words
+        self._alive[self._size:self._size + k] = True
+        self._size += k
+        self._live += k
+        if self._size - self._indexed > max(4096, self._indexed // 8):
+            self._reindex()
+        return positions
+
+    def remove(self, positions: npt.NDArray[np.int64]) -> None:
+        alive = self._alive[positions]
+        self._live -= int(alive.sum())
+        self._alive[positions] = False
+
+    def _reindex(self) -> None:
+        n = self._size
+        m = len(self._plan.lengths)
+        ids = np.empty((m, n), dtype=np.int32)
+        for c in range(m):
+            keys = _keys(self._words[:n], int(self._plan.starts[c]), int(self._plan.lengths[c]))
+            order = np.argsort(keys, kind="stable").astype(np.int32)
+            ids[c] = order
+            counts = np.bincount(keys, minlength=self._offsets.shape[1] - 1)
+            self._offsets[c, 0] = 0
+            np.cumsum(counts, out=self._offsets[c, 1:])
+        self._ids = ids
+        self._indexed = n
+
+    def query_batch(self, queries: U64, max_hits: int = 64) -> list[list[tuple[int, int]]]:
+        """For each query, every (position, distance) within the threshold."""
+        q = queries.shape[0]
+        while True:
+            out_pos = np.empty((q, max_hits), dtype=np.int32)
+            out_dist = np.empty((q, max_hits), dtype=np.int32)
+            counts = np.zeros(q, dtype=np.int32)
+            if self._stamp + q >= 2**31 - 1:
+                self._stamps[:] = 0
+                self._stamp = 0
+            first = self._stamp + 1
+            self._stamp += q
+            _query_batch(queries, self._words, self._alive, self._plan.starts, self._plan.lengths, self._offsets,
+                         self._ids, self._indexed, self._stamps, first, self.threshold, self._size, out_pos,
+                         out_dist, counts)
+            if int(counts.max(initial=0)) <= max_hits:
+                break
+            max_hits = int(counts.max()) * 2  # rare: more hits than room; run again with room for all
+        return [list(zip(out_pos[i, :counts[i]].tolist(), out_dist[i, :counts[i]].tolist(), strict=True))
+                for i in range(q)]
+
+    def words_at(self, position: int) -> U64:
+        row: U64 = self._words[position]
+        return row
+
+    def query(self, words: U64) -> list[tuple[int, int]]:
+        return self.query_batch(words.reshape(1, self._width))[0]
