@@ -44,7 +44,6 @@ UNHASHED_TYPES = {
     "unknown": "the instance has no copy of this media (type unknown)",
 }
 IDLE_POLL_S = 1.0
-BANK_REFRESH_S = 5.0
 INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
 
@@ -67,7 +66,7 @@ class Pipeline:
         self._hasher = hasher
         self._actions = actions
         self._instance = urlsplit(config.instance.base_url).netloc
-        self._index = BankIndex(())
+        self._index = BankIndex((), config.banks.thresholds)
         self._bank_state: BankState | None = None
         self._work = asyncio.Event()
         self._reports_due = asyncio.Event()
@@ -82,6 +81,11 @@ class Pipeline:
             reconnect_max_s=config.instance.reconnect_max_s,
             request_timeout_s=config.instance.request_timeout_s,
         )
+
+    @property
+    def indexed_entries(self) -> int:
+        """Bank entries currently matched against (enabled banks, unexpired)."""
+        return len(self._index)
 
     async def accept_post(self, post: Post, source: str) -> None:
         """Durably record a post's jobs, then wake the workers. The only thing ingest calls."""
@@ -133,14 +137,14 @@ class Pipeline:
         else:
             entries = await self._store.bank_entries(up_to_id=state.max_entry_id)
             started = time.monotonic()
-            self._index = await asyncio.to_thread(BankIndex, entries)
+            self._index = await asyncio.to_thread(BankIndex, entries, self._config.banks.thresholds)
             log_event(logger, logging.INFO, "banks_loaded", entries=len(self._index), index_bytes=self._index.nbytes,
                       seconds=round(time.monotonic() - started, 3))
         self._bank_state = state
 
     async def _bank_refresher(self) -> None:
         while True:
-            await asyncio.sleep(BANK_REFRESH_S)
+            await asyncio.sleep(self._config.banks.refresh_s)
             await self._refresh_index()
 
     # -- workers --------------------------------------------------------------------------------

@@ -69,6 +69,17 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BanksConfig:
+    refresh_s: float = 5.0
+    pdq_threshold: int = 31
+    phash_threshold: int = 8
+
+    @property
+    def thresholds(self) -> dict[str, int]:
+        return {"pdq": self.pdq_threshold, "phash": self.phash_threshold}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReportConfig:
     category: str = "legal"
     forward: bool = False
@@ -83,6 +94,7 @@ class Config:
     media: MediaConfig
     workers: WorkerConfig
     report: ReportConfig
+    banks: BanksConfig = field(default_factory=BanksConfig)
     log_level: str = "INFO"
 
 
@@ -154,7 +166,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
-    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "logging"}))
+    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "logging"}))
 
     inst = top.table("instance", _fields(InstanceConfig) - {"token"})
     base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
@@ -234,8 +246,20 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         dry_run=rp.get("dry_run", bool, False),
     )
 
+    bk = top.table("banks", _fields(BanksConfig))
+    banks = BanksConfig(
+        refresh_s=bk.positive("refresh_s", _default(BanksConfig, "refresh_s")),
+        pdq_threshold=bk.get("pdq_threshold", int, _default(BanksConfig, "pdq_threshold")),
+        phash_threshold=bk.get("phash_threshold", int, _default(BanksConfig, "phash_threshold")),
+    )
+    for key, bits in (("pdq_threshold", 256), ("phash_threshold", 64)):
+        value = getattr(banks, key)
+        if not 0 <= value <= bits // 4:
+            raise ConfigError(bk.key(key), f"must be between 0 and {bits // 4} (a quarter of the hash); got {value}")
+
     lg = top.table("logging", frozenset({"level"}))
     level = lg.get("level", str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(lg.key("level"), f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
-    return Config(instance=instance, store=store, media=media, workers=workers, report=report, log_level=level)
+    return Config(instance=instance, store=store, media=media, workers=workers, report=report, banks=banks,
+                  log_level=level)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fedimod.app import Pipeline, open_pipeline
-from fedimod.config import Config, InstanceConfig, MediaConfig, ReportConfig, StoreConfig, WorkerConfig
+from fedimod.config import BanksConfig, Config, InstanceConfig, MediaConfig, ReportConfig, StoreConfig, WorkerConfig
 from fedimod.match import parse_bank_lines
 from fedimod.media import hash_image_bytes
+from fedimod.models import BankKind
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
@@ -28,10 +29,12 @@ def make_config(sandbox: Sandbox, token: str, db: Path, **report: Any) -> Config
         media=MediaConfig(allow_hosts=("127.0.0.1",), timeout_s=10),
         workers=WorkerConfig(concurrency=2, hash_processes=1, retry_delay_s=0.2, max_attempts=3),
         report=ReportConfig(**report),
+        banks=BanksConfig(refresh_s=0.2),
     )
 
 
-async def bank_images(db: Path, images: list[bytes], category: str = "csam", bank: str = "test-bank") -> None:
+async def bank_images(db: Path, images: list[bytes], category: str = "csam", bank: str = "test-bank",
+                      kind: BankKind = BankKind.BLOCK) -> None:
     """Bank the PDQ and MD5 of each image through the plain bank-file parser."""
     lines = []
     for data in images:
@@ -40,7 +43,7 @@ async def bank_images(db: Path, images: list[bytes], category: str = "csam", ban
                 lines.append(f"{signal.signal_type} {REGISTRY[signal.signal_type].format(signal.value)} {category}")
     rows = parse_bank_lines(lines)
     async with SQLiteStore.open(db) as store:
-        await store.add_bank_entries(bank, rows)
+        await store.add_bank_entries(bank, rows, kind=kind)
 
 
 @asynccontextmanager

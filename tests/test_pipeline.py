@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.models import BankKind
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
@@ -156,3 +157,46 @@ async def test_dry_run_files_nothing_but_records_what_it_would_do(
         sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
         await wait_until(dry_run_recorded, what="dry-run report recorded")
     assert sandbox.reports == []
+
+
+async def test_allowlisted_picture_is_recorded_but_never_reported(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    famous = generate_image(77)
+    await bank_images(db, [jpeg_bytes(famous)], bank="wrongly-flagged")
+    await bank_images(db, [jpeg_bytes(famous)], bank="famous-photos", kind=BankKind.ALLOW)
+    user, _ = sandbox.create_account("historian")
+    async with running(make_config(sandbox, bot_token, db)) as pipeline:
+        sandbox.post_status(user.id, "a famous photo", media=[altered_copy(famous, 0.6)])
+        await wait_until(lambda: pipeline.stats.matches >= 2, what="block and allowlist matches")
+        await asyncio.sleep(0.5)
+    assert sandbox.reports == []
+    async with SQLiteStore.open(db) as store:
+        counts = await store.counts()
+        assert counts.matches >= 2 and counts.reports_by_state == {}
+
+
+async def test_bank_changes_reach_the_running_bot_without_restart(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    user, _ = sandbox.create_account("mallory")
+    first, second = generate_image(88), generate_image(89)
+    async with running(make_config(sandbox, bot_token, db)) as pipeline:
+        await bank_images(db, [jpeg_bytes(first)])  # imported while running
+        await wait_until(lambda: pipeline.indexed_entries > 0, what="the new bank entries indexed")
+        hit = sandbox.post_status(user.id, "now banned", media=[altered_copy(first, 0.6)])
+        await wait_until(lambda: len(sandbox.reports) == 1, what="report for the newly banked image")
+        await bank_images(db, [jpeg_bytes(second)])
+        async with SQLiteStore.open(db) as store:
+            removed = await store.remove_bank_entries("test-bank", signal_type="pdq",
+                                                      value=next(e.value for e in await store.bank_entries()
+                                                                 if e.signal_type == "pdq"))
+        assert removed == 1
+        await wait_until(lambda: pipeline.indexed_entries == 3, what="one pdq entry removed, two added")
+        sandbox.post_status(user.id, "retracted hash", media=[altered_copy(first, 0.7)])
+        other = sandbox.post_status(user.id, "second image", media=[altered_copy(second, 0.6)])
+        await wait_until(lambda: len(sandbox.reports) == 2, what="report for the second banked image")
+        await asyncio.sleep(0.5)
+    assert [r.status_ids for r in sandbox.reports] == [[hit.id], [other.id]]

@@ -445,7 +445,9 @@ class SQLiteStore:
                 (name, kind.value, time.time()),
             )
         elif row[0] != kind.value:
-            raise StoreError(f"bank '{name}' is a {row[0]} bank, not {kind.value}; use another bank name")
+            described = {"allow": "an allowlist", "block": "a block bank"}
+            raise StoreError(f"bank '{name}' is {described[row[0]]}, not {described[kind.value]}; "
+                             "import into another bank name")
 
     async def add_bank_entries(
         self, bank: str, rows: Iterable[BankRow], *, kind: BankKind = BankKind.BLOCK, now: float | None = None,
