@@ -11,8 +11,8 @@ Recall is therefore 100 % by construction; speed depends on how many candidates 
 PDQ (256 bits, t = 31): 16 chunks of 16 bits, 17 probes per chunk. pHash (64, 8): 5 chunks of
 12–13 bits. Chunks never exceed 20 bits, so the tables stay small (`4 · 2^chunk_bits` bytes each).
 
-Memory per hash: the hash itself (bits / 8 bytes), one int32 per chunk in `ids`, one int32
-"visited" stamp and one alive flag: for PDQ 32 + 64 + 4 + 1 = 101 bytes.
+Memory per hash: the hash itself (bits / 8 bytes), one int32 per chunk in `ids` and one alive
+flag: for PDQ 32 + 64 + 1 = 97 bytes.
 
 Updates: additions go to a small unindexed tail that is scanned linearly and merged into the
 tables once it outgrows `max(4096, n / 8)` (amortised O(1) per add); removals clear an alive
@@ -85,65 +85,71 @@ def _keys(words: U64, start: int, length: int) -> npt.NDArray[np.int64]:
 
 
 @numba.njit(cache=True, inline="always")
-def _distance(a: U64, b: U64) -> int:
+def _popcount(x: np.uint64) -> int:
+    # SWAR popcount; LLVM turns this pattern into the POPCNT instruction where the CPU has one.
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(cache=True, inline="always")
+def _distance_at(query: U64, words: U64, pos: int) -> int:
     d = 0
-    for k in range(a.shape[0]):
-        x = a[k] ^ b[k]
-        # popcount (SWAR); numba has no portable intrinsic for uint64 popcount
-        x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-        x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-        d += int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    for k in range(query.shape[0]):
+        d += _popcount(query[k] ^ words[pos, k])
     return d
+
+
+@numba.njit(cache=True)
+def _record(out_pos: I32, out_dist: I32, found: int, pos: int, d: int) -> int:
+    """Append a hit unless already found through another chunk; returns the new count."""
+    limit = min(found, out_pos.shape[0])
+    for i in range(limit):
+        if out_pos[i] == pos:
+            return found
+    if found < out_pos.shape[0]:
+        out_pos[found] = pos
+        out_dist[found] = d
+    return found + 1
 
 
 @numba.njit(cache=True)
 def _query_one(
     query: U64, words: U64, alive: npt.NDArray[np.bool_], starts: npt.NDArray[np.int64],
-    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, indexed: int, stamps: I32, stamp: int,
-    threshold: int, tail_start: int, tail_end: int, out_pos: I32, out_dist: I32,
+    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, threshold: int, tail_start: int, tail_end: int,
+    out_pos: I32, out_dist: I32,
 ) -> int:
+    # A random candidate shares a key with the query in one chunk at most (almost always), so it
+    # is verified directly; only hits are de-duplicated, and only hits pay for the alive check.
+    # One random memory access per candidate (its hash row) keeps the loop memory-bound at best.
     found = 0
-    cap = out_pos.shape[0]
     for c in range(starts.shape[0]):
         key = np.int64(_extract(query, starts[c], lengths[c]))
         for probe in range(lengths[c] + 1):
             k = key if probe == 0 else key ^ (np.int64(1) << np.int64(probe - 1))
-            lo = offsets[c, k]
-            hi = offsets[c, k + 1]
-            for j in range(lo, hi):
+            for j in range(offsets[c, k], offsets[c, k + 1]):
                 pos = ids[c, j]
-                if stamps[pos] == stamp:
-                    continue
-                stamps[pos] = stamp
-                if not alive[pos]:
-                    continue
-                d = _distance(query, words[pos])
-                if d <= threshold:
-                    if found < cap:
-                        out_pos[found] = pos
-                        out_dist[found] = d
-                    found += 1
+                d = _distance_at(query, words, pos)
+                if d <= threshold and alive[pos]:
+                    found = _record(out_pos, out_dist, found, pos, d)
     for pos in range(tail_start, tail_end):  # recent additions, not yet in the tables
         if alive[pos]:
-            d = _distance(query, words[pos])
+            d = _distance_at(query, words, pos)
             if d <= threshold:
-                if found < cap:
-                    out_pos[found] = pos
-                    out_dist[found] = d
-                found += 1
+                found = _record(out_pos, out_dist, found, pos, d)
     return found
 
 
 @numba.njit(cache=True)
 def _query_batch(
     queries: U64, words: U64, alive: npt.NDArray[np.bool_], starts: npt.NDArray[np.int64],
-    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, indexed: int, stamps: I32, first_stamp: int,
-    threshold: int, tail_end: int, out_pos: I32, out_dist: I32, counts: I32,
+    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, indexed: int, threshold: int, tail_end: int,
+    out_pos: I32, out_dist: I32, counts: I32,
 ) -> None:
     for q in range(queries.shape[0]):
-        counts[q] = _query_one(queries[q], words, alive, starts, lengths, offsets, ids, indexed, stamps,
-                               first_stamp + q, threshold, indexed, tail_end, out_pos[q], out_dist[q])
+        counts[q] = _query_one(queries[q], words, alive, starts, lengths, offsets, ids, threshold, indexed,
+                               tail_end, out_pos[q], out_dist[q])
 
 
 class MultiIndexHamming:
@@ -158,8 +164,6 @@ class MultiIndexHamming:
         self._width = bits // 64
         self._words = np.zeros((max(capacity, 1), self._width), dtype=np.uint64)
         self._alive = np.zeros(max(capacity, 1), dtype=np.bool_)
-        self._stamps = np.zeros(max(capacity, 1), dtype=np.int32)
-        self._stamp = 0
         self._size = 0  # positions used (alive or not)
         self._indexed = 0  # positions covered by the tables
         self._live = 0
@@ -173,7 +177,7 @@ class MultiIndexHamming:
     @property
     def nbytes(self) -> int:
         used = self._size
-        per_position = self._width * 8 + 1 + 4  # hash, alive flag, stamp
+        per_position = self._width * 8 + 1  # hash, alive flag
         return used * per_position + self._offsets.nbytes + self._ids.nbytes
 
     def _grow(self, needed: int) -> None:
@@ -183,7 +187,6 @@ class MultiIndexHamming:
         new = max(needed, capacity * 2)
         self._words = np.resize(self._words, (new, self._width))
         self._alive = np.concatenate([self._alive, np.zeros(new - capacity, dtype=np.bool_)])
-        self._stamps = np.concatenate([self._stamps, np.zeros(new - capacity, dtype=np.int32)])
 
     def add(self, words: U64) -> npt.NDArray[np.int64]:
         """Append hashes ((k, bits/64) uint64); returns their positions."""
@@ -224,14 +227,8 @@ class MultiIndexHamming:
             out_pos = np.empty((q, max_hits), dtype=np.int32)
             out_dist = np.empty((q, max_hits), dtype=np.int32)
             counts = np.zeros(q, dtype=np.int32)
-            if self._stamp + q >= 2**31 - 1:
-                self._stamps[:] = 0
-                self._stamp = 0
-            first = self._stamp + 1
-            self._stamp += q
             _query_batch(queries, self._words, self._alive, self._plan.starts, self._plan.lengths, self._offsets,
-                         self._ids, self._indexed, self._stamps, first, self.threshold, self._size, out_pos,
-                         out_dist, counts)
+                         self._ids, self._indexed, self.threshold, self._size, out_pos, out_dist, counts)
             if int(counts.max(initial=0)) <= max_hits:
                 break
             max_hits = int(counts.max()) * 2  # rare: more hits than room; run again with room for all

@@ -95,6 +95,10 @@ class BankIndex:
         """Memory held by the perceptual indexes and their metadata (digest dicts not counted)."""
         return sum(h.nbytes for h in self._hamming.values()) + sum(m.nbytes for m in self._meta.values())
 
+    def hamming(self, signal_type: str) -> MultiIndexHamming:
+        """The structure behind one perceptual type (for batch queries and benchmarks)."""
+        return self._hamming[signal_type]
+
     def add(self, entries: Iterable[BankEntry]) -> None:
         by_type: dict[str, list[BankEntry]] = defaultdict(list)
         for entry in entries:
