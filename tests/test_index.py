@@ -48,11 +48,14 @@ def test_recall_matches_brute_force_with_planted_near_duplicates_and_decoys(
 
 
 @pytest.mark.parametrize(("bits", "threshold"), [(256, 31), (256, 10), (256, 45), (64, 8), (64, 3), (128, 0)])
-def test_chunk_plan_keeps_the_pigeonhole_guarantee(bits: int, threshold: int) -> None:
-    plan = ChunkPlan.for_threshold(bits, threshold)
-    assert int(plan.lengths.sum()) == bits and int(plan.lengths.max()) <= 20
-    # With m chunks and r = 1 probe flip, any pair within t differs by <= 1 bit in some chunk.
-    assert len(plan.lengths) * 2 > threshold
+@pytest.mark.parametrize("bank_size", [0, 1_000_000, 10_000_000])
+def test_chunk_plan_keeps_the_pigeonhole_guarantee(bits: int, threshold: int, bank_size: int) -> None:
+    plan = ChunkPlan.for_threshold(bits, threshold, bank_size)
+    assert int(plan.lengths.sum()) == bits and int(plan.lengths.max()) <= 24
+    # With m chunks probed at radius r, any pair within t differs by <= r bits in some chunk.
+    assert len(plan.lengths) * (plan.radius + 1) > threshold
+    # Radius-2 tables stay within the memory budget.
+    assert plan.radius == 1 or plan.table_bytes <= max(8 * 2**20, 24 * bank_size)
 
 
 def test_unusual_threshold_still_has_full_recall() -> None:

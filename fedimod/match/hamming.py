@@ -1,15 +1,17 @@
 """Exact Hamming range search over fixed-length binary hashes: multi-index hashing (MIH).
 
-A hash of `bits` bits is cut into `m` contiguous chunks. If two hashes differ in at most `t` bits,
-then by pigeonhole at least one chunk differs in at most ``r = t // m`` bits; with
-``m = t // 2 + 1`` that is ``r = 1``. So every hash within `t` of a query shares, in some chunk, a
-key equal to the query's chunk key or to that key with one bit flipped. For each chunk the index
-keeps the hash positions grouped by key (a direct-address table: `offsets` into `ids`), probes
-``1 + chunk_bits`` keys per chunk, and verifies each candidate once with a full XOR/popcount.
-Recall is therefore 100 % by construction; speed depends on how many candidates share keys.
+A hash of `bits` bits is cut into `m` contiguous chunks. If two hashes differ in at most `t` bits
+and ``m · (r + 1) > t``, then by pigeonhole at least one chunk differs in at most `r` bits. So every
+hash within `t` of a query shares, in some chunk, a key within radius `r` of the query's chunk
+key. For each chunk the index keeps the hash positions grouped by key (a direct-address table:
+`offsets` into `ids`), probes every key within radius `r`, and verifies each candidate once with
+a full XOR/popcount. Recall is therefore 100 % by construction; speed depends on how many
+candidates share keys, and is bound by memory latency (one random hash-row read per candidate).
 
-PDQ (256 bits, t = 31): 16 chunks of 16 bits, 17 probes per chunk. pHash (64, 8): 5 chunks of
-12–13 bits. Chunks never exceed 20 bits, so the tables stay small (`4 · 2^chunk_bits` bytes each).
+`ChunkPlan.for_threshold` picks the plan per bank size: PDQ (256 bits, t = 31) uses 16 chunks of
+16 bits at radius 1 (17 probes per chunk, 4 MiB of tables) up to a few million hashes, and 12
+chunks of 21–22 bits at radius 2 for larger banks, where 8x fewer candidates repay 192 MiB of
+tables (kept under 24 bytes per hash). pHash (64, 8) uses 5 chunks of 12–13 bits at radius 1.
 
 Memory per hash: the hash itself (bits / 8 bytes), one int32 per chunk in `ids` and one alive
 flag: for PDQ 32 + 64 + 1 = 97 bytes.
@@ -28,7 +30,9 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-MAX_CHUNK_BITS = 20
+MAX_CHUNK_BITS = 24
+TABLE_BYTES_PER_HASH = 24
+TABLE_BYTES_FLOOR = 8 * 1024 * 1024
 U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
 
@@ -44,19 +48,59 @@ def words_to_int(words: U64) -> int:
     return int.from_bytes(words.astype(">u8").tobytes(), "big")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ChunkPlan:
+    """How a hash is cut: `m` chunks, each probed at Hamming radius `radius` (1 or 2).
+
+    Pigeonhole: with ``m * (radius + 1) > t``, any hash within `t` of the query is within
+    `radius` of it in at least one chunk.
+    """
+
     starts: npt.NDArray[np.int64]
     lengths: npt.NDArray[np.int64]
+    radius: int
 
     @classmethod
-    def for_threshold(cls, bits: int, threshold: int) -> ChunkPlan:
-        m = max(threshold // 2 + 1, math.ceil(bits / MAX_CHUNK_BITS))
+    def with_radius(cls, bits: int, threshold: int, radius: int, extra_chunks: int = 0) -> ChunkPlan:
+        m = max(threshold // (radius + 1) + 1, math.ceil(bits / MAX_CHUNK_BITS)) + extra_chunks
         m = min(m, bits)
         base, extra = divmod(bits, m)
         lengths = np.array([base + (1 if i < extra else 0) for i in range(m)], dtype=np.int64)
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        return cls(starts=starts, lengths=lengths)
+        return cls(starts=starts, lengths=lengths, radius=radius)
+
+    @classmethod
+    def for_threshold(cls, bits: int, threshold: int, n: int = 0) -> ChunkPlan:
+        """The plan with the fewest expected random reads per query whose tables fit the budget.
+
+        Reads per query ≈ probes (one table lookup each) + candidates (probes · n / 2^chunk_bits,
+        one hash row each). Larger chunks probed at radius 2 mean more probes but far fewer
+        candidates; their tables (4 · 2^chunk_bits bytes per chunk) must stay within
+        `TABLE_BYTES_PER_HASH` per hash (or `TABLE_BYTES_FLOOR` for small banks).
+        """
+        best: ChunkPlan | None = None
+        best_cost = math.inf
+        budget = max(TABLE_BYTES_FLOOR, TABLE_BYTES_PER_HASH * n)
+        candidates = [cls.with_radius(bits, threshold, 1)]  # always admissible: the fallback
+        candidates += [cls.with_radius(bits, threshold, 2, extra) for extra in range(8)]
+        for plan in candidates:
+            radius = plan.radius
+            width = int(plan.lengths.max())
+            if radius > 1 and plan.table_bytes > budget:
+                continue
+            probes = sum(sum(math.comb(int(b), k) for k in range(radius + 1)) for b in plan.lengths)
+            cost = probes + probes * n / 2**width
+            if cost < best_cost:
+                best, best_cost = plan, cost
+        assert best is not None  # radius 1 is always admissible
+        return best
+
+    def same_as(self, other: ChunkPlan) -> bool:
+        return self.radius == other.radius and np.array_equal(self.lengths, other.lengths)
+
+    @property
+    def table_bytes(self) -> int:
+        return len(self.lengths) * 4 * ((1 << int(self.lengths.max())) + 1)
 
 
 @numba.njit(cache=True, inline="always")
@@ -114,25 +158,39 @@ def _record(out_pos: I32, out_dist: I32, found: int, pos: int, d: int) -> int:
     return found + 1
 
 
+@numba.njit(cache=True, inline="always")
+def _scan_bucket(query: U64, words: U64, alive: npt.NDArray[np.bool_], offsets: I32, ids: I32, c: int, k: np.int64,
+                 threshold: int, out_pos: I32, out_dist: I32, found: int) -> int:
+    for j in range(offsets[c, k], offsets[c, k + 1]):
+        pos = ids[c, j]
+        d = _distance_at(query, words, pos)
+        if d <= threshold and alive[pos]:
+            found = _record(out_pos, out_dist, found, pos, d)
+    return found
+
+
 @numba.njit(cache=True)
 def _query_one(
     query: U64, words: U64, alive: npt.NDArray[np.bool_], starts: npt.NDArray[np.int64],
-    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, threshold: int, tail_start: int, tail_end: int,
-    out_pos: I32, out_dist: I32,
+    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, radius: int, threshold: int, tail_start: int,
+    tail_end: int, out_pos: I32, out_dist: I32,
 ) -> int:
     # A random candidate shares a key with the query in one chunk at most (almost always), so it
     # is verified directly; only hits are de-duplicated, and only hits pay for the alive check.
-    # One random memory access per candidate (its hash row) keeps the loop memory-bound at best.
     found = 0
+    one = np.int64(1)
     for c in range(starts.shape[0]):
         key = np.int64(_extract(query, starts[c], lengths[c]))
-        for probe in range(lengths[c] + 1):
-            k = key if probe == 0 else key ^ (np.int64(1) << np.int64(probe - 1))
-            for j in range(offsets[c, k], offsets[c, k + 1]):
-                pos = ids[c, j]
-                d = _distance_at(query, words, pos)
-                if d <= threshold and alive[pos]:
-                    found = _record(out_pos, out_dist, found, pos, d)
+        found = _scan_bucket(query, words, alive, offsets, ids, c, key, threshold, out_pos, out_dist, found)
+        if radius >= 1:
+            for a in range(lengths[c]):
+                key_a = key ^ (one << np.int64(a))
+                found = _scan_bucket(query, words, alive, offsets, ids, c, key_a, threshold, out_pos, out_dist,
+                                     found)
+                if radius >= 2:
+                    for b in range(a + 1, lengths[c]):
+                        found = _scan_bucket(query, words, alive, offsets, ids, c, key_a ^ (one << np.int64(b)),
+                                             threshold, out_pos, out_dist, found)
     for pos in range(tail_start, tail_end):  # recent additions, not yet in the tables
         if alive[pos]:
             d = _distance_at(query, words, pos)
@@ -144,11 +202,11 @@ def _query_one(
 @numba.njit(cache=True)
 def _query_batch(
     queries: U64, words: U64, alive: npt.NDArray[np.bool_], starts: npt.NDArray[np.int64],
-    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, indexed: int, threshold: int, tail_end: int,
-    out_pos: I32, out_dist: I32, counts: I32,
+    lengths: npt.NDArray[np.int64], offsets: I32, ids: I32, radius: int, indexed: int, threshold: int,
+    tail_end: int, out_pos: I32, out_dist: I32, counts: I32,
 ) -> None:
     for q in range(queries.shape[0]):
-        counts[q] = _query_one(queries[q], words, alive, starts, lengths, offsets, ids, threshold, indexed,
+        counts[q] = _query_one(queries[q], words, alive, starts, lengths, offsets, ids, radius, threshold, indexed,
                                tail_end, out_pos[q], out_dist[q])
 
 
@@ -208,6 +266,10 @@ class MultiIndexHamming:
 
     def _reindex(self) -> None:
         n = self._size
+        plan = ChunkPlan.for_threshold(self.bits, self.threshold, n)
+        if not plan.same_as(self._plan):
+            self._plan = plan
+            self._offsets = np.zeros((len(plan.lengths), (1 << int(plan.lengths.max())) + 1), dtype=np.int32)
         m = len(self._plan.lengths)
         ids = np.empty((m, n), dtype=np.int32)
         for c in range(m):
@@ -228,7 +290,8 @@ class MultiIndexHamming:
             out_dist = np.empty((q, max_hits), dtype=np.int32)
             counts = np.zeros(q, dtype=np.int32)
             _query_batch(queries, self._words, self._alive, self._plan.starts, self._plan.lengths, self._offsets,
-                         self._ids, self._indexed, self.threshold, self._size, out_pos, out_dist, counts)
+                         self._ids, self._plan.radius, self._indexed, self.threshold, self._size, out_pos, out_dist,
+                         counts)
             if int(counts.max(initial=0)) <= max_hits:
                 break
             max_hits = int(counts.max()) * 2  # rare: more hits than room; run again with room for all
