@@ -55,7 +55,23 @@ def test_chunk_plan_keeps_the_pigeonhole_guarantee(bits: int, threshold: int, ba
     # With m chunks probed at radius r, any pair within t differs by <= r bits in some chunk.
     assert len(plan.lengths) * (plan.radius + 1) > threshold
     # Radius-2 tables stay within the memory budget.
-    assert plan.radius == 1 or plan.table_bytes <= max(8 * 2**20, 24 * bank_size)
+    assert plan.radius == 1 or plan.table_bytes <= max(64 * 2**20, 24 * bank_size)
+
+
+@pytest.mark.parametrize(("bits", "threshold"), [(256, 31), (64, 8)])
+def test_radius_two_plan_for_large_banks_has_full_recall(bits: int, threshold: int) -> None:
+    rng = random.Random(8)
+    plan = ChunkPlan.with_radius(bits, threshold, 2, extra_chunks=1)
+    index = MultiIndexHamming(bits, threshold, plan=plan)
+    queries = [rng.getrandbits(bits) for _ in range(5)]
+    values = [rng.getrandbits(bits) for _ in range(5000)]
+    for q in queries:
+        values += [flip(q, bits, d, rng) for d in range(threshold + 10)]
+    index.add(ints_to_words(values, bits))
+    for q in queries:
+        found = set(index.query(ints_to_words([q], bits)[0]))
+        distances = [(i, hamming_distance(q, v)) for i, v in enumerate(values)]
+        assert found == {(i, d) for i, d in distances if d <= threshold}
 
 
 def test_unusual_threshold_still_has_full_recall() -> None:

@@ -11,7 +11,8 @@ candidates share keys, and is bound by memory latency (one random hash-row read 
 `ChunkPlan.for_threshold` picks the plan per bank size: PDQ (256 bits, t = 31) uses 16 chunks of
 16 bits at radius 1 (17 probes per chunk, 4 MiB of tables) up to a few million hashes, and 12
 chunks of 21–22 bits at radius 2 for larger banks, where 8x fewer candidates repay 192 MiB of
-tables (kept under 24 bytes per hash). pHash (64, 8) uses 5 chunks of 12–13 bits at radius 1.
+tables (kept under 24 bytes per hash, or 64 MiB for small banks). pHash (64, 8) uses 3 chunks of
+21–22 bits at radius 2 (48 MiB of tables).
 
 Memory per hash: the hash itself (bits / 8 bytes), one int32 per chunk in `ids` and one alive
 flag: for PDQ 32 + 64 + 1 = 97 bytes.
@@ -32,7 +33,7 @@ import numpy.typing as npt
 
 MAX_CHUNK_BITS = 24
 TABLE_BYTES_PER_HASH = 24
-TABLE_BYTES_FLOOR = 8 * 1024 * 1024
+TABLE_BYTES_FLOOR = 64 * 1024 * 1024
 U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
 
@@ -213,12 +214,14 @@ def _query_batch(
 class MultiIndexHamming:
     """Positions 0..n-1 hold hashes; callers map positions to their own ids."""
 
-    def __init__(self, bits: int, threshold: int, capacity: int = 1024) -> None:
+    def __init__(self, bits: int, threshold: int, capacity: int = 1024, plan: ChunkPlan | None = None) -> None:
+        """`plan` fixes the chunking (tests use it to exercise radius 2 on small banks)."""
         if bits % 64:
             raise ValueError("bits must be a multiple of 64")
         self.bits = bits
         self.threshold = threshold
-        self._plan = ChunkPlan.for_threshold(bits, threshold)
+        self._fixed_plan = plan
+        self._plan = plan or ChunkPlan.for_threshold(bits, threshold)
         self._width = bits // 64
         self._words = np.zeros((max(capacity, 1), self._width), dtype=np.uint64)
         self._alive = np.zeros(max(capacity, 1), dtype=np.bool_)
@@ -266,7 +269,7 @@ class MultiIndexHamming:
 
     def _reindex(self) -> None:
         n = self._size
-        plan = ChunkPlan.for_threshold(self.bits, self.threshold, n)
+        plan = self._fixed_plan or ChunkPlan.for_threshold(self.bits, self.threshold, n)
         if not plan.same_as(self._plan):
             self._plan = plan
             self._offsets = np.zeros((len(plan.lengths), (1 << int(plan.lengths.max())) + 1), dtype=np.int32)
