@@ -60,14 +60,19 @@ async def bot_process(config: Path, token: str, log: Path) -> AsyncIterator[asyn
                 await proc.wait()
 
 
-async def test_kill_between_job_row_and_fetch_then_restart_reports_once(
-    sandbox: Sandbox, bot_token: str, tmp_path: Path
-) -> None:
+async def prepare(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, Path, Path]:
+    """A config pointing at the sandbox, a store with BANNED banked, and the bot's log path."""
     config = write_config(tmp_path, sandbox)
     db = tmp_path / "store.sqlite3"
     await bank_images(db, [jpeg_bytes(BANNED)])
+    return config, db, tmp_path / "bot.log"
+
+
+async def test_kill_between_job_row_and_fetch_then_restart_reports_once(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config, db, log = await prepare(tmp_path, sandbox)
     user, _ = sandbox.create_account("mallory")
-    log = tmp_path / "bot.log"
     sandbox.media_gate.clear()  # every media download hangs until we open the gate
 
     async with bot_process(config, bot_token, log) as proc:
@@ -97,11 +102,8 @@ async def test_kill_between_job_row_and_fetch_then_restart_reports_once(
 async def test_kill_after_report_sent_before_recorded_does_not_file_twice(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, sandbox)
-    db = tmp_path / "store.sqlite3"
-    await bank_images(db, [jpeg_bytes(BANNED)])
+    config, db, log = await prepare(tmp_path, sandbox)
     user, _ = sandbox.create_account("mallory")
-    log = tmp_path / "bot.log"
     sandbox.report_response_gate.clear()  # the instance records the report but never answers
 
     async with bot_process(config, bot_token, log) as proc:

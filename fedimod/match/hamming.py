@@ -160,13 +160,19 @@ def _record(out_pos: I32, out_dist: I32, found: int, pos: int, d: int) -> int:
 
 
 @numba.njit(cache=True, inline="always")
+def _verify(query: U64, words: U64, alive: npt.NDArray[np.bool_], pos: int, threshold: int, out_pos: I32,
+            out_dist: I32, found: int) -> int:
+    d = _distance_at(query, words, pos)
+    if d <= threshold and alive[pos]:
+        found = _record(out_pos, out_dist, found, pos, d)
+    return found
+
+
+@numba.njit(cache=True, inline="always")
 def _scan_bucket(query: U64, words: U64, alive: npt.NDArray[np.bool_], offsets: I32, ids: I32, c: int, k: np.int64,
                  threshold: int, out_pos: I32, out_dist: I32, found: int) -> int:
     for j in range(offsets[c, k], offsets[c, k + 1]):
-        pos = ids[c, j]
-        d = _distance_at(query, words, pos)
-        if d <= threshold and alive[pos]:
-            found = _record(out_pos, out_dist, found, pos, d)
+        found = _verify(query, words, alive, ids[c, j], threshold, out_pos, out_dist, found)
     return found
 
 
@@ -193,10 +199,7 @@ def _query_one(
                         found = _scan_bucket(query, words, alive, offsets, ids, c, key_a ^ (one << np.int64(b)),
                                              threshold, out_pos, out_dist, found)
     for pos in range(tail_start, tail_end):  # recent additions, not yet in the tables
-        if alive[pos]:
-            d = _distance_at(query, words, pos)
-            if d <= threshold:
-                found = _record(out_pos, out_dist, found, pos, d)
+        found = _verify(query, words, alive, pos, threshold, out_pos, out_dist, found)
     return found
 
 
