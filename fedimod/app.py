@@ -11,6 +11,7 @@ from it, so a post stored before a crash is hashed after the restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from fedimod.logs import log_event
 from fedimod.match import BankIndex
 from fedimod.media import Hasher, MediaFetcher
 from fedimod.models import JobState, MediaJob, Post, ReportRequest, ReportState
+from fedimod.ops import OpsServer, Snapshot
 from fedimod.signals import REGISTRY
 from fedimod.store import BankState, JobOutcome, SQLiteStore
 
@@ -49,6 +51,7 @@ INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off th
 
 @dataclass(slots=True)
 class PipelineStats:
+    posts_accepted: int = 0
     media_hashed: int = 0
     matches: int = 0
     reports_filed: int = 0
@@ -71,6 +74,7 @@ class Pipeline:
         self._work = asyncio.Event()
         self._reports_due = asyncio.Event()
         self.stats = PipelineStats()
+        self.ops_port: int | None = None
         self.ingester = StreamIngester(
             session=session,
             base_url=config.instance.base_url,
@@ -82,6 +86,22 @@ class Pipeline:
             request_timeout_s=config.instance.request_timeout_s,
         )
 
+    async def snapshot(self) -> Snapshot:
+        """Everything /metrics and /readyz report, read now."""
+        counts = await self._store.counts()
+        oldest = await self._store.oldest_pending_created_at()
+        ingest = self.ingester.stats
+        return Snapshot(
+            stream_connected=ingest.connected, stream_frames=ingest.frames, stream_malformed=ingest.malformed,
+            stream_reconnects=ingest.reconnects, posts_accepted=self.stats.posts_accepted,
+            gap_filled=ingest.gap_filled, media_hashed=self.stats.media_hashed, matches=self.stats.matches,
+            reports_filed=self.stats.reports_filed, fetch_refusals=dict(self._fetcher.refusals),
+            job_errors=dict(self.stats.job_errors), jobs_by_state=counts.jobs_by_state,
+            reports_by_state=counts.reports_by_state, bank_entries=len(self._index),
+            oldest_pending_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
+            store_ok=await self._store.probe_writable(),
+        )
+
     @property
     def indexed_entries(self) -> int:
         """Bank entries currently matched against (enabled banks, unexpired)."""
@@ -91,6 +111,7 @@ class Pipeline:
         """Durably record a post's jobs, then wake the workers. The only thing ingest calls."""
         new_jobs = await self._store.record_post(post, source)
         if new_jobs:
+            self.stats.posts_accepted += 1
             log_event(logger, logging.DEBUG, "post_accepted", status_id=post.id, new_jobs=new_jobs, source=source)
             self._work.set()
 
@@ -102,6 +123,14 @@ class Pipeline:
         await self._refresh_index()
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self._index),
                   workers=self._config.workers.concurrency, dry_run=self._config.report.dry_run)
+        async with contextlib.AsyncExitStack() as stack:
+            if self._config.ops.host is not None:
+                ops = await stack.enter_async_context(
+                    OpsServer(self.snapshot, host=self._config.ops.host, port=self._config.ops.port))
+                self.ops_port = ops.port
+            await self._run_stages()
+
+    async def _run_stages(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.ingester.run(), name="ingest")
             group.create_task(self._bank_refresher(), name="banks")

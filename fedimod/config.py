@@ -80,6 +80,14 @@ class BanksConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpsConfig:
+    """Where /healthz, /readyz and /metrics listen; host None disables the endpoint."""
+
+    host: str | None = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReportConfig:
     category: str = "legal"
     forward: bool = False
@@ -95,6 +103,7 @@ class Config:
     workers: WorkerConfig
     report: ReportConfig
     banks: BanksConfig = field(default_factory=BanksConfig)
+    ops: OpsConfig = field(default_factory=lambda: OpsConfig(host=None))
     log_level: str = "INFO"
 
 
@@ -166,7 +175,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
-    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "logging"}))
+    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "logging"}))
 
     inst = top.table("instance", _fields(InstanceConfig) - {"token"})
     base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
@@ -257,9 +266,19 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         if not 0 <= value <= bits // 4:
             raise ConfigError(bk.key(key), f"must be between 0 and {bits // 4} (a quarter of the hash); got {value}")
 
+    op = top.table("ops", frozenset({"listen"}))
+    listen = op.get("listen", str, "127.0.0.1:9464")
+    ops = OpsConfig(host=None)
+    if listen:
+        host, _, port_text = listen.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+            raise ConfigError(op.key("listen"),
+                              f"{listen!r} must be HOST:PORT such as 127.0.0.1:9464, or \"\" to disable")
+        ops = OpsConfig(host=host.strip("[]"), port=int(port_text))
+
     lg = top.table("logging", frozenset({"level"}))
     level = lg.get("level", str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(lg.key("level"), f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return Config(instance=instance, store=store, media=media, workers=workers, report=report, banks=banks,
-                  log_level=level)
+                  ops=ops, log_level=level)

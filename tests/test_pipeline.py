@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from fedimod.config import OpsConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import BankKind
 from fedimod.sandbox import Sandbox
@@ -200,3 +203,43 @@ async def test_bank_changes_reach_the_running_bot_without_restart(
         await wait_until(lambda: len(sandbox.reports) == 2, what="report for the second banked image")
         await asyncio.sleep(0.5)
     assert [r.status_ids for r in sandbox.reports] == [[hit.id], [other.id]]
+
+
+async def test_ops_endpoint_reports_health_readiness_and_metrics(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    user, _ = sandbox.create_account("mallory")
+    config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0))
+    async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{pipeline.ops_port}"
+        sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
+        sandbox.inject_frame("garbage", channel="public:media")
+        await wait_until(lambda: len(sandbox.reports) == 1, what="a report")
+        async with http.get(f"{base}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{base}/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.get(f"{base}/metrics") as resp:
+            assert resp.status == 200
+            metrics = await resp.text()
+        # Drop the stream: readiness must say so, not stay green.
+        sandbox.fail_api_with = 502  # keeps the reconnect (which reads the instance) failing
+        sandbox.drop_streams()
+
+        async def not_ready() -> bool:
+            async with http.get(f"{base}/readyz") as resp:
+                return resp.status == 503 and "stream_connected" in await resp.text()
+
+        await wait_until(not_ready, what="/readyz to report the dropped stream")
+        sandbox.fail_api_with = None
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+              if line and not line.startswith("#")}
+    assert values["fedimod_media_hashed_total"] == 1
+    assert values["fedimod_matches_total"] >= 1
+    assert values["fedimod_reports_filed_total"] == 1
+    assert values["fedimod_stream_malformed_total"] == 1
+    assert values["fedimod_stream_connected"] == 1
+    assert values['fedimod_jobs{state="done"}'] == 1
+    assert values["fedimod_bank_entries"] == 2

@@ -566,6 +566,22 @@ class SQLiteStore:
         )
         return [(r[0], r[1], bool(r[2]), r[3] or "-", r[4] or "-", r[5]) for r in rows]
 
+    async def probe_writable(self) -> bool:
+        """A tiny write in a transaction: False when the store cannot commit (disk full, locked…)."""
+        try:
+            async with self._transaction():
+                await self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('ops_probe', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
+        except Exception:
+            return False
+        return True
+
+    async def oldest_pending_created_at(self) -> float | None:
+        row = await self._one("SELECT MIN(created_at) FROM jobs WHERE state IN (?, ?)",
+                              (JobState.PENDING.value, JobState.LEASED.value))
+        return None if row is None or row[0] is None else float(row[0])
+
     # -- summaries ------------------------------------------------------------------------------
 
     async def counts(self) -> StoreCounts:

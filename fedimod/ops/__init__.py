@@ -1,0 +1,5 @@
+"""Operations: health, readiness and Prometheus metrics, so a stalled scanner is visible."""
+
+from fedimod.ops.server import OpsServer, Snapshot
+
+__all__ = ["OpsServer", "Snapshot"]

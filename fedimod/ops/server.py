@@ -1,0 +1,138 @@
+"""The ops HTTP endpoint: `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+
+It reads a `Snapshot` that the app assembles on each request (in-memory counters plus store
+counts), so the endpoint never imports the pipeline. Counters are exposed as Prometheus
+counters; queue depths, connection state and lag as gauges.
+
+- `/healthz`: 200 while the event loop answers (liveness).
+- `/readyz`: 200 only when the stream is connected, the store answers and banks are loaded;
+  otherwise 503 with the failing checks, so an orchestrator or uptime monitor sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fedimod.logs import log_event
+
+logger = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    stream_connected: bool
+    stream_frames: int
+    stream_malformed: int
+    stream_reconnects: int
+    posts_accepted: int
+    gap_filled: int
+    media_hashed: int
+    matches: int
+    reports_filed: int
+    fetch_refusals: Mapping[str, int] = field(default_factory=dict)
+    job_errors: Mapping[str, int] = field(default_factory=dict)
+    jobs_by_state: Mapping[str, int] = field(default_factory=dict)
+    reports_by_state: Mapping[str, int] = field(default_factory=dict)
+    bank_entries: int = 0
+    oldest_pending_age_s: float = 0.0
+    store_ok: bool = True
+
+
+SnapshotSource = Callable[[], Awaitable[Snapshot]]
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot
+        if s is None:
+            return
+        counters = {
+            "fedimod_stream_frames": ("Frames received from the streaming server", s.stream_frames),
+            "fedimod_stream_malformed": ("Stream frames or timeline statuses rejected as malformed",
+                                         s.stream_malformed),
+            "fedimod_stream_reconnects": ("Stream reconnections", s.stream_reconnects),
+            "fedimod_posts_accepted": ("Posts with media handed to the store", s.posts_accepted),
+            "fedimod_gap_filled_posts": ("Posts read from the timeline after a (re)connect", s.gap_filled),
+            "fedimod_media_hashed": ("Media items hashed", s.media_hashed),
+            "fedimod_matches": ("Bank matches", s.matches),
+            "fedimod_reports_filed": ("Reports filed on the instance", s.reports_filed),
+        }
+        for name, (doc, value) in counters.items():
+            yield CounterMetricFamily(name, doc, value=value)
+        refusals = CounterMetricFamily("fedimod_fetch_refusals", "Media downloads refused, by reason",
+                                       labels=["reason"])
+        for reason, count in sorted(s.fetch_refusals.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        errors = CounterMetricFamily("fedimod_job_errors", "Failed job attempts, by reason", labels=["reason"])
+        for reason, count in sorted(s.job_errors.items()):
+            errors.add_metric([reason], count)
+        yield errors
+        jobs = GaugeMetricFamily("fedimod_jobs", "Jobs in the durable table, by state", labels=["state"])
+        for state, count in sorted(s.jobs_by_state.items()):
+            jobs.add_metric([state], count)
+        yield jobs
+        reports = GaugeMetricFamily("fedimod_reports", "Reports in the store, by state", labels=["state"])
+        for state, count in sorted(s.reports_by_state.items()):
+            reports.add_metric([state], count)
+        yield reports
+        yield GaugeMetricFamily("fedimod_stream_connected", "1 while the stream is connected",
+                                value=int(s.stream_connected))
+        yield GaugeMetricFamily("fedimod_bank_entries", "Bank entries being matched against", value=s.bank_entries)
+        yield GaugeMetricFamily("fedimod_lag_seconds", "Age of the oldest job still waiting to be hashed",
+                                value=s.oldest_pending_age_s)
+
+
+class OpsServer:
+    def __init__(self, source: SnapshotSource, host: str = "127.0.0.1", port: int = 9464) -> None:
+        self._source = source
+        self.host = host
+        self.port = port
+        self._collector = _SnapshotCollector()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self._collector)
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> OpsServer:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log_event(logger, logging.INFO, "ops_listening", host=self.host, port=self.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        snapshot = await self._source()
+        failing = [name for name, ok in (("stream_connected", snapshot.stream_connected),
+                                         ("store_writable", snapshot.store_ok),
+                                         ("banks_loaded", snapshot.bank_entries > 0)) if not ok]
+        if failing:
+            return web.Response(status=503, text="not ready: " + ", ".join(failing) + "\n")
+        return web.Response(text="ready\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self._collector.snapshot = await self._source()
+        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE})
