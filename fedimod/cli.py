@@ -293,12 +293,15 @@ async def _status(config: Config) -> int:
     async with SQLiteStore.open(config.store.path) as store:
         counts = await store.counts()
         reports = await store.reports()
+        failed_jobs = await store.failed_jobs()
     print(f"posts seen     {counts.posts}")
     print("jobs           " + (", ".join(f"{k} {v}" for k, v in sorted(counts.jobs_by_state.items())) or "none"))
     print(f"media hashed   {counts.media_hashed}")
     print(f"matches        {counts.matches} (in {counts.matched_posts} posts)")
     print("reports        " + (", ".join(f"{k} {v}" for k, v in sorted(counts.reports_by_state.items())) or "none"))
     print(f"bank entries   {counts.bank_entries}")
+    for job_id, status_id, attempts, error in failed_jobs:
+        print(f"  failed job {job_id} (status {status_id}, {attempts} attempts): {error}")
     for report in reports:
         if report["state"] == "failed":
             print(f"  failed report {report['key']}: {report['last_error']}")

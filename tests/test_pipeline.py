@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fedimod.cli import main
 from fedimod.config import OpsConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import BankKind
@@ -243,3 +244,29 @@ async def test_ops_endpoint_reports_health_readiness_and_metrics(
     assert values["fedimod_stream_connected"] == 1
     assert values['fedimod_jobs{state="done"}'] == 1
     assert values["fedimod_bank_entries"] == 2
+
+
+async def test_poison_job_is_dead_lettered_with_its_error_and_shown_by_status(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    user, _ = sandbox.create_account("mallory")
+    config = make_config(sandbox, bot_token, db)
+    async with running(config) as pipeline:
+        # A media file that always answers 404: retried (it may be a passing fault), then dead-lettered.
+        sandbox.media_gate.clear()
+        status = sandbox.post_status(user.id, "broken media", media=[jpeg_bytes(generate_image(5))])
+        sandbox.fail_media[status.media_ids[0]] = 404
+        sandbox.media_gate.set()
+
+        async def dead_lettered() -> bool:
+            async with SQLiteStore.open(db) as store:
+                return [s for _a, s, _e in await store.job_states(str(status.id))] == ["failed"]
+
+        await wait_until(dead_lettered, what="the job to fail for good")
+        assert pipeline.stats.job_errors["http_status"] == config.workers.max_attempts
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[instance]\nbase_url = "{sandbox.base_url}"\n[store]\npath = "{db}"\n')
+    assert await asyncio.to_thread(main, ["status", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"(status {status.id}, {config.workers.max_attempts} attempts): http_status: HTTP 404" in out

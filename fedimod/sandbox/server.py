@@ -12,7 +12,7 @@ Quirks kept on purpose because real Mastodon has them (shared/MASTODON_API.md):
 
 Tests drive it through the `Sandbox` object: create accounts and tokens, post, and read back every
 report and account action. Fault switches: `drop_streams()`, `inject_frame()`, `media_gate`,
-`report_response_gate`, `fail_api_with`.
+`report_response_gate`, `fail_api_with`, `fail_media`.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ class Sandbox:
         self.report_response_gate = asyncio.Event()
         self.report_response_gate.set()
         self.fail_api_with: int | None = None
+        self.fail_media: dict[int, int] = {}  # media id → HTTP status its file answers with
         self._subscribers: set[_Subscriber] = set()
         self._connections: set[web.StreamResponse] = set()
         self._rate: dict[str, tuple[int, int]] = {}
@@ -545,6 +546,8 @@ class Sandbox:
         media = self._find(self.media, request.match_info["id"])
         self.media_requests.append(media.id)
         await self.media_gate.wait()
+        if media.id in self.fail_media:
+            return web.Response(status=self.fail_media[media.id], text="injected failure")
         return web.Response(body=media.data, content_type=media.content_type)
 
     # -- reports and moderation -----------------------------------------------------------------

@@ -370,6 +370,13 @@ class SQLiteStore:
             )
         return state
 
+    async def failed_jobs(self, limit: int = 20) -> list[tuple[int, str, int, str]]:
+        """The most recent dead-lettered jobs: (job id, status id, attempts, last error)."""
+        rows = await self._all(
+            "SELECT id, status_id, attempts, COALESCE(last_error, '') FROM jobs WHERE state = ? "
+            "ORDER BY updated_at DESC LIMIT ?", (JobState.FAILED.value, limit))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     async def job_states(self, status_id: str) -> list[tuple[str, str, str | None]]:
         """(attachment id, state, last error) for each job of a status, for tests and `status`."""
         rows = await self._all(
