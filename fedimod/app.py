@@ -84,6 +84,8 @@ class Pipeline:
             newest_seen_id=store.newest_status_id,
             reconnect_max_s=config.instance.reconnect_max_s,
             request_timeout_s=config.instance.request_timeout_s,
+            sweep_window_s=config.instance.sweep_window_s,
+            sweep_interval_s=config.instance.sweep_interval_s,
         )
 
     async def snapshot(self) -> Snapshot:
@@ -133,6 +135,7 @@ class Pipeline:
     async def _run_stages(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.ingester.run(), name="ingest")
+            group.create_task(self.ingester.sweep(), name="sweep")
             group.create_task(self._bank_refresher(), name="banks")
             group.create_task(self._reporter(), name="reporter")
             for n in range(self._config.workers.concurrency):

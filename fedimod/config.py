@@ -42,6 +42,8 @@ class InstanceConfig:
     streams: tuple[str, ...] = ("public:media",)
     request_timeout_s: float = 30.0
     reconnect_max_s: float = 60.0
+    sweep_window_s: float = 24 * 3600.0
+    sweep_interval_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +204,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         streams=streams,
         request_timeout_s=inst.positive("request_timeout_s", 30.0),
         reconnect_max_s=inst.positive("reconnect_max_s", 60.0),
+        sweep_window_s=inst.positive("sweep_window_s", 24 * 3600.0),
+        sweep_interval_s=inst.positive("sweep_interval_s", 600.0),
     )
 
     st = top.table("store", frozenset({"path"}))

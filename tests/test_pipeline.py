@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,3 +271,25 @@ async def test_poison_job_is_dead_lettered_with_its_error_and_shown_by_status(
     assert await asyncio.to_thread(main, ["status", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert f"(status {status.id}, {config.workers.max_attempts} attempts): http_status: HTTP 404" in out
+
+
+async def test_late_federated_post_that_never_streams_is_found_by_the_sweep(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    remote, _ = sandbox.create_account("dave", domain="remote.example")
+    local, _ = sandbox.create_account("alice")
+    base = make_config(sandbox, bot_token, db)
+    config = replace(base, instance=replace(base.instance, sweep_interval_s=0.3))
+    async with running(config, sandbox) as pipeline:
+        seen = sandbox.post_status(local.id, "a newer local post", media=[jpeg_bytes(generate_image(9))])
+        await wait_until(lambda: pipeline.stats.media_hashed >= 1, what="the live post hashed")
+        # Published 8 hours ago, arriving now: its id sorts below `seen`, and Mastodon streams no
+        # remote post older than 6 hours, so only the timeline knows it.
+        late = sandbox.post_status(remote.id, "old post, late arrival", media=[altered_copy(BANNED, 0.6)],
+                                   created_at=time.time() - 8 * 3600)
+        assert late.id < seen.id
+        await wait_until(lambda: len(sandbox.reports) == 1, what="the late post reported")
+        assert pipeline.ingester.stats.frames == 1  # only the live post came over the stream
+    assert sandbox.reports[0].status_ids == [late.id]

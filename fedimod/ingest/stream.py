@@ -41,6 +41,11 @@ _TIMELINE_PARAMS: dict[str, dict[str, str]] = {
 PAGE_LIMIT = 40
 
 
+def status_id_at(ts: float) -> str:
+    """The smallest Mastodon snowflake id for a time: milliseconds shifted left 16 bits."""
+    return str(int(ts * 1000) << 16)
+
+
 def status_id_key(status_id: str) -> tuple[int, str]:
     """Mastodon ids are numeric strings of varying length: order by length, then lexically."""
     return (len(status_id), status_id)
@@ -53,6 +58,7 @@ class IngestStats:
     malformed: int = 0
     reconnects: int = 0
     gap_filled: int = 0
+    swept: int = 0
     connected: bool = False
     last_frame_at: float | None = None
 
@@ -71,6 +77,9 @@ class StreamIngester:
         request_timeout_s: float = 30.0,
         heartbeat_s: float = 30.0,
         max_gap_pages: int = 50,
+        sweep_window_s: float = 24 * 3600,
+        sweep_interval_s: float = 600,
+        max_sweep_pages: int = 25,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -82,9 +91,13 @@ class StreamIngester:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._heartbeat_s = heartbeat_s
         self._max_gap_pages = max_gap_pages
+        self._sweep_window_s = sweep_window_s
+        self._sweep_interval_s = sweep_interval_s
+        self._max_sweep_pages = max_sweep_pages
         self.stats = IngestStats()
         self.connected = asyncio.Event()
         self._last_page_has_prev = False
+        self._last_page_has_next = False
 
     @property
     def _auth(self) -> dict[str, str]:
@@ -150,6 +163,7 @@ class StreamIngester:
                 )
             page = await resp.json()
             self._last_page_has_prev = "prev" in resp.links
+            self._last_page_has_next = "next" in resp.links
         return page if isinstance(page, list) else []
 
     async def _connect_and_read(self) -> None:
@@ -203,6 +217,56 @@ class StreamIngester:
             self.stats.posts += 1
             await self._on_post(event.post, "stream")
 
+    async def sweep(self) -> None:
+        """Every `sweep_interval_s`, re-read the timeline back over `sweep_window_s` of ids.
+
+        Remote status ids encode the *publish* time, so a post that federates late lands below
+        ids already seen, where forward paging never looks; one published more than 6 hours
+        before it arrives is never streamed at all (MASTODON_API.md §1.7). The store ignores
+        posts it already has, so re-reading costs requests, not duplicate work. At the defaults
+        (25 pages every 10 min) a sweep stays far inside Mastodon's 300 paged requests / 15 min.
+        """
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                for stream in self._streams:
+                    await self._sweep_stream(stream)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log_event(logger, logging.WARNING, "sweep_failed", error=str(exc))
+
+    async def _sweep_stream(self, stream: str) -> None:
+        floor = status_id_at(time.time() - self._sweep_window_s)
+        params = dict(_TIMELINE_PARAMS[stream], limit=str(PAGE_LIMIT))
+        pages = read = 0
+        while pages < self._max_sweep_pages:
+            pages += 1
+            page = await self._timeline_page(params, stream)
+            posts = self._parse_page(page)
+            for post in posts:
+                await self._on_post(post, "sweep")
+            read += len(posts)
+            if not posts or not self._last_page_has_next:
+                break
+            oldest = min((p.id for p in posts), key=status_id_key)
+            if status_id_key(oldest) < status_id_key(floor):
+                break
+            params["max_id"] = oldest
+        else:
+            log_event(logger, logging.WARNING, "sweep_truncated", stream=stream, pages=pages,
+                      hint="the window holds more posts than max_sweep_pages reads")
+        self.stats.swept += read
+        log_event(logger, logging.DEBUG, "sweep_done", stream=stream, pages=pages, statuses=read)
+
+    def _parse_page(self, page: list[Any]) -> list[Post]:
+        posts = []
+        for raw in page:
+            try:
+                posts.append(parse_status(raw))
+            except StreamEventError as exc:
+                self.stats.malformed += 1
+                log_event(logger, logging.WARNING, "timeline_status_malformed", error=str(exc))
+        return posts
+
     async def _gap_fill(self, start: str) -> None:
         """Page each configured stream's timeline forward from `start` (min_id paging, oldest first)."""
         for stream in self._streams:
@@ -215,14 +279,7 @@ class StreamIngester:
                 if not page:
                     break
                 newest = since
-                for raw in sorted(page, key=lambda s: status_id_key(str(s.get("id", ""))) if isinstance(s, dict)
-                                  else (0, "")):
-                    try:
-                        post = parse_status(raw)
-                    except StreamEventError as exc:
-                        self.stats.malformed += 1
-                        log_event(logger, logging.WARNING, "timeline_status_malformed", error=str(exc))
-                        continue
+                for post in sorted(self._parse_page(page), key=lambda p: status_id_key(p.id)):
                     self.stats.gap_filled += 1
                     await self._on_post(post, "timeline")
                     newest = max(newest, post.id, key=status_id_key)
