@@ -73,6 +73,8 @@ class Pipeline:
         self._bank_state: BankState | None = None
         self._work = asyncio.Event()
         self._reports_due = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._active_workers = 0
         self.stats = PipelineStats()
         self.ops_port: int | None = None
         self.ingester = StreamIngester(
@@ -132,14 +134,26 @@ class Pipeline:
                 self.ops_port = ops.port
             await self._run_stages()
 
+    def drain(self) -> None:
+        """Stop taking work: ingest stops now; workers finish the job in hand, the reporter files
+        what is due, then `run` returns. Jobs never started stay in the table for the next run."""
+        if not self._draining.is_set():
+            log_event(logger, logging.INFO, "draining", msg="finishing in-flight work, taking no new posts")
+            self._draining.set()
+
     async def _run_stages(self) -> None:
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.ingester.run(), name="ingest")
-            group.create_task(self.ingester.sweep(), name="sweep")
-            group.create_task(self._bank_refresher(), name="banks")
+            intake = [
+                group.create_task(self.ingester.run(), name="ingest"),
+                group.create_task(self.ingester.sweep(), name="sweep"),
+                group.create_task(self._bank_refresher(), name="banks"),
+            ]
             group.create_task(self._reporter(), name="reporter")
             for n in range(self._config.workers.concurrency):
                 group.create_task(self._worker(), name=f"worker-{n}")
+            await self._draining.wait()
+            for task in intake:
+                task.cancel()
 
     # -- banks ----------------------------------------------------------------------------------
 
@@ -191,12 +205,17 @@ class Pipeline:
         event.clear()
 
     async def _worker(self) -> None:
-        while True:
-            job = await self._store.claim_job(self._config.workers.lease_s)
-            if job is None:
-                await self._wait_for(self._work, await self._store.next_job_time())
-                continue
-            await self._process(job)
+        self._active_workers += 1
+        try:
+            while not self._draining.is_set():
+                job = await self._store.claim_job(self._config.workers.lease_s)
+                if job is None:
+                    await self._wait_for(self._work, await self._store.next_job_time())
+                    continue
+                await self._process(job)
+        finally:
+            self._active_workers -= 1
+            self._reports_due.set()  # let a draining reporter notice
 
     def _retry_at(self, job: MediaJob) -> float | None:
         if job.attempts >= self._config.workers.max_attempts:
@@ -264,11 +283,20 @@ class Pipeline:
     # -- reports --------------------------------------------------------------------------------
 
     async def _reporter(self) -> None:
-        """Files pending reports one at a time (the instance's rate limits are per account)."""
+        """Files pending reports one at a time (the instance's rate limits are per account).
+
+        When draining, it leaves once the workers are done and nothing is due."""
         while True:
             for pending in await self._store.due_reports():
                 await self._send_report(pending.request, pending.attempts)
+            if self._draining.is_set() and self._workers_done():
+                if not await self._store.due_reports():
+                    return
+                continue
             await self._wait_for(self._reports_due, await self._store.next_report_time())
+
+    def _workers_done(self) -> bool:
+        return self._active_workers == 0
 
     async def _send_report(self, request: ReportRequest, attempts: int) -> None:
         key = request.idempotency_key

@@ -18,6 +18,7 @@ from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
 
 if TYPE_CHECKING:
+    from fedimod.app import Pipeline
     from fedimod.store import SQLiteStore
 
 logger = logging.getLogger("fedimod.cli")
@@ -166,12 +167,20 @@ async def _run(config: Config) -> int:
     main_task = asyncio.current_task()
     assert main_task is not None
     stopping = False
+    pipeline: Pipeline | None = None
 
     def stop(signame: str) -> None:
+        # First signal: drain within the grace period. Second signal (or no pipeline yet): now.
         nonlocal stopping
-        if not stopping:
+        grace = config.workers.shutdown_grace_s
+        if not stopping and pipeline is not None:
             stopping = True
-            log_event(logger, logging.INFO, "shutdown_requested", signal=signame)
+            log_event(logger, logging.INFO, "shutdown_requested", signal=signame, grace_s=grace)
+            pipeline.drain()
+            loop.call_later(grace, main_task.cancel)
+        else:
+            stopping = True
+            log_event(logger, logging.WARNING, "shutdown_now", signal=signame)
             main_task.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -68,6 +68,7 @@ class WorkerConfig:
     max_attempts: int = 5
     lease_s: float = 120.0
     retry_delay_s: float = 5.0
+    shutdown_grace_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +235,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         max_attempts=wk.positive("max_attempts", _default(WorkerConfig, "max_attempts"), int),
         lease_s=wk.positive("lease_s", _default(WorkerConfig, "lease_s")),
         retry_delay_s=wk.positive("retry_delay_s", _default(WorkerConfig, "retry_delay_s")),
+        shutdown_grace_s=wk.positive("shutdown_grace_s", _default(WorkerConfig, "shutdown_grace_s")),
     )
     if workers.hash_processes < 0:
         raise ConfigError(wk.key("hash_processes"), "must be 0 (one per core) or a positive count")

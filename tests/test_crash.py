@@ -132,3 +132,24 @@ async def test_kill_after_report_sent_before_recorded_does_not_file_twice(
     assert row["remote_report_id"] == str(sandbox.reports[0].id)
     assert sandbox.reports[0].status_ids == [status.id]
     assert '"event": "report_reconciled"' in log.read_text()
+
+
+async def test_sigterm_drains_in_flight_work_then_exits_zero(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config, db, log = await prepare(tmp_path, sandbox)
+    user, _ = sandbox.create_account("mallory")
+    sandbox.media_gate.clear()
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        status = sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.6)])
+        await wait_until(lambda: status.media_ids[0] in sandbox.media_requests, what="the download started")
+        proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: not sandbox.is_subscribed("public:media"), what="ingest stopped on SIGTERM")
+        sandbox.media_gate.set()  # the in-flight download completes during the grace period
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    # The job in hand was finished and its report filed before exit.
+    assert [r.status_ids for r in sandbox.reports] == [[status.id]]
+    async with SQLiteStore.open(db) as store:
+        assert await store.job_states(str(status.id)) == [(str(status.media_ids[0]), "done", None)]
+    assert '"event": "draining"' in log.read_text()
