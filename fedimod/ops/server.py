@@ -70,23 +70,18 @@ class _SnapshotCollector(Collector):
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
-        refusals = CounterMetricFamily("fedimod_fetch_refusals", "Media downloads refused, by reason",
-                                       labels=["reason"])
-        for reason, count in sorted(s.fetch_refusals.items()):
-            refusals.add_metric([reason], count)
-        yield refusals
-        errors = CounterMetricFamily("fedimod_job_errors", "Failed job attempts, by reason", labels=["reason"])
-        for reason, count in sorted(s.job_errors.items()):
-            errors.add_metric([reason], count)
-        yield errors
-        jobs = GaugeMetricFamily("fedimod_jobs", "Jobs in the durable table, by state", labels=["state"])
-        for state, count in sorted(s.jobs_by_state.items()):
-            jobs.add_metric([state], count)
-        yield jobs
-        reports = GaugeMetricFamily("fedimod_reports", "Reports in the store, by state", labels=["state"])
-        for state, count in sorted(s.reports_by_state.items()):
-            reports.add_metric([state], count)
-        yield reports
+        labelled = (
+            (CounterMetricFamily, "fedimod_fetch_refusals", "Media downloads refused, by reason", "reason",
+             s.fetch_refusals),
+            (CounterMetricFamily, "fedimod_job_errors", "Failed job attempts, by reason", "reason", s.job_errors),
+            (GaugeMetricFamily, "fedimod_jobs", "Jobs in the durable table, by state", "state", s.jobs_by_state),
+            (GaugeMetricFamily, "fedimod_reports", "Reports in the store, by state", "state", s.reports_by_state),
+        )
+        for family, name, doc, label, values in labelled:
+            metric = family(name, doc, labels=[label])
+            for key, count in sorted(values.items()):
+                metric.add_metric([key], count)
+            yield metric
         yield GaugeMetricFamily("fedimod_stream_connected", "1 while the stream is connected",
                                 value=int(s.stream_connected))
         yield GaugeMetricFamily("fedimod_bank_entries", "Bank entries being matched against", value=s.bank_entries)
