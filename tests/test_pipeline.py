@@ -16,7 +16,7 @@ from fedimod.cli import main
 from fedimod.config import OpsConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import BankKind
-from fedimod.sandbox import Sandbox
+from fedimod.sandbox import Sandbox, SandboxAccount
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
 
@@ -24,14 +24,19 @@ BANNED = generate_image(101)
 BANNED_JPEG = jpeg_bytes(BANNED)
 
 
+async def banked_store(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, SandboxAccount]:
+    """A store with BANNED banked (category csam), and an account to post from."""
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [BANNED_JPEG])
+    return db, sandbox.create_account("mallory")[0]
+
+
 def reported_status_ids(sandbox: Sandbox) -> list[int]:
     return [s for r in sandbox.reports for s in r.status_ids]
 
 
 async def test_bot_reports_matching_post_and_ignores_innocent(sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [BANNED_JPEG])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked_store(tmp_path, sandbox)
     async with running(make_config(sandbox, bot_token, db)) as pipeline:
         innocent = sandbox.post_status(user.id, "my cat", media=[jpeg_bytes(generate_image(202))])
         copy = sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
@@ -84,9 +89,7 @@ async def test_post_with_two_images_creates_two_jobs_and_one_report(
 async def test_malformed_stream_events_are_logged_and_skipped(
     sandbox: Sandbox, bot_token: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [BANNED_JPEG])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked_store(tmp_path, sandbox)
     bad_frames = [
         "not json at all",
         "[1, 2, 3]",
@@ -112,9 +115,7 @@ async def test_malformed_stream_events_are_logged_and_skipped(
 async def test_posts_published_while_stream_is_down_are_caught_by_gap_fill(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [BANNED_JPEG])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked_store(tmp_path, sandbox)
     async with running(make_config(sandbox, bot_token, db)) as pipeline:
         first = sandbox.post_status(user.id, "seen live", media=[jpeg_bytes(generate_image(300))])
         await wait_until(lambda: pipeline.stats.media_hashed >= 1, what="first post hashed")
@@ -150,9 +151,7 @@ async def test_video_attachment_is_recorded_as_skipped_not_silently_dropped(
 async def test_dry_run_files_nothing_but_records_what_it_would_do(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [BANNED_JPEG])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked_store(tmp_path, sandbox)
 
     async def dry_run_recorded() -> bool:
         async with SQLiteStore.open(db) as store:
@@ -210,9 +209,7 @@ async def test_bank_changes_reach_the_running_bot_without_restart(
 async def test_ops_endpoint_reports_health_readiness_and_metrics(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [BANNED_JPEG])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked_store(tmp_path, sandbox)
     config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0))
     async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{pipeline.ops_port}"
