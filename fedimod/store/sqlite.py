@@ -146,6 +146,11 @@ _MIGRATIONS: tuple[str, ...] = (
     DROP TABLE matches;
     ALTER TABLE matches_v2 RENAME TO matches;
     """,
+    # 3: the running bot asks for the next expiry every few seconds; without an index that read
+    # scans every bank entry.
+    """
+    CREATE INDEX bank_entries_by_expiry ON bank_entries (expires_at) WHERE expires_at IS NOT NULL;
+    """,
 )
 
 _JOB_COLUMNS = "jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts"
