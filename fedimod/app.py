@@ -1,8 +1,8 @@
 """Wires the stages into one asyncio service.
 
-    stream ──► store.record_post (jobs, durable) ──► workers: fetch → hash → match
-                                                     └─► store.complete_job (+ pending report)
-                                                                   └─► reporter: file report once
+    stream ──► store.record_post (jobs, durable) ──► workers: fetch → hash → match → policy
+                                 store.complete_job (decision audited; report + action queued) ◄─┘
+                                                     └─► executor: file report, then act, once each
 
 Every task is owned by one TaskGroup. The job table is the source of truth: workers claim jobs
 from it, so a post stored before a crash is hashed after the restart.
@@ -23,16 +23,20 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from fedimod.act import MastodonActions, build_report_request
+from fedimod.act import MastodonActions
+from fedimod.act.executor import ActionExecutor
+from fedimod.act.policy import Evidence, Policy
+from fedimod.act.ratelimit import RateBudget
+from fedimod.act.report import plan
 from fedimod.config import Config
-from fedimod.errors import MastodonAPIError, MediaRejected
+from fedimod.errors import MediaRejected
 from fedimod.ingest import StreamIngester
 from fedimod.logs import log_event
 from fedimod.match import BankIndex
 from fedimod.media import Hasher, MediaFetcher
-from fedimod.models import JobState, MediaJob, Post, ReportRequest, ReportState
+from fedimod.models import ActionType, AuditEvent, JobState, Match, MediaJob, Post, Signal
 from fedimod.ops import OpsServer, Snapshot
-from fedimod.signals import REGISTRY
+from fedimod.signals import REGISTRY, signal_type_named
 from fedimod.store import BankState, JobOutcome, SQLiteStore
 
 logger = logging.getLogger(__name__)
@@ -54,7 +58,6 @@ class PipelineStats:
     posts_accepted: int = 0
     media_hashed: int = 0
     matches: int = 0
-    reports_filed: int = 0
     job_errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -68,6 +71,9 @@ class Pipeline:
         self._fetcher = fetcher
         self._hasher = hasher
         self._actions = actions
+        self._policy = Policy(config.policy.rules, config.policy.trust)
+        self.executor = ActionExecutor(store=store, actions=actions, category=config.report.category,
+                                       forward=config.report.forward, dry_run=config.report.dry_run)
         self._instance = urlsplit(config.instance.base_url).netloc
         self._index = BankIndex((), config.banks.thresholds)
         self._bank_state: BankState | None = None
@@ -99,7 +105,7 @@ class Pipeline:
             stream_connected=ingest.connected, stream_frames=ingest.frames, stream_malformed=ingest.malformed,
             stream_reconnects=ingest.reconnects, posts_accepted=self.stats.posts_accepted,
             gap_filled=ingest.gap_filled, media_hashed=self.stats.media_hashed, matches=self.stats.matches,
-            reports_filed=self.stats.reports_filed, fetch_refusals=dict(self._fetcher.refusals),
+            reports_filed=self.executor.stats.reports_filed, fetch_refusals=dict(self._fetcher.refusals),
             job_errors=dict(self.stats.job_errors), jobs_by_state=counts.jobs_by_state,
             reports_by_state=counts.reports_by_state, bank_entries=len(self._index),
             oldest_pending_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
@@ -148,7 +154,8 @@ class Pipeline:
                 group.create_task(self.ingester.sweep(), name="sweep"),
                 group.create_task(self._bank_refresher(), name="banks"),
             ]
-            group.create_task(self._reporter(), name="reporter")
+            intake.append(group.create_task(self._reviewer(), name="reviewer"))
+            group.create_task(self._executor(), name="executor")
             for n in range(self._config.workers.concurrency):
                 group.create_task(self._worker(), name=f"worker-{n}")
             await self._draining.wait()
@@ -180,13 +187,35 @@ class Pipeline:
             if added or removed:
                 log_event(logger, logging.INFO, "banks_updated", added=len(added), removed=len(removed),
                           entries=len(self._index))
+            retracted = bool(removed) or any(e.is_allowlist for e in added)
         else:
             entries = await self._store.bank_entries(up_to_id=state.max_entry_id)
             started = time.monotonic()
             self._index = await asyncio.to_thread(BankIndex, entries, self._config.banks.thresholds)
             log_event(logger, logging.INFO, "banks_loaded", entries=len(self._index), index_bytes=self._index.nbytes,
                       seconds=round(time.monotonic() - started, 3))
+            retracted = previous is not None  # banks disabled, expired or replaced: look again
         self._bank_state = state
+        if retracted:
+            await self.executor.reconsider(self._justified_action, reverse=self._config.policy.reverse_on_retraction)
+
+    async def _justified_action(self, account_id: str) -> ActionType | None:
+        """The strongest action that the account's hashed media justifies under the current banks."""
+        strongest: ActionType | None = None
+        for _job_id, _status_id, is_local, rows in await self._store.account_media_signals(account_id):
+            signals = [Signal(signal_type=t, value=signal_type_named(t).parse(v), quality=q) for t, v, q in rows]
+            matches = self._index.match(signals)
+            if not matches or any(m.entry.is_allowlist for m in matches):
+                continue
+            decision = self._policy.decide(self._evidence(matches, signals, is_local))
+            if strongest is None or decision.action.rank > strongest.rank:
+                strongest = decision.action
+        return strongest
+
+    @staticmethod
+    def _evidence(matches: list[Match], signals: list[Signal] | tuple[Signal, ...], is_local: bool) -> Evidence:
+        quality = next((s.quality for s in signals if s.signal_type == "pdq"), None)
+        return Evidence(matches=tuple(matches), pdq_quality=quality, is_local=is_local)
 
     async def _bank_refresher(self) -> None:
         while True:
@@ -245,19 +274,8 @@ class Pipeline:
             return
         self.stats.media_hashed += 1
         matches = self._index.match(result.signals)
-        allowed = [m for m in matches if m.entry.is_allowlist]
-        blocking = [m for m in matches if not m.entry.is_allowlist]
-        # An allowlisted hash (a known-benign picture) suppresses every action on this media.
-        request = None if allowed else build_report_request(
-            instance=self._instance, job=job, matches=blocking, template=self._config.report.comment_template
-        )
-        if allowed and blocking:
-            log_event(logger, logging.WARNING, "match_suppressed_by_allowlist", job_id=job.id,
-                      status_id=job.status_id, allowlist_bank=allowed[0].entry.bank,
-                      allowlist_entry_id=allowed[0].entry.id, suppressed=len(blocking))
-        new_report = await self._store.complete_job(
-            job, JobOutcome(signals=result.signals, matches=tuple(matches), report=request)
-        )
+        outcome = self._decide(job, result.signals, matches)
+        completed = await self._store.complete_job(job, outcome)
         pdq = next((s for s in result.signals if s.signal_type == "pdq"), None)
         log_event(logger, logging.INFO, "media_hashed", job_id=job.id, status_id=job.status_id,
                   attachment_id=job.attachment_id, format=result.format, width=result.width, height=result.height,
@@ -269,8 +287,33 @@ class Pipeline:
                       source=match.entry.source, allowlist=match.entry.is_allowlist,
                       signal_type=match.signal_type, distance=match.distance, threshold=match.threshold,
                       value=REGISTRY[match.signal_type].format(match.entry.value))
-        if new_report:
+        if completed.new_report or completed.new_action:
             self._reports_due.set()
+
+    def _decide(self, job: MediaJob, signals: tuple[Signal, ...], matches: list[Match]) -> JobOutcome:
+        """Policy over the blocking matches; an allowlisted hash (a known-benign picture) suppresses
+        every action on this media, and says so in the audit log."""
+        allowed = [m for m in matches if m.entry.is_allowlist]
+        blocking = [m for m in matches if not m.entry.is_allowlist]
+        if not blocking:
+            return JobOutcome(signals=signals, matches=tuple(matches), report=None)
+        if allowed:
+            log_event(logger, logging.WARNING, "match_suppressed_by_allowlist", job_id=job.id,
+                      status_id=job.status_id, allowlist_bank=allowed[0].entry.bank,
+                      allowlist_entry_id=allowed[0].entry.id, suppressed=len(blocking))
+            event = AuditEvent(event="suppressed", status_id=job.status_id, account_id=job.account_id,
+                               action=ActionType.LOG.value, result=f"allowlisted by bank {allowed[0].entry.bank}",
+                               detail={"job_id": job.id, "allowlist_entry_id": allowed[0].entry.id,
+                                       "suppressed_entries": [m.entry.id for m in blocking]})
+            return JobOutcome(signals=signals, matches=tuple(matches), report=None, decision=event)
+        decision = self._policy.decide(self._evidence(blocking, signals, job.is_local))
+        report, action, event = plan(instance=self._instance, job=job, decision=decision, matches=blocking,
+                                     signals=signals, template=self._config.report.comment_template,
+                                     dry_run=self._config.report.dry_run)
+        log_event(logger, logging.WARNING, "policy_decision", job_id=job.id, status_id=job.status_id,
+                  rule=decision.rule_name, action=decision.action.value, reason=decision.reason)
+        return JobOutcome(signals=signals, matches=tuple(matches), report=report, action=action,
+                          causes=decision.causes, decision=event)
 
     async def _fail(self, job: MediaJob, error: str, *, permanent: bool, reason: str = "other") -> None:
         retry_at = None if permanent else self._retry_at(job)
@@ -280,59 +323,27 @@ class Pipeline:
                   job_id=job.id, status_id=job.status_id, attempt=job.attempts, error=error, state=state.value,
                   retry_in_s=round(retry_at - time.time(), 1) if retry_at else None)
 
-    # -- reports --------------------------------------------------------------------------------
+    # -- actions --------------------------------------------------------------------------------
 
-    async def _reporter(self) -> None:
-        """Files pending reports one at a time (the instance's rate limits are per account).
+    async def _executor(self) -> None:
+        """Files due reports and actions one at a time (the instance's rate limits are per token).
 
         When draining, it leaves once the workers are done and nothing is due."""
         while True:
-            for pending in await self._store.due_reports():
-                await self._send_report(pending.request, pending.attempts)
+            await self.executor.run_due()
             if self._draining.is_set() and self._workers_done():
-                if not await self._store.due_reports():
+                if await self.executor.idle():
                     return
                 continue
-            await self._wait_for(self._reports_due, await self._store.next_report_time())
+            await self._wait_for(self._reports_due, await self.executor.next_due())
+
+    async def _reviewer(self) -> None:
+        while True:
+            await self.executor.check_reviews()
+            await asyncio.sleep(self._config.policy.review_poll_s)
 
     def _workers_done(self) -> bool:
         return self._active_workers == 0
-
-    async def _send_report(self, request: ReportRequest, attempts: int) -> None:
-        key = request.idempotency_key
-        if self._config.report.dry_run:
-            await self._store.finish_report(key, ReportState.DRY_RUN)
-            log_event(logger, logging.WARNING, "report_dry_run", key=key, status_id=request.status_id,
-                      msg="dry run: report not sent")
-            return
-        try:
-            if attempts > 0:
-                # An earlier attempt may have reached the instance before a crash: look first.
-                existing = await self._actions.find_report(request)
-                if existing is not None:
-                    await self._store.finish_report(key, ReportState.SENT, remote_report_id=existing)
-                    log_event(logger, logging.INFO, "report_reconciled", key=key, report_id=existing)
-                    return
-            await self._store.note_report_attempt(key)
-            remote_id = await self._actions.file_report(
-                request, category=self._config.report.category, forward=self._config.report.forward
-            )
-        except MastodonAPIError as exc:
-            if exc.is_transient and attempts + 1 < 20:
-                retry_at = (
-                    max(self._actions.ratelimit_reset, time.time() + 1) if exc.status == 429
-                    else time.time() + min(300.0, 2.0 * 2 ** attempts) * random.uniform(0.8, 1.2)
-                )
-                await self._store.retry_report(key, str(exc), retry_at)
-                log_event(logger, logging.WARNING, "report_retry", key=key, error=str(exc),
-                          retry_in_s=round(retry_at - time.time(), 1))
-            else:
-                await self._store.finish_report(key, ReportState.FAILED, error=str(exc))
-                log_event(logger, logging.ERROR, "report_failed", key=key, status_id=request.status_id, error=str(exc))
-            return
-        await self._store.finish_report(key, ReportState.SENT, remote_report_id=remote_id)
-        self.stats.reports_filed += 1
-        log_event(logger, logging.WARNING, "report_filed", key=key, status_id=request.status_id, report_id=remote_id)
 
 
 @asynccontextmanager
@@ -346,6 +357,11 @@ async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
     ):
         actions = MastodonActions(
             base_url=config.instance.base_url, token=config.instance.token,
-            request_timeout_s=config.instance.request_timeout_s,
+            request_timeout_s=config.instance.request_timeout_s, budget=budget_for(config),
         )
         yield Pipeline(config=config, store=store, fetcher=fetcher, hasher=hasher, actions=actions, session=session)
+
+
+def budget_for(config: Config) -> RateBudget:
+    return RateBudget(limit=config.instance.api_budget, window_s=config.instance.api_budget_window_s,
+                      reserve=config.instance.api_action_reserve)

@@ -12,14 +12,19 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from fedimod.act.policy import DEFAULT_RULES, SCOPES, Rule, TrustMap
 from fedimod.errors import ConfigError
+from fedimod.models import ActionType, Category, Trust
+from fedimod.signals import REGISTRY
 
 REPORT_CATEGORIES = ("legal", "spam", "violation", "other")
 STREAMS = ("public", "public:local", "public:remote", "public:media", "public:local:media", "public:remote:media")
 COMMENT_FIELDS = {
+    "rule": "review",
+    "action": "report",
     "bank": "local",
     "category": "csam",
     "signal_type": "pdq",
@@ -29,7 +34,7 @@ COMMENT_FIELDS = {
     "key": "k",
 }
 DEFAULT_COMMENT = (
-    "fedimod hash match: {signal_type} distance {distance}/{threshold} to an entry in bank "
+    "fedimod hash match ({action}, rule {rule}): {signal_type} distance {distance}/{threshold} to an entry in bank "
     "'{bank}' (category {category}); {matches} match(es). No media attached. ref {key}"
 )
 
@@ -44,6 +49,11 @@ class InstanceConfig:
     reconnect_max_s: float = 60.0
     sweep_window_s: float = 24 * 3600.0
     sweep_interval_s: float = 600.0
+    # Client-side API budget for this token: Mastodon allows 300 calls per 5 minutes per token.
+    api_budget: int = 300
+    api_budget_window_s: float = 300.0
+    # Calls of each window kept back for actions: lookups and syncs stop short of them.
+    api_action_reserve: int = 50
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +109,17 @@ class ReportConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    trust: TrustMap = field(default_factory=TrustMap)
+    # When a bank entry is retracted or allowlisted, undo (unsilence, unsuspend, unsensitive) the
+    # account actions it caused that no other current match justifies. Off: they are only flagged.
+    reverse_on_retraction: bool = False
+    # How often provisional actions are checked for a moderator's decision or an expired deadline.
+    review_poll_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     instance: InstanceConfig
     store: StoreConfig
@@ -107,6 +128,7 @@ class Config:
     report: ReportConfig
     banks: BanksConfig = field(default_factory=BanksConfig)
     ops: OpsConfig = field(default_factory=lambda: OpsConfig(host=None))
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     log_level: str = "INFO"
 
 
@@ -178,7 +200,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
-    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "logging"}))
+    top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
+                                       "logging"}))
 
     inst = top.table("instance", _fields(InstanceConfig) - {"token"})
     base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
@@ -207,7 +230,12 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         reconnect_max_s=inst.positive("reconnect_max_s", 60.0),
         sweep_window_s=inst.positive("sweep_window_s", 24 * 3600.0),
         sweep_interval_s=inst.positive("sweep_interval_s", 600.0),
+        api_budget=inst.positive("api_budget", _default(InstanceConfig, "api_budget"), int),
+        api_budget_window_s=inst.positive("api_budget_window_s", _default(InstanceConfig, "api_budget_window_s")),
+        api_action_reserve=inst.get("api_action_reserve", int, _default(InstanceConfig, "api_action_reserve")),
     )
+    if not 0 <= instance.api_action_reserve < instance.api_budget:
+        raise ConfigError(inst.key("api_action_reserve"), "must be at least 0 and less than api_budget")
 
     st = top.table("store", frozenset({"path"}))
     store = StoreConfig(path=Path(st.get("path", str, "fedimod.sqlite3")))
@@ -245,15 +273,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
     if category not in REPORT_CATEGORIES:
         raise ConfigError(rp.key("category"), f"{category!r} is not one of {', '.join(REPORT_CATEGORIES)}")
     template = rp.get("comment_template", str, DEFAULT_COMMENT)
-    try:
-        rendered = template.format(**COMMENT_FIELDS)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            rp.key("comment_template"),
-            f"cannot be rendered ({exc!r}); use only the fields {', '.join(sorted(COMMENT_FIELDS))}",
-        ) from exc
-    if len(rendered) > 900:
-        raise ConfigError(rp.key("comment_template"), "is too long; Mastodon caps report comments at 1000 characters")
+    _check_template(rp, "comment_template", template)
     report = ReportConfig(
         category=category,
         forward=rp.get("forward", bool, False),
@@ -282,9 +302,106 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
                               f"{listen!r} must be HOST:PORT such as 127.0.0.1:9464, or \"\" to disable")
         ops = OpsConfig(host=host.strip("[]"), port=int(port_text))
 
+    policy = _parse_policy(top.table("policy", frozenset({"rules", "trust", "default_trust",
+                                                          "reverse_on_retraction", "review_poll_s"})),
+                           report)
+
     lg = top.table("logging", frozenset({"level"}))
     level = lg.get("level", str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(lg.key("level"), f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return Config(instance=instance, store=store, media=media, workers=workers, report=report, banks=banks,
-                  ops=ops, log_level=level)
+                  ops=ops, policy=policy, log_level=level)
+
+
+E = TypeVar("E", ActionType, Category, Trust)
+_RULE_KEYS = frozenset({"name", "action", "categories", "signal_types", "trust", "min_sources", "max_distance",
+                        "min_quality", "scope", "forward", "notify", "comment", "provisional", "review_within_s"})
+
+
+def _choice(table: _Table, name: str, kind: type[E], value: object) -> E:
+    try:
+        return kind(str(value))
+    except ValueError:
+        raise ConfigError(table.key(name), f"{value!r} is not one of {', '.join(m.value for m in kind)}") from None
+
+
+def _choices(table: _Table, name: str, kind: type[E]) -> frozenset[E] | None:
+    values = table.get(name, list, None)
+    if values is None:
+        return None
+    if not values:
+        raise ConfigError(table.key(name), "empty list matches nothing; leave the key out to match any")
+    return frozenset(_choice(table, f"{name}[{i}]", kind, v) for i, v in enumerate(values))
+
+
+def _parse_policy(table: _Table, report: ReportConfig) -> PolicyConfig:
+    default_trust = _choice(table, "default_trust", Trust, table.get("default_trust", str, "unknown"))
+    trust_table = table.get("trust", dict, {"local": "trusted"})
+    levels = {str(source): _choice(table, f"trust.{source}", Trust, level) for source, level in trust_table.items()}
+    raw_rules = table.get("rules", list, None)
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    if raw_rules is not None:
+        if not raw_rules:
+            raise ConfigError(table.key("rules"), "no rules: leave [[policy.rules]] out for the default (report all)")
+        parsed: list[Rule] = []
+        for i, raw in enumerate(raw_rules):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{table.key('rules')}[{i}]", "must be a table ([[policy.rules]])")
+            parsed.append(_parse_rule(_Table(raw, f"{table.key('rules')}[{i}]", _RULE_KEYS), i, report))
+        names = [r.name for r in parsed]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"{table.key('rules')}[{i}].name", f"rule name {name!r} is used twice")
+        rules = tuple(parsed)
+    return PolicyConfig(
+        rules=rules, trust=TrustMap(levels, default_trust),
+        reverse_on_retraction=table.get("reverse_on_retraction", bool, False),
+        review_poll_s=table.positive("review_poll_s", _default(PolicyConfig, "review_poll_s")),
+    )
+
+
+def _parse_rule(rule: _Table, index: int, report: ReportConfig) -> Rule:
+    action = _choice(rule, "action", ActionType, rule.get("action", str, _REQUIRED))
+    scope = rule.get("scope", str, "any")
+    if scope not in SCOPES:
+        raise ConfigError(rule.key("scope"), f"{scope!r} is not one of {', '.join(SCOPES)}")
+    signal_types = rule.get("signal_types", list, None)
+    if signal_types is not None:
+        for i, name in enumerate(signal_types):
+            if name not in REGISTRY:
+                raise ConfigError(f"{rule.key('signal_types')}[{i}]",
+                                  f"{name!r} is not one of {', '.join(REGISTRY)}")
+    comment = rule.get("comment", str, None)
+    if comment is not None:
+        _check_template(rule, "comment", comment)
+    provisional = rule.get("provisional", bool, False)
+    if provisional and not action.is_account_action:
+        raise ConfigError(rule.key("provisional"),
+                          f"only account actions (sensitive, silence, suspend) can be provisional, not {action}")
+    max_distance = rule.get("max_distance", int, None)
+    if max_distance is not None and max_distance < 0:
+        raise ConfigError(rule.key("max_distance"), "must be 0 or more")
+    min_quality = rule.get("min_quality", int, None)
+    if min_quality is not None and not 0 <= min_quality <= 100:
+        raise ConfigError(rule.key("min_quality"), "must be between 0 and 100")
+    return Rule(
+        name=rule.get("name", str, f"rule-{index + 1}"), action=action,
+        categories=_choices(rule, "categories", Category), signal_types=None if signal_types is None
+        else frozenset(signal_types), trust=_choices(rule, "trust", Trust),
+        min_sources=rule.positive("min_sources", 1, int), max_distance=max_distance, min_quality=min_quality,
+        scope=scope, forward=rule.get("forward", bool, None), notify=rule.get("notify", bool, False),
+        comment=comment, provisional=provisional, review_s=rule.positive("review_within_s", 24 * 3600.0),
+    )
+
+
+def _check_template(table: _Table, name: str, template: str) -> None:
+    try:
+        rendered = template.format(**COMMENT_FIELDS)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            table.key(name),
+            f"cannot be rendered ({exc!r}); use only the fields {', '.join(sorted(COMMENT_FIELDS))}",
+        ) from exc
+    if len(rendered) > 900:
+        raise ConfigError(table.key(name), "is too long; Mastodon caps report comments at 1000 characters")

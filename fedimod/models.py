@@ -7,8 +7,11 @@ matches into a filed report. No stage passes raw JSON past ingest.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class Category(enum.StrEnum):
@@ -34,6 +37,61 @@ class ReportState(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     DRY_RUN = "dry_run"
+
+
+class ActionType(enum.StrEnum):
+    """The policy ladder, mildest first. Stable names: they are config, storage and audit keys.
+
+    `log` records only; `report` files a report naming the post (how one post is taken down);
+    the rest are account actions, each applied with the report it answers.
+    """
+
+    LOG = "log"
+    REPORT = "report"
+    SENSITIVE = "sensitive"
+    SILENCE = "silence"
+    SUSPEND = "suspend"
+
+    @property
+    def rank(self) -> int:
+        return _LADDER.index(self)
+
+    @property
+    def is_account_action(self) -> bool:
+        return self.rank >= _LADDER.index(ActionType.SENSITIVE)
+
+    @property
+    def undo_endpoint(self) -> str:
+        """The admin endpoint that reverses this account action (`unsilence` …)."""
+        return {"sensitive": "unsensitive", "silence": "unsilence", "suspend": "unsuspend"}[self.value]
+
+
+_LADDER: tuple[ActionType, ...] = tuple(ActionType)
+
+
+class ActionState(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+    REVERTED = "reverted"
+
+
+class ReviewState(enum.StrEnum):
+    """A provisional action's review: it stands only once a moderator confirms it."""
+
+    AWAITING = "awaiting"
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class Trust(enum.StrEnum):
+    """How far the admin trusts a feed source's judgement (set per source in config)."""
+
+    TRUSTED = "trusted"
+    KNOWN = "known"
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +133,12 @@ class MediaJob:
     account_id: str
     status_url: str | None
     attempts: int
+    account_acct: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        """Local accounts have a bare `acct` (`alice`); remote ones carry their domain."""
+        return "@" not in self.account_acct
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,3 +200,39 @@ class ReportRequest:
     status_id: str
     account_id: str
     comment: str
+    forward: bool | None = None  # None: the [report] default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountActionRequest:
+    """An account action (sensitive, silence, suspend) keyed (instance, account, action)."""
+
+    idempotency_key: str
+    account_id: str
+    status_id: str
+    action: ActionType
+    rule: str
+    report_key: str | None
+    notify: bool
+    text: str | None
+    provisional: bool
+    review_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One line of the append-only audit log: a decision, an action's result, or a later event
+    (escalation, retraction, review, undo). `detail` holds hashes and matched entries, never media."""
+
+    event: str
+    key: str | None = None
+    status_id: str | None = None
+    account_id: str | None = None
+    action: str | None = None
+    rule: str | None = None
+    result: str | None = None
+    dry_run: bool = False
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def but(self, **changes: Any) -> AuditEvent:
+        return dataclasses.replace(self, **changes)

@@ -4,6 +4,13 @@ Mastodon.py's `report()` refuses the `legal` category (it checks against spam/vi
 mastodon/reports.py in Mastodon.py 2.3.3), although Mastodon has accepted `legal` since 4.1. We
 therefore send the same request `report()` would, `POST /api/v1/reports` with `status_ids[]`,
 through the client's own request path, keeping its auth, error mapping and rate-limit bookkeeping.
+Likewise `admin_account_moderate()` turns `send_email_notification=False` into "omit the
+parameter", and Mastodon then applies its default, true (MASTODON_API.md §6): a rule that says
+"do not notify" would notify. Account actions therefore go through the same request path with the
+flag sent explicitly. Undo and lookups use Mastodon.py's own methods.
+
+Every call first takes its share of the token's `RateBudget`; a requests response hook feeds the
+budget each response's rate-limit headers (and a 429's Retry-After, which Mastodon.py ignores).
 Mastodon.py errors are translated into `fedimod.errors.MastodonAPIError` here.
 """
 
@@ -15,9 +22,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import mastodon
+import requests
 
+from fedimod.act.ratelimit import Priority, RateBudget
 from fedimod.errors import MastodonAPIError
-from fedimod.models import ReportRequest
+from fedimod.models import ActionType, ReportRequest
 
 T = TypeVar("T")
 REPORT_CATEGORIES = frozenset({"spam", "legal", "violation", "other"})
@@ -37,7 +46,11 @@ def _translate(endpoint: str, exc: mastodon.MastodonError) -> MastodonAPIError:
 
 
 class MastodonActions:
-    def __init__(self, *, base_url: str, token: str, request_timeout_s: float) -> None:
+    def __init__(self, *, base_url: str, token: str, request_timeout_s: float, budget: RateBudget | None = None
+                 ) -> None:
+        self.budget = budget or RateBudget()
+        session = requests.Session()
+        session.hooks["response"].append(self._observe)
         # "throw": a rate-limited call fails fast and is rescheduled by us, instead of a thread
         # sleeping inside Mastodon.py until the window resets.
         self._api = mastodon.Mastodon(
@@ -46,14 +59,21 @@ class MastodonActions:
             ratelimit_method="throw",
             request_timeout=request_timeout_s,
             user_agent="fedimod",
+            session=session,
         )
 
-    @property
-    def ratelimit_reset(self) -> float:
-        """When the instance's current rate-limit window ends (epoch seconds), as last reported."""
-        return float(self._api.ratelimit_reset or time.time())
+    def _observe(self, response: requests.Response, *args: object, **kwargs: object) -> None:
+        self.budget.observe(response.status_code, response.headers)
 
-    async def _call(self, endpoint: str, fn: Callable[[], T]) -> T:
+    @property
+    def retry_at(self) -> float:
+        """When a rate-limited call may be tried again (epoch seconds)."""
+        return max(self.budget.blocked_until, time.time() + 1.0)
+
+    async def _call(self, endpoint: str, fn: Callable[[], T], priority: Priority = Priority.ACTION,
+                    calls: int = 1) -> T:
+        await self.budget.acquire(priority, calls=calls)
+
         def guarded() -> T:
             try:
                 return fn()
@@ -61,6 +81,10 @@ class MastodonActions:
                 raise _translate(endpoint, exc) from exc
 
         return await asyncio.to_thread(guarded)
+
+    def _request(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        # Mastodon.py's private request path: see the module docstring for why.
+        return self._api._Mastodon__api_request(method, path, params)  # type: ignore[attr-defined]
 
     async def file_report(self, request: ReportRequest, *, category: str, forward: bool) -> str:
         """File a report naming the status; returns the instance's report id. Never attaches media."""
@@ -73,12 +97,43 @@ class MastodonActions:
             "category": category,
             "forward": "1" if forward else "0",
         }
-        result = await self._call(
-            "POST /api/v1/reports",
-            # Mastodon.py's private request path: see the module docstring for why.
-            lambda: self._api._Mastodon__api_request("POST", "/api/v1/reports", params),  # type: ignore[attr-defined]
-        )
+        result = await self._call("POST /api/v1/reports", lambda: self._request("POST", "/api/v1/reports", params))
         return str(result["id"])
+
+    async def moderate(self, account_id: str, action: ActionType, *, report_id: str | None, notify: bool,
+                       text: str | None) -> None:
+        """`POST /api/v1/admin/accounts/:id/action`: apply an account action, answering a report."""
+        if not action.is_account_action:
+            raise ValueError(f"{action} is not an account action")
+        params: dict[str, Any] = {"type": action.value, "send_email_notification": "1" if notify else "0"}
+        if report_id is not None:
+            params["report_id"] = report_id
+        if text:
+            params["text"] = text[:1000]
+        path = f"/api/v1/admin/accounts/{account_id}/action"
+        await self._call(f"POST {path}", lambda: self._request("POST", path, params))
+
+    async def undo(self, account_id: str, action: ActionType) -> None:
+        """Reverse an account action (unsensitive, unsilence, unsuspend)."""
+        method = getattr(self._api, f"admin_account_{action.undo_endpoint}")
+        await self._call(f"POST /api/v1/admin/accounts/:id/{action.undo_endpoint}", lambda: method(account_id))
+
+    async def account_flags(self, account_id: str) -> dict[str, bool]:
+        """The account's moderation state: sensitive, silence and suspend (as action names)."""
+        account = await self._call("GET /api/v1/admin/accounts/:id", lambda: self._api.admin_account(account_id),
+                                   Priority.LOOKUP)
+        return {"sensitive": bool(account.get("sensitized")), "silence": bool(account.get("silenced")),
+                "suspend": bool(account.get("suspended"))}
+
+    async def report_resolved(self, report_id: str) -> bool:
+        report = await self._call("GET /api/v1/admin/reports/:id", lambda: self._api.admin_report(report_id),
+                                  Priority.LOOKUP)
+        return bool(report.get("action_taken"))
+
+    async def reopen_report(self, report_id: str) -> None:
+        """Put a report back in the moderators' queue (an account action resolves every open report
+        about the account; a provisional action needs its report open for review)."""
+        await self._call("POST /api/v1/admin/reports/:id/reopen", lambda: self._api.admin_report_reopen(report_id))
 
     async def find_report(self, request: ReportRequest) -> str | None:
         """The id of a report this key already filed, if the instance has one (needs admin:read:reports).
@@ -96,7 +151,7 @@ class MastodonActions:
             return None
 
         try:
-            return await self._call("GET /api/v1/admin/reports", lookup)
+            return await self._call("GET /api/v1/admin/reports", lookup, Priority.LOOKUP, calls=2)
         except MastodonAPIError as exc:
             if exc.status == 403:
                 return None

@@ -1,30 +1,45 @@
-"""Pure report building: which matches call for a report, and what it says.
+"""Pure planning: from a policy decision about one piece of media to the requests it queues.
 
-One report per status: every matching attachment of a post folds into the same idempotency key
-(instance, status id, "report"), so a post with two banked images files one report naming it.
-The comment names the closest match's bank, category, signal type and distance, and carries the
-key as `ref …`, which is how a restarted fedimod recognises a report it already filed.
+- `report` and above: one report per status. Every matching attachment of a post folds into the
+  key (instance, status id, "report"), so a post with two banked images files one report naming
+  it. The same media in three posts files three reports, one per post: a report can only name
+  statuses that exist when it is filed, and a report per post lets a moderator remove each one.
+- `sensitive`, `silence`, `suspend`: one account action keyed (instance, account id, action),
+  applied with the report it answers, so three matching posts from one account act once.
+
+The report comment names the closest match's bank, category, signal type and distance, and carries
+the key as `ref …`, which is how a restarted fedimod recognises a report it already filed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedimod.models import Match, MediaJob, ReportRequest
+from fedimod.act.policy import Decision
+from fedimod.models import AccountActionRequest, ActionType, AuditEvent, Match, MediaJob, ReportRequest, Signal
+from fedimod.signals import REGISTRY
+from fedimod.store.actions import cause_detail
 
 
 def report_key(instance: str, status_id: str) -> str:
     return f"{instance}|{status_id}|report"
 
 
+def action_key(instance: str, account_id: str, action: ActionType) -> str:
+    return f"{instance}|account:{account_id}|{action.value}"
+
+
 def build_report_request(
-    *, instance: str, job: MediaJob, matches: Sequence[Match], template: str
+    *, instance: str, job: MediaJob, matches: Sequence[Match], template: str, rule: str = "review",
+    action: ActionType = ActionType.REPORT, forward: bool | None = None,
 ) -> ReportRequest | None:
     if not matches:
         return None
     best = min(matches, key=lambda m: (m.distance, m.entry.id))
     key = report_key(instance, job.status_id)
     comment = template.format(
+        rule=rule,
+        action=action.value,
         bank=best.entry.bank,
         category=best.entry.category.value,
         signal_type=best.signal_type,
@@ -36,5 +51,44 @@ def build_report_request(
     if f"ref {key}" not in comment:
         comment = f"{comment} ref {key}"
     return ReportRequest(
-        idempotency_key=key, status_id=job.status_id, account_id=job.account_id, comment=comment[:1000]
+        idempotency_key=key, status_id=job.status_id, account_id=job.account_id, comment=comment[:1000],
+        forward=forward,
     )
+
+
+def plan(
+    *, instance: str, job: MediaJob, decision: Decision, matches: Sequence[Match], signals: Sequence[Signal],
+    template: str, dry_run: bool,
+) -> tuple[ReportRequest | None, AccountActionRequest | None, AuditEvent]:
+    """The report and account action a decision queues, and the audit line recording it."""
+    rule = decision.rule
+    report = None
+    if decision.action.rank >= ActionType.REPORT.rank:
+        report = build_report_request(
+            instance=instance, job=job, matches=decision.causes,
+            template=rule.comment if rule is not None and rule.comment else template,
+            rule=decision.rule_name, action=decision.action, forward=rule.forward if rule is not None else None,
+        )
+    account_action = None
+    if decision.action.is_account_action and rule is not None:
+        account_action = AccountActionRequest(
+            idempotency_key=action_key(instance, job.account_id, decision.action), account_id=job.account_id,
+            status_id=job.status_id, action=decision.action, rule=rule.name,
+            report_key=report.idempotency_key if report else None, notify=rule.notify,
+            text=report.comment if report else None, provisional=rule.provisional, review_s=rule.review_s,
+        )
+    event = AuditEvent(
+        event="decision", key=report.idempotency_key if report else None, status_id=job.status_id,
+        account_id=job.account_id, action=decision.action.value, rule=decision.rule_name, result=decision.reason,
+        dry_run=dry_run,
+        detail={
+            "job_id": job.id, "attachment_id": job.attachment_id, "account": job.account_acct,
+            "status_url": job.status_url, "local": job.is_local,
+            "hashes": {s.signal_type: REGISTRY[s.signal_type].format(s.value) for s in signals},
+            "pdq_quality": next((s.quality for s in signals if s.signal_type == "pdq"), None),
+            "matches": cause_detail(matches), "causes": [c["entry_id"] for c in cause_detail(decision.causes)],
+            "action_key": account_action.idempotency_key if account_action else None,
+            "provisional": bool(account_action and account_action.provisional),
+        },
+    )
+    return report, account_action, event

@@ -1,5 +1,9 @@
 """Persistence: the durable job table, banks, matches and reports (SQLite by default)."""
 
-from fedimod.store.sqlite import BankState, JobOutcome, PendingReport, SQLiteStore, StoreCounts
+from fedimod.store.actions import StoredAction, cause_detail
+from fedimod.store.sqlite import BankState, Completed, JobOutcome, PendingReport, SQLiteStore, StoreCounts
 
-__all__ = ["BankState", "JobOutcome", "PendingReport", "SQLiteStore", "StoreCounts"]
+__all__ = [
+    "BankState", "Completed", "JobOutcome", "PendingReport", "SQLiteStore", "StoreCounts", "StoredAction",
+    "cause_detail",
+]

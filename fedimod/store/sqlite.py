@@ -11,8 +11,9 @@ One fedimod process owns one store: at start-up, leases left by a killed process
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import aiosqlite
 
 from fedimod.errors import StoreError
 from fedimod.models import (
+    AccountActionRequest,
+    AuditEvent,
     BankEntry,
     BankKind,
     BankRow,
@@ -35,6 +38,7 @@ from fedimod.models import (
     Signal,
 )
 from fedimod.signals import signal_type_named
+from fedimod.store.actions import ActionStoreMixin
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -151,9 +155,87 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX bank_entries_by_expiry ON bank_entries (expires_at) WHERE expires_at IS NOT NULL;
     """,
+    # 4: policy and actions. Account actions keyed (instance, account, action); what caused each
+    # action or report (the bank entries, kept by value so a removed entry can still be named);
+    # and the append-only audit log, which triggers keep append-only.
+    """
+    ALTER TABLE reports ADD COLUMN rule TEXT;
+    ALTER TABLE reports ADD COLUMN forward INTEGER;
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL,
+        status_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        report_key TEXT,
+        notify INTEGER NOT NULL,
+        text TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        available_at REAL NOT NULL,
+        last_error TEXT,
+        escalates_from TEXT,
+        provisional INTEGER NOT NULL DEFAULT 0,
+        review_s REAL,
+        review_by REAL,
+        review_state TEXT,
+        unjustified_at REAL,
+        created_at REAL NOT NULL,
+        done_at REAL
+    );
+    CREATE INDEX actions_by_account ON actions (account_id);
+    CREATE INDEX actions_by_state ON actions (state, available_at);
+    CREATE TABLE action_causes (
+        key TEXT NOT NULL,
+        entry_id INTEGER NOT NULL,
+        bank TEXT NOT NULL,
+        source TEXT NOT NULL,
+        category TEXT NOT NULL,
+        signal_type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        distance INTEGER NOT NULL,
+        PRIMARY KEY (key, entry_id, signal_type)
+    );
+    CREATE INDEX action_causes_by_entry ON action_causes (entry_id);
+    CREATE INDEX action_causes_by_value ON action_causes (signal_type, value);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        key TEXT,
+        status_id TEXT,
+        account_id TEXT,
+        action TEXT,
+        rule TEXT,
+        result TEXT,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_by_key ON audit (key);
+    CREATE INDEX audit_by_at ON audit (at);
+    CREATE TRIGGER audit_is_append_only_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
 )
 
-_JOB_COLUMNS = "jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts"
+_JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
+                "account_acct")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements; a trigger body's own `;` does not end its statement."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise StoreError(f"incomplete statement in migration: {pending[:80]!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +245,15 @@ class JobOutcome:
     signals: tuple[Signal, ...]
     matches: tuple[Match, ...]
     report: ReportRequest | None
+    action: AccountActionRequest | None = None
+    causes: tuple[Match, ...] = ()  # the matches that justify the report and action
+    decision: AuditEvent | None = None  # the policy's decision, for the audit log
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completed:
+    new_report: bool
+    new_action: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,7 +281,7 @@ class StoreCounts:
     bank_entries: int
 
 
-class SQLiteStore:
+class SQLiteStore(ActionStoreMixin):
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
@@ -227,7 +318,7 @@ class SQLiteStore:
                     f"store schema version {version} is newer than this fedimod ({len(_MIGRATIONS)}); upgrade fedimod"
                 )
             for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in _statements(script):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
@@ -317,7 +408,7 @@ class SQLiteStore:
         assert job is not None  # the row was just updated inside the same transaction
         return MediaJob(
             id=job[0], status_id=job[1], attachment_id=job[2], media_type=job[3], media_url=job[4],
-            remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8],
+            remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8], account_acct=job[9],
         )
 
     async def next_job_time(self) -> float | None:
@@ -327,10 +418,13 @@ class SQLiteStore:
         )
         return None if row is None or row[0] is None else float(row[0])
 
-    async def complete_job(self, job: MediaJob, outcome: JobOutcome, now: float | None = None) -> bool:
-        """Record a job's outcome and mark it done, atomically. Returns whether a new report was queued."""
+    async def complete_job(self, job: MediaJob, outcome: JobOutcome, now: float | None = None) -> Completed:
+        """Record a finished job: its hashes, matches, the decision and what it queues, all at once.
+
+        The report is keyed per status and the account action per (account, action), so a second
+        matching attachment or post adds causes and audit lines but never a second request."""
         now = time.time() if now is None else now
-        new_report = False
+        new_report = new_action = False
         async with self._transaction():
             for signal in outcome.signals:
                 await self._conn.execute(
@@ -345,20 +439,26 @@ class SQLiteStore:
                     (job.id, job.status_id, match.entry.id, match.signal_type, match.distance, match.threshold, now,
                      int(match.entry.is_allowlist)),
                 )
+            if outcome.decision is not None:
+                await self._append_audit(outcome.decision, now)
             if outcome.report is not None:
                 request = outcome.report
                 cursor = await self._conn.execute(
                     "INSERT OR IGNORE INTO reports (idempotency_key, status_id, account_id, comment, state, "
-                    "available_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "available_at, created_at, rule, forward) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (request.idempotency_key, request.status_id, request.account_id, request.comment,
-                     ReportState.PENDING.value, now, now),
+                     ReportState.PENDING.value, now, now, outcome.decision.rule if outcome.decision else None,
+                     None if request.forward is None else int(request.forward)),
                 )
                 new_report = cursor.rowcount > 0
+                await self._record_causes(request.idempotency_key, outcome.causes)
+            if outcome.action is not None:
+                new_action = await self._queue_account_action(outcome.action, outcome.causes, now)
             await self._conn.execute(
                 "UPDATE jobs SET state = ?, lease_until = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
                 (JobState.DONE.value, now, job.id),
             )
-        return new_report
+        return Completed(new_report=new_report, new_action=new_action)
 
     async def fail_job(
         self, job: MediaJob, error: str, *, retry_at: float | None, now: float | None = None,
@@ -394,13 +494,14 @@ class SQLiteStore:
     async def due_reports(self, now: float | None = None) -> list[PendingReport]:
         now = time.time() if now is None else now
         rows = await self._all(
-            "SELECT idempotency_key, status_id, account_id, comment, attempts FROM reports "
+            "SELECT idempotency_key, status_id, account_id, comment, attempts, forward FROM reports "
             "WHERE state = ? AND available_at <= ? ORDER BY id",
             (ReportState.PENDING.value, now),
         )
         return [
             PendingReport(
-                request=ReportRequest(idempotency_key=r[0], status_id=r[1], account_id=r[2], comment=r[3]),
+                request=ReportRequest(idempotency_key=r[0], status_id=r[1], account_id=r[2], comment=r[3],
+                                      forward=None if r[5] is None else bool(r[5])),
                 attempts=r[4],
             )
             for r in rows
@@ -412,8 +513,9 @@ class SQLiteStore:
 
     async def finish_report(
         self, key: str, state: ReportState, *, remote_report_id: str | None = None, error: str | None = None,
-        now: float | None = None,
+        event: AuditEvent | None = None, now: float | None = None,
     ) -> None:
+        """Record a report's outcome, and its audit line in the same transaction."""
         now = time.time() if now is None else now
         async with self._transaction():
             await self._conn.execute(
@@ -421,6 +523,8 @@ class SQLiteStore:
                 "WHERE idempotency_key = ?",
                 (state.value, remote_report_id, error, now, key),
             )
+            if event is not None:
+                await self._append_audit(event, now)
 
     async def note_report_attempt(self, key: str) -> None:
         """Committed before the API call: after a crash, attempts > 0 says the server may have it."""
@@ -436,10 +540,11 @@ class SQLiteStore:
 
     async def reports(self) -> list[dict[str, object]]:
         rows = await self._all(
-            "SELECT idempotency_key, status_id, account_id, state, remote_report_id, attempts, last_error, comment "
-            "FROM reports ORDER BY id"
+            "SELECT idempotency_key, status_id, account_id, state, remote_report_id, attempts, last_error, comment, "
+            "rule FROM reports ORDER BY id"
         )
-        keys = ("key", "status_id", "account_id", "state", "remote_report_id", "attempts", "last_error", "comment")
+        keys = ("key", "status_id", "account_id", "state", "remote_report_id", "attempts", "last_error", "comment",
+                "rule")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     # -- banks ----------------------------------------------------------------------------------

@@ -1,0 +1,306 @@
+"""Store part for policy outcomes: account actions, what caused them, and the audit log.
+
+An account action is keyed (instance, account, action), so a retry, a restart or the same media in
+another post never repeats it. Before one is queued, the account's standing actions are read in
+the same transaction: a milder or equal action is recorded as covered, a stronger one as an
+escalation. The audit table is append-only (SQLite triggers refuse UPDATE and DELETE).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from fedimod.models import (
+    AccountActionRequest,
+    ActionState,
+    ActionType,
+    AuditEvent,
+    Match,
+    ReportState,
+    ReviewState,
+)
+from fedimod.signals import signal_type_named
+
+_ACTION_COLUMNS = (
+    "a.id, a.idempotency_key, a.account_id, a.status_id, a.action, a.rule, a.report_key, a.notify, a.text, "
+    "a.state, a.attempts, a.last_error, a.escalates_from, a.provisional, a.review_s, a.review_by, a.review_state, "
+    "a.created_at, a.done_at, r.remote_report_id"
+)
+AUDIT_COLUMNS = ("id", "at", "event", "key", "status_id", "account_id", "action", "rule", "result", "dry_run",
+                 "detail")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredAction:
+    """An account action as stored, with the instance's id of the report it answers."""
+
+    id: int
+    request: AccountActionRequest
+    state: ActionState
+    attempts: int
+    last_error: str | None
+    escalates_from: str | None
+    review_by: float | None
+    review_state: ReviewState | None
+    created_at: float
+    done_at: float | None
+    remote_report_id: str | None
+
+
+def _action(row: Sequence[Any]) -> StoredAction:
+    return StoredAction(
+        id=row[0],
+        request=AccountActionRequest(
+            idempotency_key=row[1], account_id=row[2], status_id=row[3], action=ActionType(row[4]), rule=row[5],
+            report_key=row[6], notify=bool(row[7]), text=row[8], provisional=bool(row[13]),
+            review_s=float(row[14] or 0.0),
+        ),
+        state=ActionState(row[9]), attempts=row[10], last_error=row[11], escalates_from=row[12],
+        review_by=row[15], review_state=None if row[16] is None else ReviewState(row[16]),
+        created_at=row[17], done_at=row[18], remote_report_id=row[19],
+    )
+
+
+def cause_detail(matches: Sequence[Match]) -> list[dict[str, object]]:
+    """The matched entries as the audit log and incident exports name them."""
+    return [
+        {"entry_id": m.entry.id, "bank": m.entry.bank, "source": m.entry.source, "category": m.entry.category.value,
+         "signal_type": m.signal_type, "value": signal_type_named(m.signal_type).format(m.entry.value),
+         "distance": m.distance, "threshold": m.threshold}
+        for m in sorted(matches, key=lambda m: (m.distance, m.entry.id))
+    ]
+
+
+class ActionStoreMixin:
+    """Mixed into `SQLiteStore`, which provides the connection and transaction helpers."""
+
+    _conn: aiosqlite.Connection
+
+    def _transaction(self) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def _one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        raise NotImplementedError
+
+    async def _all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    # -- writing (inside a caller's transaction) ------------------------------------------------
+
+    async def _append_audit(self, event: AuditEvent, now: float) -> int:
+        cursor = await self._conn.execute(
+            "INSERT INTO audit (at, event, key, status_id, account_id, action, rule, result, dry_run, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, event.event, event.key, event.status_id, event.account_id, event.action, event.rule, event.result,
+             int(event.dry_run), json.dumps(event.detail, sort_keys=True, separators=(",", ":"))),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def _record_causes(self, key: str, causes: Sequence[Match]) -> None:
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO action_causes (key, entry_id, bank, source, category, signal_type, value, distance) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(key, m.entry.id, m.entry.bank, m.entry.source, m.entry.category.value, m.signal_type,
+              signal_type_named(m.signal_type).format(m.entry.value), m.distance) for m in causes],
+        )
+
+    async def _queue_account_action(
+        self, request: AccountActionRequest, causes: Sequence[Match], now: float
+    ) -> bool:
+        """Queue the action unless the account already has an equal or stronger one standing."""
+        standing = await self._all(
+            "SELECT action, idempotency_key, state FROM actions WHERE account_id = ? AND state NOT IN (?, ?)",
+            (request.account_id, ActionState.REVERTED.value, ActionState.FAILED.value),
+        )
+        strongest = max(standing, key=lambda r: ActionType(r[0]).rank, default=None)
+        await self._record_causes(request.idempotency_key, causes)
+        base = AuditEvent(event="covered", key=request.idempotency_key, status_id=request.status_id,
+                          account_id=request.account_id, action=request.action.value, rule=request.rule)
+        if strongest is not None and ActionType(strongest[0]).rank >= request.action.rank:
+            if strongest[1] != request.idempotency_key:
+                await self._append_audit(base.but(result=f"account already has {strongest[0]} ({strongest[2]})",
+                                                  detail={"standing_key": strongest[1]}), now)
+            return False
+        escalates_from = None if strongest is None else str(strongest[0])
+        cursor = await self._conn.execute(
+            "INSERT OR IGNORE INTO actions (idempotency_key, account_id, status_id, action, rule, report_key, notify, "
+            "text, state, available_at, escalates_from, provisional, review_s, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (request.idempotency_key, request.account_id, request.status_id, request.action.value, request.rule,
+             request.report_key, int(request.notify), request.text, ActionState.PENDING.value, now, escalates_from,
+             int(request.provisional), request.review_s if request.provisional else None, now),
+        )
+        if cursor.rowcount and escalates_from is not None:
+            await self._append_audit(base.but(event="escalation", result=f"{escalates_from} -> {request.action}",
+                                              detail={"from_key": strongest[1] if strongest else None}), now)
+        return cursor.rowcount > 0
+
+    # -- account actions ------------------------------------------------------------------------
+
+    async def due_actions(self, now: float | None = None) -> list[StoredAction]:
+        """Pending actions that are due and whose report is settled (sent, failed or dry run)."""
+        now = time.time() if now is None else now
+        rows = await self._all(
+            f"SELECT {_ACTION_COLUMNS} FROM actions a LEFT JOIN reports r ON r.idempotency_key = a.report_key "
+            "WHERE a.state = ? AND a.available_at <= ? AND (r.state IS NULL OR r.state != ?) ORDER BY a.id",
+            (ActionState.PENDING.value, now, ReportState.PENDING.value),
+        )
+        return [_action(r) for r in rows]
+
+    async def next_action_time(self) -> float | None:
+        row = await self._one("SELECT MIN(available_at) FROM actions WHERE state = ?", (ActionState.PENDING.value,))
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def action(self, action_id: int) -> StoredAction | None:
+        row = await self._one(
+            f"SELECT {_ACTION_COLUMNS} FROM actions a LEFT JOIN reports r ON r.idempotency_key = a.report_key "
+            "WHERE a.id = ?", (action_id,))
+        return None if row is None else _action(row)
+
+    async def actions(self, *, account_id: str | None = None) -> list[StoredAction]:
+        where, params = ("WHERE a.account_id = ?", [account_id]) if account_id is not None else ("", [])
+        rows = await self._all(
+            f"SELECT {_ACTION_COLUMNS} FROM actions a LEFT JOIN reports r ON r.idempotency_key = a.report_key "
+            f"{where} ORDER BY a.id", params)
+        return [_action(r) for r in rows]
+
+    async def note_action_attempt(self, key: str) -> None:
+        """Committed before the API call: after a crash, attempts > 0 says the instance may have it."""
+        async with self._transaction():
+            await self._conn.execute("UPDATE actions SET attempts = attempts + 1 WHERE idempotency_key = ?", (key,))
+
+    async def retry_action(self, key: str, error: str, retry_at: float) -> None:
+        async with self._transaction():
+            await self._conn.execute(
+                "UPDATE actions SET available_at = ?, last_error = ? WHERE idempotency_key = ?",
+                (retry_at, error[:1000], key))
+
+    async def finish_action(self, key: str, state: ActionState, event: AuditEvent, *, error: str | None = None,
+                            now: float | None = None) -> None:
+        """Record the outcome and its audit event together. A provisional action that took
+        effect starts its review clock now."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            await self._conn.execute(
+                "UPDATE actions SET state = ?, last_error = ?, done_at = ?, "
+                "review_by = CASE WHEN provisional = 1 AND ? = 'done' THEN ? + review_s ELSE review_by END, "
+                "review_state = CASE WHEN provisional = 1 AND ? = 'done' THEN ? ELSE review_state END "
+                "WHERE idempotency_key = ?",
+                (state.value, error, now, state.value, now, state.value, ReviewState.AWAITING.value, key),
+            )
+            await self._append_audit(event, now)
+
+    async def set_review(self, action_id: int, expected: ReviewState, new: ReviewState, event: AuditEvent, *,
+                         revert: bool = False, now: float | None = None) -> bool:
+        """Move a provisional action's review from `expected` to `new` (compare-and-set, so the bot
+        and `fedimod review` never both act on it); with `revert`, also mark the action reverted."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            cursor = await self._conn.execute(
+                "UPDATE actions SET review_state = ?, state = CASE WHEN ? THEN ? ELSE state END "
+                "WHERE id = ? AND review_state = ?",
+                (new.value, int(revert), ActionState.REVERTED.value, action_id, expected.value))
+            if cursor.rowcount:
+                await self._append_audit(event, now)
+        return cursor.rowcount > 0
+
+    async def mark_reverted(self, key: str, event: AuditEvent, now: float | None = None) -> bool:
+        """A standing action was undone on the instance (retraction): record it once."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            cursor = await self._conn.execute(
+                "UPDATE actions SET state = ? WHERE idempotency_key = ? AND state = ?",
+                (ActionState.REVERTED.value, key, ActionState.DONE.value))
+            if cursor.rowcount:
+                await self._append_audit(event, now)
+        return cursor.rowcount > 0
+
+    async def flag_unjustified(self, key: str, event: AuditEvent, now: float | None = None) -> bool:
+        """A standing action lost its justification and is left in place: audit it once."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            cursor = await self._conn.execute(
+                "UPDATE actions SET unjustified_at = ? WHERE idempotency_key = ? AND unjustified_at IS NULL",
+                (now, key))
+            if cursor.rowcount:
+                await self._append_audit(event, now)
+        return cursor.rowcount > 0
+
+    async def awaiting_review(self) -> list[StoredAction]:
+        rows = await self._all(
+            f"SELECT {_ACTION_COLUMNS} FROM actions a LEFT JOIN reports r ON r.idempotency_key = a.report_key "
+            "WHERE a.review_state = ? AND a.state = ? ORDER BY a.review_by",
+            (ReviewState.AWAITING.value, ActionState.DONE.value))
+        return [_action(r) for r in rows]
+
+    async def standing_actions(self) -> list[StoredAction]:
+        """Account actions in force on the instance (done and not reverted)."""
+        rows = await self._all(
+            f"SELECT {_ACTION_COLUMNS} FROM actions a LEFT JOIN reports r ON r.idempotency_key = a.report_key "
+            "WHERE a.state = ? ORDER BY a.id", (ActionState.DONE.value,))
+        return [_action(r) for r in rows]
+
+    async def account_media_signals(self, account_id: str) -> list[tuple[int, str, bool, list[tuple[str, str, int |
+                                                                                                      None]]]]:
+        """Each hashed job of the account's posts: (job id, status id, is local, [(type, hex, quality)])."""
+        rows = await self._all(
+            "SELECT j.id, j.status_id, p.account_acct, s.signal_type, s.value, s.quality FROM jobs j "
+            "JOIN posts p USING (status_id) JOIN job_signals s ON s.job_id = j.id WHERE p.account_id = ? "
+            "ORDER BY j.id", (account_id,))
+        jobs: dict[int, tuple[int, str, bool, list[tuple[str, str, int | None]]]] = {}
+        for job_id, status_id, acct, signal_type, value, quality in rows:
+            jobs.setdefault(job_id, (job_id, status_id, "@" not in acct, []))[3].append((signal_type, value, quality))
+        return list(jobs.values())
+
+    # -- audit log ------------------------------------------------------------------------------
+
+    async def append_audit(self, event: AuditEvent, now: float | None = None) -> int:
+        async with self._transaction():
+            return await self._append_audit(event, time.time() if now is None else now)
+
+    async def audit_rows(self, *, since: float | None = None, keys: Sequence[str] | None = None,
+                         status_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if keys is not None:
+            where.append(f"key IN ({', '.join('?' * len(keys))})")
+            params.extend(keys)
+        if status_id is not None:
+            where.append("status_id = ?")
+            params.append(status_id)
+        sql = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
+        rows = await self._all(sql, params)
+        return [{**dict(zip(AUDIT_COLUMNS, r, strict=True)), "dry_run": bool(r[9]), "detail": json.loads(r[10])}
+                for r in rows]
+
+    async def keys_caused_by(self, *, entry_id: int | None = None, signal_type: str | None = None,
+                             value: str | None = None) -> list[str]:
+        """Report and action keys that a bank entry (by id, or by type and value) helped cause."""
+        if entry_id is not None:
+            rows = await self._all("SELECT DISTINCT key FROM action_causes WHERE entry_id = ? ORDER BY key",
+                                   (entry_id,))
+        else:
+            rows = await self._all(
+                "SELECT DISTINCT key FROM action_causes WHERE signal_type = ? AND value = ? ORDER BY key",
+                (signal_type, value))
+        return [r[0] for r in rows]
+
+    async def causes(self, key: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT entry_id, bank, source, category, signal_type, value, distance FROM action_causes WHERE key = ? "
+            "ORDER BY distance, entry_id", (key,))
+        names = ("entry_id", "bank", "source", "category", "signal_type", "value", "distance")
+        return [dict(zip(names, r, strict=True)) for r in rows]
