@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from fedimod.app import Pipeline, open_pipeline
-from fedimod.config import BanksConfig, Config, InstanceConfig, MediaConfig, ReportConfig, StoreConfig, WorkerConfig
+from fedimod.config import (
+    BanksConfig,
+    Config,
+    InstanceConfig,
+    MediaConfig,
+    PolicyConfig,
+    ReportConfig,
+    StoreConfig,
+    WorkerConfig,
+)
 from fedimod.match import parse_bank_lines
 from fedimod.media import hash_image_bytes
 from fedimod.models import BankKind
@@ -18,10 +27,12 @@ from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
 
-BOT_SCOPES = ("read", "write:reports", "admin:read:reports")
+BOT_SCOPES = ("read", "write:reports", "admin:read:reports", "admin:write:reports", "admin:read:accounts",
+              "admin:write:accounts")
 
 
-def make_config(sandbox: Sandbox, token: str, db: Path, **report: Any) -> Config:
+def make_config(sandbox: Sandbox, token: str, db: Path, *, policy: PolicyConfig | None = None,
+                **report: Any) -> Config:
     return Config(
         instance=InstanceConfig(base_url=sandbox.base_url, token_env="TEST_TOKEN", token=token,
                                 streams=("public:media",), reconnect_max_s=0.5),
@@ -30,6 +41,7 @@ def make_config(sandbox: Sandbox, token: str, db: Path, **report: Any) -> Config
         workers=WorkerConfig(concurrency=2, hash_processes=1, retry_delay_s=0.2, max_attempts=3),
         report=ReportConfig(**report),
         banks=BanksConfig(refresh_s=0.2),
+        policy=policy or PolicyConfig(),
     )
 
 

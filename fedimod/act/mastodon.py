@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import mastodon
 import requests
 
-from fedimod.act.ratelimit import Priority, RateBudget
+from fedimod.act.ratelimit import Priority, RateBudget, family_of
 from fedimod.errors import MastodonAPIError
 from fedimod.models import ActionType, ReportRequest
 
@@ -63,7 +63,8 @@ class MastodonActions:
         )
 
     def _observe(self, response: requests.Response, *args: object, **kwargs: object) -> None:
-        self.budget.observe(response.status_code, response.headers)
+        self.budget.observe(response.status_code, response.headers,
+                            family_of(response.request.method or "GET", response.request.url or ""))
 
     @property
     def retry_at(self) -> float:
@@ -72,7 +73,8 @@ class MastodonActions:
 
     async def _call(self, endpoint: str, fn: Callable[[], T], priority: Priority = Priority.ACTION,
                     calls: int = 1) -> T:
-        await self.budget.acquire(priority, calls=calls)
+        method, _, path = endpoint.partition(" ")
+        await self.budget.acquire(priority, family=family_of(method, path), calls=calls)
 
         def guarded() -> T:
             try:

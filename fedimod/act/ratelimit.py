@@ -8,6 +8,9 @@ state) and on syncs; a burst of lookups must never leave no room for an action. 
   one; lookups stop `reserve` calls earlier than actions;
 - what the instance says: `X-RateLimit-Remaining`/`-Reset` on every response and, on a 429,
   `Retry-After` (seconds or an HTTP date) or else the reset time. Nothing is sent before then.
+  Mastodon reports the most limited throttle, and `POST /api/v1/reports` answers with its own
+  family's figures (400 per 24 h), so the instance's figures are kept per family: a day's reports
+  running low must not hold back lookups.
 
 `observe` is called from Mastodon.py's worker threads (a requests response hook), so state changes
 are under a lock.
@@ -33,6 +36,11 @@ class Priority(enum.Enum):
     LOOKUP = "lookup"  # reconciliation, review checks, syncs: leave `reserve` calls for actions
 
 
+def family_of(method: str, url: str) -> str:
+    """The throttle family whose figures a response carries (MASTODON_API.md §3.0)."""
+    return "reports" if method == "POST" and "/api/v1/reports" in url else "api"
+
+
 class RateBudget:
     def __init__(self, *, limit: int = 300, window_s: float = 300.0, reserve: int = 50,
                  clock: Callable[[], float] = time.time) -> None:
@@ -42,8 +50,7 @@ class RateBudget:
         self._clock = clock
         self._lock = threading.Lock()
         self._calls: deque[float] = deque()
-        self._remaining: int | None = None
-        self._reset_at: float | None = None
+        self._server: dict[str, tuple[int | None, float | None]] = {}  # family → (remaining, reset)
         self._blocked_until = 0.0
         self.throttled = 0  # 429 answers seen
         self.waits = 0  # calls that had to wait for budget
@@ -53,7 +60,7 @@ class RateBudget:
         """Epoch seconds before which the instance asked us not to call (0 when it has not)."""
         return self._blocked_until
 
-    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+    def observe(self, status: int, headers: Mapping[str, str], family: str = "api") -> None:
         """Learn from one response's headers (any thread)."""
         now = self._clock()
         skew = 0.0
@@ -65,24 +72,29 @@ class RateBudget:
             if abs(skew) < 2.0:
                 skew = 0.0  # HTTP dates have one-second resolution: ignore rounding
         reset = _parse_reset(headers.get("X-RateLimit-Reset"))
+        raw_remaining = headers.get("X-RateLimit-Remaining")
+        remaining = int(raw_remaining) if raw_remaining is not None and raw_remaining.isdigit() else None
+        reset_at = None if reset is None else reset + skew
         with self._lock:
-            if reset is not None:
-                self._reset_at = reset + skew
-            if (remaining := headers.get("X-RateLimit-Remaining")) is not None and remaining.isdigit():
-                self._remaining = int(remaining)
-            if status == 429:
-                self.throttled += 1
-                self._remaining = 0
-                retry_after = _parse_retry_after(headers.get("Retry-After"), now)
-                if retry_after is not None:
-                    until = now + retry_after
-                elif self._reset_at is not None and self._reset_at > now:
-                    until = self._reset_at
-                else:
-                    until = now + RETRY_FLOOR_S
-                self._blocked_until = max(self._blocked_until, until)
+            if status != 429:
+                if remaining is not None:
+                    self._server[family] = (remaining, reset_at)
+                return
+            self.throttled += 1
+            retry_after = _parse_retry_after(headers.get("Retry-After"), now)
+            if retry_after is not None:
+                # Retry-After is the instance's own word on when to come back: it replaces the
+                # window figures, which a 429 reports as zero until the (later) reset.
+                until = now + retry_after
+                self._server.pop(family, None)
+            elif reset_at is not None and reset_at > now:
+                until = reset_at
+                self._server[family] = (0, reset_at)
+            else:
+                until = now + RETRY_FLOOR_S
+            self._blocked_until = max(self._blocked_until, until)
 
-    def wait_s(self, priority: Priority) -> float:
+    def wait_s(self, priority: Priority, family: str = "api") -> float:
         """How long a call of this priority must wait now (0: it may go)."""
         now = self._clock()
         with self._lock:
@@ -93,25 +105,27 @@ class RateBudget:
             if len(self._calls) >= allowed:
                 waits.append(self._calls[len(self._calls) - allowed] + self.window_s - now)
             floor = 0 if priority is Priority.ACTION else self.reserve
-            if self._remaining is not None and self._remaining <= floor and self._reset_at is not None:
-                waits.append(self._reset_at - now)
+            remaining, reset_at = self._server.get(family, (None, None))
+            if remaining is not None and remaining <= floor and reset_at is not None:
+                waits.append(reset_at - now)
         return max(0.0, *waits)
 
-    def _spend(self) -> None:
+    def _spend(self, family: str) -> None:
         with self._lock:
             self._calls.append(self._clock())
-            if self._remaining is not None:
-                self._remaining -= 1
+            remaining, reset_at = self._server.get(family, (None, None))
+            if remaining is not None:
+                self._server[family] = (remaining - 1, reset_at)
 
-    async def acquire(self, priority: Priority, *, calls: int = 1) -> None:
+    async def acquire(self, priority: Priority, *, family: str = "api", calls: int = 1) -> None:
         """Wait until `calls` calls of this priority fit the budget, then count them as spent."""
         for _ in range(calls):
             waited = False
-            while (delay := self.wait_s(priority)) > 0:
+            while (delay := self.wait_s(priority, family)) > 0:
                 waited = True
                 await asyncio.sleep(min(delay, WAIT_STEP_S))
             self.waits += waited
-            self._spend()
+            self._spend(family)
 
 
 def _parse_reset(value: str | None) -> float | None:

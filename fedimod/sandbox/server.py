@@ -11,8 +11,9 @@ Quirks kept on purpose because real Mastodon has them (shared/MASTODON_API.md):
 - Paths also answer with a trailing slash, as Mastodon.py sends some of them that way.
 
 Tests drive it through the `Sandbox` object: create accounts and tokens, post, and read back every
-report and account action. Fault switches: `drop_streams()`, `inject_frame()`, `media_gate`,
-`report_response_gate`, `fail_api_with`, `fail_media`.
+report, account action and undo (`account_undos`), and every API call with its time and status
+(`api_calls`). Fault switches: `drop_streams()`, `inject_frame()`, `media_gate`,
+`report_response_gate`, `fail_api_with`, `fail_media`, `throttle()` (the next calls get 429).
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ class Sandbox:
         self.statuses: dict[int, SandboxStatus] = {}
         self.reports: list[SandboxReport] = []
         self.account_actions: list[SandboxAccountAction] = []
+        self.account_undos: list[tuple[int, str]] = []  # (account id, unsilence/unsuspend/…)
+        self.api_calls: list[tuple[float, str, str, int]] = []  # (time, method, path, status)
+        self._throttle_calls = 0
+        self._throttle_retry_after: int | None = None
+        self._throttle_prefix = "/api/"
         self.media_requests: list[int] = []
         self.request_log: list[tuple[str, str]] = []
         self.media_gate = asyncio.Event()
@@ -172,6 +178,12 @@ class Sandbox:
         media_ids = [self.add_media(account_id, data).id for data in media]
         return self._create_status(account_id, text, visibility=visibility, media_ids=media_ids,
                                    created_at=created_at, in_reply_to_id=in_reply_to_id)
+
+    def throttle(self, calls: int, *, retry_after_s: int | None = None, path_prefix: str = "/api/") -> None:
+        """Answer the next `calls` API requests under `path_prefix` with 429, with `Retry-After` when given."""
+        self._throttle_calls = calls
+        self._throttle_retry_after = retry_after_s
+        self._throttle_prefix = path_prefix
 
     def drop_streams(self) -> None:
         """Close every open streaming connection, as a restart of the streaming server would."""
@@ -309,8 +321,22 @@ class Sandbox:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.request_log.append((request.method, request.path))
         is_api = request.path.startswith("/api/") and not request.path.startswith("/api/v1/streaming")
+        response = await self._answer(request, handler, is_api)
+        if is_api:
+            self.api_calls.append((time.time(), request.method, request.path, response.status))
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler, is_api: bool) -> web.StreamResponse:
         if is_api and self.fail_api_with is not None:
             return web.json_response({"error": "Injected failure"}, status=self.fail_api_with)
+        if is_api and self._throttle_calls > 0 and request.path.startswith(self._throttle_prefix):
+            self._throttle_calls -= 1
+            limited = {"X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Remaining": "0",
+                       "X-RateLimit-Reset": datetime.fromtimestamp(time.time() + RATE_WINDOW_S, UTC).strftime(
+                           "%Y-%m-%dT%H:%M:%S.%fZ")}
+            if self._throttle_retry_after is not None:
+                limited["Retry-After"] = str(self._throttle_retry_after)
+            return web.json_response({"error": "Too many requests"}, status=429, headers=limited)
         headers: dict[str, str] = {}
         try:
             if is_api:
@@ -713,6 +739,7 @@ class Sandbox:
             raise ApiError(403, "This action is not allowed")
         attr = {"unsilence": "silenced", "unsuspend": "suspended", "unsensitive": "sensitized", "enable": "disabled"}
         setattr(target, attr[undo], False)
+        self.account_undos.append((target.id, undo))
         return web.json_response(self._admin_account_json(target))
 
     # -- streaming ------------------------------------------------------------------------------

@@ -125,9 +125,8 @@ class ActionStoreMixin:
         base = AuditEvent(event="covered", key=request.idempotency_key, status_id=request.status_id,
                           account_id=request.account_id, action=request.action.value, rule=request.rule)
         if strongest is not None and ActionType(strongest[0]).rank >= request.action.rank:
-            if strongest[1] != request.idempotency_key:
-                await self._append_audit(base.but(result=f"account already has {strongest[0]} ({strongest[2]})",
-                                                  detail={"standing_key": strongest[1]}), now)
+            await self._append_audit(base.but(result=f"account already has {strongest[0]} ({strongest[2]})",
+                                              detail={"standing_key": strongest[1]}), now)
             return False
         escalates_from = None if strongest is None else str(strongest[0])
         cursor = await self._conn.execute(
