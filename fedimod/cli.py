@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedimod import __version__
+from fedimod import __version__, cli_moderation
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(SIGINT/SIGTERM). The access token is read from the environment variable "
                                      "named by [instance].token_env.")
     _add_config(run)
-    run.add_argument("--dry-run", action="store_true", help="hash and match, but file no reports (logged instead)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="hash, match and decide, but send no report or action (the audit log says what would "
+                          "have been done)")
 
     demo = sub.add_parser("demo", help="run the whole pipeline against the bundled sandbox instance",
                           description="Start the bundled Mastodon-compatible sandbox on a free loopback port, bank a "
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "one JSON object per line. Exits non-zero only if every input failed.")
     hash_cmd.add_argument("paths", nargs="+", type=Path, help="image files")
 
+    cli_moderation.register(sub, _add_config)
+
     sandbox = sub.add_parser("sandbox", help="run the bundled test instance on 127.0.0.1",
                              description="Serve the Mastodon-compatible sandbox instance until interrupted; prints "
                                          "an admin token and a user token to try the bot or Mastodon.py against.")
@@ -151,6 +155,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _hash(args.paths)
         case "sandbox":
             return asyncio.run(_sandbox(args.port))
+    result = cli_moderation.dispatch(args)
+    if result is not None:
+        return result
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
 
 

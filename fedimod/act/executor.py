@@ -195,7 +195,7 @@ class ActionExecutor:
             await self._actions.undo(request.account_id, request.action)
         done = await self._store.set_review(
             stored.id, ReviewState.AWAITING, outcome,
-            self._review_event(stored, "rollback", f"{request.action.undo_endpoint}: {why}"), revert=True)
+            self._review_event(stored, "rollback", f"{request.action.undo_endpoint}: {why}", outcome), revert=True)
         if done:
             self.stats.rollbacks += 1
             log_event(logger, logging.WARNING, "action_rolled_back", action_id=stored.id,
@@ -203,11 +203,13 @@ class ActionExecutor:
         return done
 
     @staticmethod
-    def _review_event(stored: StoredAction, name: str, result: str) -> AuditEvent:
+    def _review_event(stored: StoredAction, name: str, result: str,
+                      outcome: ReviewState = ReviewState.CONFIRMED) -> AuditEvent:
         request = stored.request
         return AuditEvent(event=name, key=request.idempotency_key, status_id=request.status_id,
                           account_id=request.account_id, action=request.action.value, rule=request.rule,
-                          result=result, detail={"action_id": stored.id, "report_id": stored.remote_report_id})
+                          result=result, detail={"action_id": stored.id, "report_id": stored.remote_report_id,
+                                                 "review": outcome.value})
 
     # -- retraction -----------------------------------------------------------------------------
 

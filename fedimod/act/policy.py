@@ -61,13 +61,14 @@ class Rule:
         if self.scope == "remote" and evidence.is_local:
             return False, "post is from a local account; rule is for remote ones", []
         kept = self.qualifying(evidence.matches, evidence.pdq_quality, trust_of)
+        rejected = sorted({r for m in evidence.matches if (r := self._reject_reason(m, evidence.pdq_quality,
+                                                                                  trust_of))})
         if not kept:
-            reasons = sorted({r for m in evidence.matches if (r := self._reject_reason(m, evidence.pdq_quality,
-                                                                                     trust_of))})
-            return False, "no qualifying match: " + "; ".join(reasons), []
+            return False, "no qualifying match: " + "; ".join(rejected), []
         sources = sorted({m.entry.source for m in kept})
         if len(sources) < self.min_sources:
-            return False, f"{len(sources)} source(s) ({', '.join(sources)}) < min_sources {self.min_sources}", kept
+            why = f"{len(sources)} source(s) ({', '.join(sources)}) < min_sources {self.min_sources}"
+            return False, why + "".join(f"; not counted: {r}" for r in rejected), kept
         best = min(kept, key=lambda m: m.distance)
         return True, (f"{len(kept)} qualifying match(es) from {len(sources)} source(s) ({', '.join(sources)}); "
                       f"closest {best.signal_type} distance {best.distance}"), kept

@@ -303,3 +303,48 @@ class ActionStoreMixin:
             "ORDER BY distance, entry_id", (key,))
         names = ("entry_id", "bank", "source", "category", "signal_type", "value", "distance")
         return [dict(zip(names, r, strict=True)) for r in rows]
+
+    # -- incidents and transparency ---------------------------------------------------------------
+
+    async def post_record(self, status_id: str) -> dict[str, Any] | None:
+        row = await self._one(
+            "SELECT status_id, account_id, account_acct, uri, url, created_at, first_seen_at, source, media_count "
+            "FROM posts WHERE status_id = ?", (status_id,))
+        names = ("status_id", "account_id", "account_acct", "uri", "url", "created_at", "first_seen_at", "source",
+                 "media_count")
+        return None if row is None else dict(zip(names, row, strict=True))
+
+    async def status_media(self, status_id: str) -> list[dict[str, Any]]:
+        """Each attachment's job state and hashes (never its bytes, never its URL)."""
+        jobs = await self._all(
+            "SELECT id, attachment_id, media_type, state, last_error FROM jobs WHERE status_id = ? ORDER BY id",
+            (status_id,))
+        out = []
+        for job_id, attachment_id, media_type, state, error in jobs:
+            signals = await self._all(
+                "SELECT signal_type, value, quality FROM job_signals WHERE job_id = ? ORDER BY signal_type", (job_id,))
+            out.append({"attachment_id": attachment_id, "media_type": media_type, "state": state, "error": error,
+                        "hashes": {t: v for t, v, _q in signals},
+                        "pdq_quality": next((q for t, _v, q in signals if t == "pdq"), None)})
+        return out
+
+    async def reports_for(self, status_id: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT idempotency_key, state, remote_report_id, rule, created_at, sent_at, last_error FROM reports "
+            "WHERE status_id = ? ORDER BY id", (status_id,))
+        names = ("key", "state", "remote_report_id", "rule", "created_at", "sent_at", "last_error")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    async def scan_counts(self, since: float) -> tuple[int, int]:
+        """(posts first seen since, media hashed since)."""
+        posts = await self._one("SELECT COUNT(*) FROM posts WHERE first_seen_at >= ?", (since,))
+        media = await self._one("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND updated_at >= ?", (since,))
+        return int(posts[0]), int(media[0])
+
+    async def post_created_at(self, status_ids: Sequence[str]) -> dict[str, str]:
+        if not status_ids:
+            return {}
+        rows = await self._all(
+            f"SELECT status_id, created_at FROM posts WHERE status_id IN ({', '.join('?' * len(status_ids))})",
+            list(status_ids))
+        return {r[0]: r[1] for r in rows}
