@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -23,7 +24,7 @@ from PIL import Image
 from fedimod.cli import main
 from fedimod.config import PolicyConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
-from fedimod.models import ActionType
+from fedimod.models import ActionType, Category
 from fedimod.sandbox import Sandbox
 from fedimod.sandbox.state import SandboxStatus
 from fedimod.store import SQLiteStore
@@ -129,8 +130,8 @@ async def test_review_reject_undoes_a_provisional_action_and_confirm_then_refuse
         sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDIMOD_TEST_TOKEN", bot_token)
-    policy = PolicyConfig(rules=(rule("hold", ActionType.SILENCE, next(iter(LADDER.rules[1].categories or ())),
-                                      provisional=True, review_s=3600.0),) + LADDER.rules)
+    hold = rule("hold", ActionType.SILENCE, Category.SPAM, provisional=True, review_s=3600.0)
+    policy = PolicyConfig(rules=(hold, *LADDER.rules))
     s = await scenario(sandbox, bot_token, tmp_path, policy)
     spam_account = sandbox.statuses[s.statuses["spam"].id].account_id
     code, out, _ = await cli(capsys, "review", "list", "-c", str(s.config))
@@ -168,8 +169,8 @@ name = "review"
 action = "report"
 """
     config = write_config(tmp_path, sandbox, tmp_path / "x.sqlite3", rules)
-    code, out, _ = await cli(capsys, "policy", "check", "-c", str(config),
-                             "--sample", "category=csam,sources=local+hub", "--sample", "category=csam,sources=local+shady")
+    code, out, _ = await cli(capsys, "policy", "check", "-c", str(config), "--sample",
+                             "category=csam,sources=local+hub", "--sample", "category=csam,sources=local+shady")
     assert code == 0
     first, second = out.split("\nsample ")[1:]
     assert "-> suspend by corroborated-csam" in first
@@ -230,6 +231,8 @@ async def test_html_report_renders_in_chromium_with_the_audit_logs_numbers(
         sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
+        if os.environ.get("FEDIMOD_REQUIRE_CHROMIUM"):
+            pytest.fail("FEDIMOD_REQUIRE_CHROMIUM is set (CI) but chromium is not installed")
         pytest.skip("headless Chromium (Debian package 'chromium') is not installed; .ci/run installs it with "
                     "apt-get install -y chromium")
     s = await scenario(sandbox, bot_token, tmp_path)
@@ -240,10 +243,13 @@ async def test_html_report_renders_in_chromium_with_the_audit_logs_numbers(
     shot = tmp_path / "report.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=900,1400",
              "--user-data-dir=" + str(tmp_path / "chromium-profile")]
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True,
-                   timeout=120)
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], check=True, capture_output=True,
-                         timeout=120, text=True).stdout
+
+    def render(*args: str) -> str:
+        return subprocess.run([chromium, *flags, *args, page.as_uri()], check=True, capture_output=True,
+                              timeout=120, text=True).stdout
+
+    await asyncio.to_thread(render, f"--screenshot={shot}")
+    dom = await asyncio.to_thread(render, "--dump-dom")
 
     parsed = _Metrics()
     parsed.feed(dom)
