@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -129,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `fedimod audit | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # silences the flush at exit
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
