@@ -109,7 +109,8 @@ class Pipeline:
             job_errors=dict(self.stats.job_errors), jobs_by_state=counts.jobs_by_state,
             reports_by_state=counts.reports_by_state, bank_entries=len(self._index),
             oldest_pending_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
-            store_ok=await self._store.probe_writable(),
+            store_ok=await self._store.probe_writable(), actions=dict(self.executor.stats.actions),
+            rollbacks=self.executor.stats.rollbacks, api_throttled=self._actions.budget.throttled,
         )
 
     @property

@@ -44,6 +44,9 @@ class Snapshot:
     bank_entries: int = 0
     oldest_pending_age_s: float = 0.0
     store_ok: bool = True
+    actions: Mapping[str, int] = field(default_factory=dict)  # "silence:done" → count
+    rollbacks: int = 0
+    api_throttled: int = 0
 
 
 SnapshotSource = Callable[[], Awaitable[Snapshot]]
@@ -67,6 +70,8 @@ class _SnapshotCollector(Collector):
             "fedimod_media_hashed": ("Media items hashed", s.media_hashed),
             "fedimod_matches": ("Bank matches", s.matches),
             "fedimod_reports_filed": ("Reports filed on the instance", s.reports_filed),
+            "fedimod_action_rollbacks": ("Account actions undone (provisional review or retraction)", s.rollbacks),
+            "fedimod_api_throttled": ("API answers with 429 Too Many Requests", s.api_throttled),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
@@ -82,6 +87,11 @@ class _SnapshotCollector(Collector):
             for key, count in sorted(values.items()):
                 metric.add_metric([key], count)
             yield metric
+        actions = CounterMetricFamily("fedimod_account_actions", "Account actions, by action and outcome",
+                                      labels=["action", "outcome"])
+        for key, count in sorted(s.actions.items()):
+            actions.add_metric(key.split(":", 1), count)
+        yield actions
         yield GaugeMetricFamily("fedimod_stream_connected", "1 while the stream is connected",
                                 value=int(s.stream_connected))
         yield GaugeMetricFamily("fedimod_bank_entries", "Bank entries being matched against", value=s.bank_entries)
