@@ -197,41 +197,36 @@ class ActionStoreMixin:
             )
             await self._append_audit(event, now)
 
+    async def _update_audited(self, sql: str, params: Sequence[object], event: AuditEvent, now: float | None) -> bool:
+        """Run a guarded UPDATE; when it changed a row, append `event` in the same transaction.
+        The guard (a WHERE on the current state) makes each transition happen, and be audited, once."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            cursor = await self._conn.execute(sql, params)
+            if cursor.rowcount:
+                await self._append_audit(event, now)
+        return cursor.rowcount > 0
+
     async def set_review(self, action_id: int, expected: ReviewState, new: ReviewState, event: AuditEvent, *,
                          revert: bool = False, now: float | None = None) -> bool:
         """Move a provisional action's review from `expected` to `new` (compare-and-set, so the bot
         and `fedimod review` never both act on it); with `revert`, also mark the action reverted."""
-        now = time.time() if now is None else now
-        async with self._transaction():
-            cursor = await self._conn.execute(
-                "UPDATE actions SET review_state = ?, state = CASE WHEN ? THEN ? ELSE state END "
-                "WHERE id = ? AND review_state = ?",
-                (new.value, int(revert), ActionState.REVERTED.value, action_id, expected.value))
-            if cursor.rowcount:
-                await self._append_audit(event, now)
-        return cursor.rowcount > 0
+        return await self._update_audited(
+            "UPDATE actions SET review_state = ?, state = CASE WHEN ? THEN ? ELSE state END "
+            "WHERE id = ? AND review_state = ?",
+            (new.value, int(revert), ActionState.REVERTED.value, action_id, expected.value), event, now)
 
     async def mark_reverted(self, key: str, event: AuditEvent, now: float | None = None) -> bool:
         """A standing action was undone on the instance (retraction): record it once."""
-        now = time.time() if now is None else now
-        async with self._transaction():
-            cursor = await self._conn.execute(
-                "UPDATE actions SET state = ? WHERE idempotency_key = ? AND state = ?",
-                (ActionState.REVERTED.value, key, ActionState.DONE.value))
-            if cursor.rowcount:
-                await self._append_audit(event, now)
-        return cursor.rowcount > 0
+        return await self._update_audited(
+            "UPDATE actions SET state = ? WHERE idempotency_key = ? AND state = ?",
+            (ActionState.REVERTED.value, key, ActionState.DONE.value), event, now)
 
     async def flag_unjustified(self, key: str, event: AuditEvent, now: float | None = None) -> bool:
         """A standing action lost its justification and is left in place: audit it once."""
-        now = time.time() if now is None else now
-        async with self._transaction():
-            cursor = await self._conn.execute(
-                "UPDATE actions SET unjustified_at = ? WHERE idempotency_key = ? AND unjustified_at IS NULL",
-                (now, key))
-            if cursor.rowcount:
-                await self._append_audit(event, now)
-        return cursor.rowcount > 0
+        return await self._update_audited(
+            "UPDATE actions SET unjustified_at = ? WHERE idempotency_key = ? AND unjustified_at IS NULL",
+            (time.time() if now is None else now, key), event, now)
 
     async def awaiting_review(self) -> list[StoredAction]:
         rows = await self._all(
