@@ -31,6 +31,7 @@ from fedimod.act.report import plan
 from fedimod.config import Config
 from fedimod.errors import MediaRejected
 from fedimod.ingest import StreamIngester
+from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
 from fedimod.match import BankIndex
 from fedimod.media import Hasher, MediaFetcher
@@ -83,6 +84,7 @@ class Pipeline:
         self._active_workers = 0
         self.stats = PipelineStats()
         self.ops_port: int | None = None
+        self.webhooks: WebhookReceiver | None = None
         self.ingester = StreamIngester(
             session=session,
             base_url=config.instance.base_url,
@@ -111,6 +113,8 @@ class Pipeline:
             oldest_pending_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
             store_ok=await self._store.probe_writable(), actions=dict(self.executor.stats.actions),
             rollbacks=self.executor.stats.rollbacks, api_throttled=self._actions.budget.throttled,
+            webhook_events=dict(self.webhooks.stats.events) if self.webhooks else {},
+            webhook_rejected=dict(self.webhooks.stats.rejected) if self.webhooks else {},
         )
 
     @property
@@ -139,6 +143,11 @@ class Pipeline:
                 ops = await stack.enter_async_context(
                     OpsServer(self.snapshot, host=self._config.ops.host, port=self._config.ops.port))
                 self.ops_port = ops.port
+            hooks = self._config.webhooks
+            if hooks.host is not None:
+                self.webhooks = await stack.enter_async_context(WebhookReceiver(
+                    secret=hooks.secret, on_post=self.accept_post, host=hooks.host, port=hooks.port,
+                    path=hooks.path))
             await self._run_stages()
 
     def drain(self) -> None:

@@ -101,6 +101,17 @@ class OpsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    """Admin webhook receiver; host None disables it."""
+
+    host: str | None = None
+    port: int = 9465
+    path: str = "/webhooks/mastodon"
+    secret_env: str = "FEDIMOD_WEBHOOK_SECRET"
+    secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReportConfig:
     category: str = "legal"
     forward: bool = False
@@ -129,6 +140,7 @@ class Config:
     banks: BanksConfig = field(default_factory=BanksConfig)
     ops: OpsConfig = field(default_factory=lambda: OpsConfig(host=None))
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     log_level: str = "INFO"
 
 
@@ -201,7 +213,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
-                                       "logging"}))
+                                       "webhooks", "logging"}))
 
     inst = top.table("instance", _fields(InstanceConfig) - {"token"})
     base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
@@ -293,14 +305,22 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
             raise ConfigError(bk.key(key), f"must be between 0 and {bits // 4} (a quarter of the hash); got {value}")
 
     op = top.table("ops", frozenset({"listen"}))
-    listen = op.get("listen", str, "127.0.0.1:9464")
     ops = OpsConfig(host=None)
-    if listen:
-        host, _, port_text = listen.rpartition(":")
-        if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-            raise ConfigError(op.key("listen"),
-                              f"{listen!r} must be HOST:PORT such as 127.0.0.1:9464, or \"\" to disable")
-        ops = OpsConfig(host=host.strip("[]"), port=int(port_text))
+    if address := _listen(op, "127.0.0.1:9464"):
+        ops = OpsConfig(host=address[0], port=address[1])
+
+    wh = top.table("webhooks", frozenset({"listen", "path", "secret_env"}))
+    webhooks = WebhookConfig()
+    if address := _listen(wh, ""):
+        secret_env = wh.get("secret_env", str, "FEDIMOD_WEBHOOK_SECRET")
+        secret = env.get(secret_env, "")
+        if len(secret) < 12 and require_token:
+            raise ConfigError(wh.key("secret_env"), f"environment variable {secret_env} must hold the webhook's "
+                                                    "secret (Mastodon's are 12 characters or more)")
+        path = wh.get("path", str, "/webhooks/mastodon")
+        if not path.startswith("/"):
+            raise ConfigError(wh.key("path"), f"{path!r} must start with /")
+        webhooks = WebhookConfig(host=address[0], port=address[1], path=path, secret_env=secret_env, secret=secret)
 
     policy = _parse_policy(top.table("policy", frozenset({"rules", "trust", "default_trust",
                                                           "reverse_on_retraction", "review_poll_s"})),
@@ -311,7 +331,19 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(lg.key("level"), f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return Config(instance=instance, store=store, media=media, workers=workers, report=report, banks=banks,
-                  ops=ops, policy=policy, log_level=level)
+                  ops=ops, policy=policy, webhooks=webhooks, log_level=level)
+
+
+def _listen(table: _Table, default: str) -> tuple[str, int] | None:
+    """`listen = "HOST:PORT"`; "" disables."""
+    listen = table.get("listen", str, default)
+    if not listen:
+        return None
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(table.key("listen"),
+                          f"{listen!r} must be HOST:PORT such as 127.0.0.1:9464, or \"\" to disable")
+    return host.strip("[]"), int(port_text)
 
 
 E = TypeVar("E", ActionType, Category, Trust)

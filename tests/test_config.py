@@ -80,3 +80,15 @@ def test_unreadable_or_invalid_file_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("[instance\nbase_url = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, ENV)
+
+
+def test_webhooks_are_off_by_default_and_need_a_secret_when_on() -> None:
+    assert parse_config(minimal(), ENV).webhooks.host is None
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(webhooks={"listen": "127.0.0.1:9465"}), ENV)
+    assert caught.value.path == "webhooks.secret_env"
+    config = parse_config(minimal(webhooks={"listen": "127.0.0.1:9465"}),
+                          {**ENV, "FEDIMOD_WEBHOOK_SECRET": "x" * 40})
+    assert (config.webhooks.host, config.webhooks.port, config.webhooks.path) == ("127.0.0.1", 9465,
+                                                                                  "/webhooks/mastodon")
+    assert "x" * 40 not in repr(config)  # the secret never reaches a log line

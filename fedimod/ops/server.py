@@ -47,6 +47,8 @@ class Snapshot:
     actions: Mapping[str, int] = field(default_factory=dict)  # "silence:done" → count
     rollbacks: int = 0
     api_throttled: int = 0
+    webhook_events: Mapping[str, int] = field(default_factory=dict)
+    webhook_rejected: Mapping[str, int] = field(default_factory=dict)
 
 
 SnapshotSource = Callable[[], Awaitable[Snapshot]]
@@ -81,6 +83,10 @@ class _SnapshotCollector(Collector):
             (CounterMetricFamily, "fedimod_job_errors", "Failed job attempts, by reason", "reason", s.job_errors),
             (GaugeMetricFamily, "fedimod_jobs", "Jobs in the durable table, by state", "state", s.jobs_by_state),
             (GaugeMetricFamily, "fedimod_reports", "Reports in the store, by state", "state", s.reports_by_state),
+            (CounterMetricFamily, "fedimod_webhook_events", "Admin webhooks accepted, by event", "event",
+             s.webhook_events),
+            (CounterMetricFamily, "fedimod_webhook_rejected", "Admin webhooks refused, by reason (signature: 401)",
+             "reason", s.webhook_rejected),
         )
         for family, name, doc, label, values in labelled:
             metric = family(name, doc, labels=[label])

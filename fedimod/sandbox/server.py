@@ -19,6 +19,8 @@ report, account action and undo (`account_undos`), and every API call with its t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import io
 import json
 import re
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import MultiDict, MultiDictProxy
 
@@ -100,6 +103,11 @@ class Sandbox:
         self._throttle_calls = 0
         self._throttle_retry_after: int | None = None
         self._throttle_prefix = "/api/"
+        # Admin webhooks: (url, secret, events); each delivery is recorded as (event, HTTP status).
+        self.webhooks: list[tuple[str, str, frozenset[str]]] = []
+        self.webhook_deliveries: list[tuple[str, int]] = []
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._webhook_client: aiohttp.ClientSession | None = None
         self.media_requests: list[int] = []
         self.request_log: list[tuple[str, str]] = []
         self.media_gate = asyncio.Event()
@@ -132,6 +140,11 @@ class Sandbox:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        if self._webhook_client is not None:
+            await self._webhook_client.close()
         self.media_gate.set()
         self.report_response_gate.set()
         self.drop_streams()
@@ -178,6 +191,32 @@ class Sandbox:
         media_ids = [self.add_media(account_id, data).id for data in media]
         return self._create_status(account_id, text, visibility=visibility, media_ids=media_ids,
                                    created_at=created_at, in_reply_to_id=in_reply_to_id)
+
+    def add_webhook(self, url: str, secret: str,
+                    events: Iterable[str] = ("status.created", "status.updated", "report.created")) -> None:
+        """Deliver these events to `url`, signed as Mastodon signs them (MASTODON_API.md §2)."""
+        self.webhooks.append((url, secret, frozenset(events)))
+
+    def _emit(self, event: str, obj: dict[str, Any]) -> None:
+        body = json.dumps({"event": event, "created_at": iso(time.time()), "object": obj}).encode()
+        for url, secret, events in self.webhooks:
+            if event in events:
+                task = asyncio.get_running_loop().create_task(self._deliver(url, secret, event, body))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, url: str, secret: str, event: str, body: bytes) -> None:
+        if self._webhook_client is None:
+            self._webhook_client = aiohttp.ClientSession()
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", "X-Hub-Signature": f"sha256={digest}",
+                   "User-Agent": "Mastodon/4.5.0 (sandbox)"}
+        try:
+            async with self._webhook_client.post(url, data=body, headers=headers,
+                                                 timeout=aiohttp.ClientTimeout(total=30)) as response:
+                self.webhook_deliveries.append((event, response.status))
+        except (aiohttp.ClientError, TimeoutError):
+            self.webhook_deliveries.append((event, 0))
 
     def throttle(self, calls: int, *, retry_after_s: int | None = None, path_prefix: str = "/api/") -> None:
         """Answer the next `calls` API requests under `path_prefix` with 429, with `Retry-After` when given."""
@@ -257,6 +296,8 @@ class Sandbox:
         self.statuses[status.id] = status
         account.statuses_count += 1
         self._fan_out(status, "update", json.dumps(self.status_json(status)))
+        if account.domain is None:  # status webhooks fire for local posts only, any visibility
+            self._emit("status.created", self.status_json(status))
         return status
 
     def _fan_out(self, status: SandboxStatus, event: str, payload: str) -> None:
@@ -607,6 +648,7 @@ class Sandbox:
             created_at=now, updated_at=now,
         )
         self.reports.append(report)
+        self._emit("report.created", self._admin_report_json(report))
         await self.report_response_gate.wait()
         return web.json_response(self._report_json(report))
 
