@@ -37,6 +37,7 @@ from fedimod.match import BankIndex
 from fedimod.media import Hasher, MediaFetcher
 from fedimod.models import ActionType, AuditEvent, JobState, Match, MediaJob, Post, Signal
 from fedimod.ops import OpsServer, Snapshot
+from fedimod.ops.watchdog import Notifier, Watchdog, WatchdogSettings
 from fedimod.signals import REGISTRY, signal_type_named
 from fedimod.store import BankState, JobOutcome, SQLiteStore
 
@@ -51,6 +52,7 @@ UNHASHED_TYPES = {
     "unknown": "the instance has no copy of this media (type unknown)",
 }
 IDLE_POLL_S = 1.0
+ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors")
 INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
 
@@ -84,6 +86,12 @@ class Pipeline:
         self._active_workers = 0
         self.stats = PipelineStats()
         self.ops_port: int | None = None
+        self._session = session
+        wd = config.watchdog
+        self.watchdog = Watchdog(
+            settings=WatchdogSettings(interval_s=wd.interval_s, stall_s=wd.stall_s,
+                                      max_error_rate=wd.max_error_rate, min_attempts=wd.min_attempts),
+            snapshot=self.snapshot, newest_ids=self._newest_ids, notifiers=self._notifiers())
         self.webhooks: WebhookReceiver | None = None
         self.ingester = StreamIngester(
             session=session,
@@ -115,7 +123,28 @@ class Pipeline:
             rollbacks=self.executor.stats.rollbacks, api_throttled=self._actions.budget.throttled,
             webhook_events=dict(self.webhooks.stats.events) if self.webhooks else {},
             webhook_rejected=dict(self.webhooks.stats.rejected) if self.webhooks else {},
+            alerts={name: name in self.watchdog.active for name in ALERTS},
         )
+
+    async def _newest_ids(self) -> tuple[str | None, str | None]:
+        return await self.ingester.newest_on_instance(), await self._store.newest_status_id()
+
+    def _notifiers(self) -> list[Notifier]:
+        wd = self._config.watchdog
+        notifiers: list[Notifier] = []
+        if wd.notify_account:
+            async def direct_message(name: str, active: bool, message: str) -> None:
+                await self._actions.direct_message(wd.notify_account, f"fedimod alert {name}: {message}")
+            notifiers.append(direct_message)
+        if wd.notify_url:
+            async def post_json(name: str, active: bool, message: str) -> None:
+                body = {"source": "fedimod", "instance": self._instance, "alert": name, "active": active,
+                        "message": message, "at": time.time()}
+                async with self._session.post(wd.notify_url, json=body,
+                                              timeout=aiohttp.ClientTimeout(total=10)) as response:
+                    response.raise_for_status()
+            notifiers.append(post_json)
+        return notifiers
 
     @property
     def indexed_entries(self) -> int:
@@ -165,6 +194,7 @@ class Pipeline:
                 group.create_task(self._bank_refresher(), name="banks"),
             ]
             intake.append(group.create_task(self._reviewer(), name="reviewer"))
+            intake.append(group.create_task(self.watchdog.run(), name="watchdog"))
             group.create_task(self._executor(), name="executor")
             for n in range(self._config.workers.concurrency):
                 group.create_task(self._worker(), name=f"worker-{n}")

@@ -101,6 +101,16 @@ class OpsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WatchdogConfig:
+    interval_s: float = 30.0
+    stall_s: float = 300.0
+    max_error_rate: float = 0.5
+    min_attempts: int = 20
+    notify_account: str = ""  # acct to send a direct message to ("" : none)
+    notify_url: str = ""  # URL to POST a JSON alert to ("" : none)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WebhookConfig:
     """Admin webhook receiver; host None disables it."""
 
@@ -141,6 +151,7 @@ class Config:
     ops: OpsConfig = field(default_factory=lambda: OpsConfig(host=None))
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     log_level: str = "INFO"
 
 
@@ -213,7 +224,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
-                                       "webhooks", "logging"}))
+                                       "webhooks", "watchdog", "logging"}))
 
     inst = top.table("instance", _fields(InstanceConfig) - {"token"})
     base_url = inst.get("base_url", str, _REQUIRED).rstrip("/")
@@ -326,12 +337,27 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
                                                           "reverse_on_retraction", "review_poll_s"})),
                            report)
 
+    wd = top.table("watchdog", _fields(WatchdogConfig))
+    watchdog = WatchdogConfig(
+        interval_s=wd.positive("interval_s", _default(WatchdogConfig, "interval_s")),
+        stall_s=wd.positive("stall_s", _default(WatchdogConfig, "stall_s")),
+        max_error_rate=wd.positive("max_error_rate", _default(WatchdogConfig, "max_error_rate")),
+        min_attempts=wd.positive("min_attempts", _default(WatchdogConfig, "min_attempts"), int),
+        notify_account=wd.get("notify_account", str, "").lstrip("@"),
+        notify_url=wd.get("notify_url", str, ""),
+    )
+    if watchdog.max_error_rate > 1:
+        raise ConfigError(wd.key("max_error_rate"), "is a fraction of attempts, at most 1")
+    if watchdog.notify_url and urlsplit(watchdog.notify_url).scheme not in ("http", "https"):
+        raise ConfigError(wd.key("notify_url"), f"{watchdog.notify_url!r} must be an http(s) URL")
+
     lg = top.table("logging", frozenset({"level"}))
     level = lg.get("level", str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(lg.key("level"), f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return Config(instance=instance, store=store, media=media, workers=workers, report=report, banks=banks,
-                  ops=ops, policy=policy, webhooks=webhooks, log_level=level)
+                  ops=ops, policy=policy, webhooks=webhooks, watchdog=watchdog,
+                  log_level=level)
 
 
 def _listen(table: _Table, default: str) -> tuple[str, int] | None:

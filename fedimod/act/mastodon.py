@@ -132,6 +132,11 @@ class MastodonActions:
                                   Priority.LOOKUP)
         return bool(report.get("action_taken"))
 
+    async def direct_message(self, acct: str, text: str) -> None:
+        """A direct message to one account (the watchdog's alerts; needs `write:statuses`)."""
+        await self._call("POST /api/v1/statuses",
+                         lambda: self._api.status_post(f"@{acct} {text}"[:500], visibility="direct"))
+
     async def reopen_report(self, report_id: str) -> None:
         """Put a report back in the moderators' queue (an account action resolves every open report
         about the account; a provisional action needs its report open for review)."""

@@ -146,6 +146,12 @@ class StreamIngester:
             streaming = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, "", "", ""))
         return streaming.rstrip("/") + "/api/v1/streaming"
 
+    async def newest_on_instance(self) -> str | None:
+        """The newest status id on the configured streams' timelines (None when all are empty)."""
+        heads = [await self._timeline_head(stream) for stream in self._streams]
+        newest = max(heads, key=status_id_key, default="0")
+        return None if newest == "0" else newest
+
     async def _timeline_head(self, stream: str) -> str:
         """The newest status id on the timeline now ("0" when empty): where a fresh store starts."""
         params = dict(_TIMELINE_PARAMS[stream], limit="1")

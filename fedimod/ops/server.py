@@ -49,6 +49,7 @@ class Snapshot:
     api_throttled: int = 0
     webhook_events: Mapping[str, int] = field(default_factory=dict)
     webhook_rejected: Mapping[str, int] = field(default_factory=dict)
+    alerts: Mapping[str, bool] = field(default_factory=dict)
 
 
 SnapshotSource = Callable[[], Awaitable[Snapshot]]
@@ -98,6 +99,10 @@ class _SnapshotCollector(Collector):
         for key, count in sorted(s.actions.items()):
             actions.add_metric(key.split(":", 1), count)
         yield actions
+        alerts = GaugeMetricFamily("fedimod_alert", "1 while the watchdog's alert is raised", labels=["name"])
+        for name, active in sorted(s.alerts.items()):
+            alerts.add_metric([name], int(active))
+        yield alerts
         yield GaugeMetricFamily("fedimod_stream_connected", "1 while the stream is connected",
                                 value=int(s.stream_connected))
         yield GaugeMetricFamily("fedimod_bank_entries", "Bank entries being matched against", value=s.bank_entries)

@@ -1,0 +1,119 @@
+"""Watchdog: a scanner that stops must not stop quietly.
+
+Every `interval_s` it reads the pipeline's snapshot and raises an alert when:
+- `hashing_stalled`: a job has waited longer than `stall_s` (media is arriving, nothing finishes);
+- `ingest_stalled`: the stream says it is connected, yet the instance's public timeline holds a
+  post newer than anything recorded for longer than `stall_s`;
+- `hash_errors`: over the last interval, more than `max_error_rate` of at least `min_attempts`
+  media attempts failed.
+
+An alert is logged at error, shown as `fedimod_alert{name}` = 1 in /metrics, and sent to the
+configured notifiers (a direct message to the admin account, an HTTP POST of JSON). When its
+condition ends it clears itself: logged, set to 0, and a "resolved" notice is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from fedimod.logs import log_event
+from fedimod.ops.server import Snapshot
+
+logger = logging.getLogger(__name__)
+
+Notifier = Callable[[str, bool, str], Awaitable[None]]  # (alert name, active, message)
+NewestIds = Callable[[], Awaitable[tuple[str | None, str | None]]]  # (instance's newest, ours)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchdogSettings:
+    interval_s: float = 30.0
+    stall_s: float = 300.0
+    max_error_rate: float = 0.5
+    min_attempts: int = 20
+
+
+def _id_key(status_id: str) -> tuple[int, str]:
+    return len(status_id), status_id
+
+
+class Watchdog:
+    def __init__(self, *, settings: WatchdogSettings, snapshot: Callable[[], Awaitable[Snapshot]],
+                 newest_ids: NewestIds | None, notifiers: Sequence[Notifier] = (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._snapshot = snapshot
+        self._newest_ids = newest_ids
+        self._notifiers = notifiers
+        self._clock = clock
+        self.active: dict[str, str] = {}  # alert name → message, while raised
+        self.raised_total = 0
+        self._last_counts: tuple[int, int] | None = None
+        self._behind_since: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.interval_s)
+            await self.check()
+
+    async def check(self) -> None:
+        snap = await self._snapshot()
+        conditions = {"hashing_stalled": self._hashing_stalled(snap), "hash_errors": self._error_rate(snap),
+                      "ingest_stalled": await self._ingest_stalled(snap)}
+        for name, message in conditions.items():
+            if message is not None and name not in self.active:
+                self.active[name] = message
+                self.raised_total += 1
+                log_event(logger, logging.ERROR, "alert_raised", alert=name, msg=message)
+                await self._notify(name, True, message)
+            elif message is None and name in self.active:
+                previous = self.active.pop(name)
+                log_event(logger, logging.WARNING, "alert_cleared", alert=name, was=previous)
+                await self._notify(name, False, f"resolved: {previous}")
+
+    def _hashing_stalled(self, snap: Snapshot) -> str | None:
+        if snap.oldest_pending_age_s > self._settings.stall_s:
+            return (f"hashing stalled: a media job has waited {snap.oldest_pending_age_s:.0f} s "
+                    f"(limit {self._settings.stall_s:.0f} s)")
+        return None
+
+    def _error_rate(self, snap: Snapshot) -> str | None:
+        counts = (snap.media_hashed, sum(snap.job_errors.values()))
+        previous, self._last_counts = self._last_counts, counts
+        if previous is None:
+            return self.active.get("hash_errors")  # no window yet: keep what is known
+        hashed, errors = counts[0] - previous[0], counts[1] - previous[1]
+        attempts = hashed + errors
+        if attempts >= self._settings.min_attempts and errors / attempts > self._settings.max_error_rate:
+            return f"hash errors: {errors} of {attempts} media attempts failed in the last interval"
+        return None if attempts else self.active.get("hash_errors")
+
+    async def _ingest_stalled(self, snap: Snapshot) -> str | None:
+        if self._newest_ids is None or not snap.stream_connected:
+            self._behind_since = None
+            return None
+        try:
+            theirs, ours = await self._newest_ids()
+        except Exception as exc:  # the instance unreachable is the stream's business, not a stall
+            log_event(logger, logging.WARNING, "watchdog_timeline_check_failed", error=str(exc))
+            return self.active.get("ingest_stalled")
+        if theirs is None or (ours is not None and _id_key(theirs) <= _id_key(ours)):
+            self._behind_since = None
+            return None
+        now = self._clock()
+        self._behind_since = self._behind_since or now
+        if now - self._behind_since > self._settings.stall_s:
+            return (f"ingest stalled: the stream is connected but the instance's newest post {theirs} has not "
+                    f"arrived for {now - self._behind_since:.0f} s")
+        return None
+
+    async def _notify(self, name: str, active: bool, message: str) -> None:
+        for notifier in self._notifiers:
+            try:
+                await notifier(name, active, message)
+            except Exception as exc:  # a broken notifier must not stop the watchdog
+                log_event(logger, logging.ERROR, "alert_notify_failed", alert=name, error=str(exc))
