@@ -85,6 +85,7 @@ class StreamIngester:
         self._base_url = base_url.rstrip("/")
         self._token = token
         self._streams = streams
+        self._fresh_start: str | None = None
         self._on_post = on_post
         self._newest_seen_id = newest_seen_id
         self._reconnect_max_s = reconnect_max_s
@@ -177,10 +178,12 @@ class StreamIngester:
         # Where to read the timeline from once subscribed. A store that has never seen a post starts
         # at the timeline's head *before* subscribing, so a post published between this read and the
         # subscription is caught by the gap fill rather than lost.
-        start = await self._newest_seen_id()
+        # A store still empty after an earlier connect resumes from that connect's head, not from
+        # today's: posts published while the connection was down lie between the two.
+        start = await self._newest_seen_id() or self._fresh_start
         if start is None:
             heads = [await self._timeline_head(stream) for stream in self._streams]
-            start = min(heads, key=status_id_key)
+            start = self._fresh_start = min(heads, key=status_id_key)
         try:
             ws = await self._session.ws_connect(
                 url, headers=self._auth, heartbeat=self._heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=10)

@@ -13,7 +13,8 @@ Quirks kept on purpose because real Mastodon has them (shared/MASTODON_API.md):
 Tests drive it through the `Sandbox` object: create accounts and tokens, post, and read back every
 report, account action and undo (`account_undos`), and every API call with its time and status
 (`api_calls`). Fault switches: `drop_streams()`, `inject_frame()`, `media_gate`,
-`report_response_gate`, `fail_api_with`, `fail_media`, `throttle()` (the next calls get 429).
+`report_response_gate`, `fail_api_with`, `fail_media`, `throttle()` (the next calls get 429),
+`outage()`/`end_outage()` (everything answers 502, as behind a proxy whose backend is down).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class Sandbox:
         self.report_response_gate = asyncio.Event()
         self.report_response_gate.set()
         self.fail_api_with: int | None = None
+        self.fail_all_with: int | None = None  # an outage: every request (API, streaming, media) fails
         self.fail_media: dict[int, int] = {}  # media id → HTTP status its file answers with
         self._subscribers: set[_Subscriber] = set()
         self._connections: set[web.StreamResponse] = set()
@@ -217,6 +219,14 @@ class Sandbox:
                 self.webhook_deliveries.append((event, response.status))
         except (aiohttp.ClientError, TimeoutError):
             self.webhook_deliveries.append((event, 0))
+
+    def outage(self, status: int = 502) -> None:
+        """The instance goes down behind its proxy: open streams drop, every request gets `status`."""
+        self.fail_all_with = status
+        self.drop_streams()
+
+    def end_outage(self) -> None:
+        self.fail_all_with = None
 
     def throttle(self, calls: int, *, retry_after_s: int | None = None, path_prefix: str = "/api/") -> None:
         """Answer the next `calls` API requests under `path_prefix` with 429, with `Retry-After` when given."""
@@ -368,6 +378,8 @@ class Sandbox:
         return response
 
     async def _answer(self, request: web.Request, handler: Handler, is_api: bool) -> web.StreamResponse:
+        if self.fail_all_with is not None:
+            return web.Response(status=self.fail_all_with, text="<html>Bad Gateway</html>", content_type="text/html")
         if is_api and self.fail_api_with is not None:
             return web.json_response({"error": "Injected failure"}, status=self.fail_api_with)
         if is_api and self._throttle_calls > 0 and request.path.startswith(self._throttle_prefix):
