@@ -225,6 +225,11 @@ async def test_unconfirmed_provisional_action_is_rolled_back_after_its_window(
         # The action resolved the report; fedimod reopened it for the moderators' review.
         await wait_until(lambda: sandbox.reports[0].action_taken is False, what="the report reopened")
         await wait_until(lambda: sandbox.account_undos == [(user.id, "unsilence")], what="the rollback")
+
+        async def recorded() -> bool:  # the undo is sent first, then recorded
+            return any(e["event"] == "rollback" for e in await audit(db))
+
+        await wait_until(recorded, what="the rollback recorded")
     assert sandbox.accounts[user.id].silenced is False
     async with SQLiteStore.open(db) as store:
         (action,) = await store.actions()
