@@ -37,7 +37,7 @@ from fedimod.match import BankIndex
 from fedimod.media import Hasher, MediaFetcher
 from fedimod.models import ActionType, AuditEvent, JobState, Match, MediaJob, Post, Signal
 from fedimod.ops import OpsServer, Snapshot
-from fedimod.ops.watchdog import Notifier, Watchdog, WatchdogSettings
+from fedimod.ops.watchdog import Notifier, Watchdog
 from fedimod.signals import REGISTRY, signal_type_named
 from fedimod.store import BankState, JobOutcome, SQLiteStore
 
@@ -87,11 +87,8 @@ class Pipeline:
         self.stats = PipelineStats()
         self.ops_port: int | None = None
         self._session = session
-        wd = config.watchdog
-        self.watchdog = Watchdog(
-            settings=WatchdogSettings(interval_s=wd.interval_s, stall_s=wd.stall_s,
-                                      max_error_rate=wd.max_error_rate, min_attempts=wd.min_attempts),
-            snapshot=self.snapshot, newest_ids=self._newest_ids, notifiers=self._notifiers())
+        self.watchdog = Watchdog(settings=config.watchdog, snapshot=self.snapshot, newest_ids=self._newest_ids,
+                                 notifiers=self._notifiers())
         self.webhooks: WebhookReceiver | None = None
         self.ingester = StreamIngester(
             session=session,

@@ -13,7 +13,7 @@ from aiohttp import web
 from fedimod.config import WatchdogConfig
 from fedimod.demo import altered_copy
 from fedimod.ops.server import Snapshot
-from fedimod.ops.watchdog import Watchdog, WatchdogSettings
+from fedimod.ops.watchdog import Watchdog
 from fedimod.sandbox import Sandbox
 from tests.helpers import BOT_SCOPES, make_config, running, wait_until
 from tests.test_pipeline import BANNED, banked_store
@@ -83,7 +83,7 @@ async def test_error_rate_and_ingest_stall_raise_and_clear() -> None:
     async def note(name: str, active: bool, _message: str) -> None:
         notes.append((name, active))
 
-    dog = Watchdog(settings=WatchdogSettings(stall_s=60, max_error_rate=0.5, min_attempts=10), snapshot=snap,
+    dog = Watchdog(settings=WatchdogConfig(stall_s=60, max_error_rate=0.5, min_attempts=10), snapshot=snap,
                    newest_ids=newest, notifiers=[note], clock=lambda: now[0])
     await dog.check()  # first look: the instance is ahead, but not for long yet
     state["snap"] = snapshot(media_hashed=2, job_errors={"timeout": 18})
