@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
+from fedimod.app import Pipeline
 from fedimod.config import Config, WebhookConfig
 from fedimod.demo import altered_copy
 from fedimod.ingest.webhook import signature
@@ -24,12 +25,16 @@ def with_webhooks(config: Config) -> Config:
     return replace(config, webhooks=WebhookConfig(host="127.0.0.1", port=0, secret=SECRET))
 
 
+def receiver_url(pipeline: Pipeline) -> str:
+    assert pipeline.webhooks is not None
+    return f"http://127.0.0.1:{pipeline.webhooks.port}/webhooks/mastodon"
+
+
 async def test_unlisted_local_post_arrives_only_by_webhook_and_is_reported(
         sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
     db, user = await banked_store(tmp_path, sandbox)
     async with running(with_webhooks(make_config(sandbox, bot_token, db)), sandbox) as pipeline:
-        assert pipeline.webhooks is not None
-        sandbox.add_webhook(f"http://127.0.0.1:{pipeline.webhooks.port}/webhooks/mastodon", SECRET)
+        sandbox.add_webhook(receiver_url(pipeline), SECRET)
         status = sandbox.post_status(user.id, "not on any public stream", visibility="unlisted",
                                      media=[altered_copy(BANNED, 0.5)])
         await wait_until(lambda: len(sandbox.reports) == 1, what="the report")
@@ -47,8 +52,7 @@ async def test_wrong_or_missing_signature_gets_401_is_counted_and_nothing_is_pro
         sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
     db, user = await banked_store(tmp_path, sandbox)
     async with running(with_webhooks(make_config(sandbox, bot_token, db)), sandbox) as pipeline:
-        assert pipeline.webhooks is not None
-        url = f"http://127.0.0.1:{pipeline.webhooks.port}/webhooks/mastodon"
+        url = receiver_url(pipeline)
         sandbox.add_webhook(url, "not-the-shared-secret")
         status = sandbox.post_status(user.id, "x", visibility="unlisted", media=[altered_copy(BANNED, 0.5)])
         await wait_until(lambda: sandbox.webhook_deliveries == [("status.created", 401)], what="the delivery")
@@ -72,8 +76,7 @@ async def test_a_post_from_both_stream_and_webhook_is_processed_once(
         sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
     db, user = await banked_store(tmp_path, sandbox)
     async with running(with_webhooks(make_config(sandbox, bot_token, db)), sandbox) as pipeline:
-        assert pipeline.webhooks is not None
-        sandbox.add_webhook(f"http://127.0.0.1:{pipeline.webhooks.port}/webhooks/mastodon", SECRET)
+        sandbox.add_webhook(receiver_url(pipeline), SECRET)
         status = sandbox.post_status(user.id, "public, local", media=[altered_copy(BANNED, 0.5)])
         await wait_until(lambda: len(sandbox.reports) == 1 and sandbox.webhook_deliveries != [],
                          what="the report and the delivery")
