@@ -101,6 +101,8 @@ class Pipeline:
             request_timeout_s=config.instance.request_timeout_s,
             sweep_window_s=config.instance.sweep_window_s,
             sweep_interval_s=config.instance.sweep_interval_s,
+            transport=config.instance.stream_transport,
+            websocket_retry_s=config.instance.websocket_retry_s,
         )
 
     async def snapshot(self) -> Snapshot:
@@ -110,7 +112,8 @@ class Pipeline:
         ingest = self.ingester.stats
         return Snapshot(
             stream_connected=ingest.connected, stream_frames=ingest.frames, stream_malformed=ingest.malformed,
-            stream_reconnects=ingest.reconnects, posts_accepted=self.stats.posts_accepted,
+            stream_reconnects=ingest.reconnects, stream_transport=ingest.transport,
+            sse_fallbacks=ingest.sse_fallbacks, posts_accepted=self.stats.posts_accepted,
             gap_filled=ingest.gap_filled, media_hashed=self.stats.media_hashed, matches=self.stats.matches,
             reports_filed=self.executor.stats.reports_filed, fetch_refusals=dict(self._fetcher.refusals),
             job_errors=dict(self.stats.job_errors), jobs_by_state=counts.jobs_by_state,

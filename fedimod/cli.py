@@ -325,7 +325,40 @@ async def _status(config: Config) -> int:
     for report in reports:
         if report["state"] == "failed":
             print(f"  failed report {report['key']}: {report['last_error']}")
+    for line in await _live_status(config):
+        print(line)
     return 0
+
+
+async def _live_status(config: Config) -> list[str]:
+    """What the running bot reports on its /metrics: the stream, the lag and raised alerts."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if config.ops.host is None:
+        return ["live           ops endpoint disabled ([ops] host); no live figures"]
+    url = f"http://{config.ops.host}:{config.ops.port}/metrics"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http, http.get(url) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return [f"live           no bot answering at {url} ({type(exc).__name__}); is `fedimod run` up?"]
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def value(name: str, **labels: str) -> float:
+        return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    transport = next((t for t in ("websocket", "sse") if value("fedimod_stream_transport", transport=t)), "?")
+    connected = "connected" if value("fedimod_stream_connected") else "DISCONNECTED"
+    alerts = sorted(dict(labels)["name"] for (name, labels), v in values.items() if name == "fedimod_alert" and v)
+    return [
+        f"stream         {connected} over {transport}, {int(value('fedimod_stream_reconnects_total'))} reconnects",
+        f"lag            {value('fedimod_lag_seconds'):.1f} s (oldest job waiting to be hashed)",
+        "alerts         " + (", ".join(alerts) if alerts else "none"),
+    ]
 
 
 def _hash(paths: list[Path]) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from fedimod.act.policy import DEFAULT_RULES, SCOPES, Rule, TrustMap
 from fedimod.errors import ConfigError
+from fedimod.ingest.stream import TRANSPORTS
 from fedimod.models import ActionType, Category, Trust
 from fedimod.signals import REGISTRY
 
@@ -49,6 +50,9 @@ class InstanceConfig:
     reconnect_max_s: float = 60.0
     sweep_window_s: float = 24 * 3600.0
     sweep_interval_s: float = 600.0
+    # "auto": WebSocket, falling back to SSE when upgrades are refused; or force "websocket"/"sse".
+    stream_transport: str = "auto"
+    websocket_retry_s: float = 600.0
     # Client-side API budget for this token: Mastodon allows 300 calls per 5 minutes per token.
     api_budget: int = 300
     api_budget_window_s: float = 300.0
@@ -253,10 +257,15 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         reconnect_max_s=inst.positive("reconnect_max_s", 60.0),
         sweep_window_s=inst.positive("sweep_window_s", 24 * 3600.0),
         sweep_interval_s=inst.positive("sweep_interval_s", 600.0),
+        stream_transport=inst.get("stream_transport", str, "auto"),
+        websocket_retry_s=inst.positive("websocket_retry_s", _default(InstanceConfig, "websocket_retry_s")),
         api_budget=inst.positive("api_budget", _default(InstanceConfig, "api_budget"), int),
         api_budget_window_s=inst.positive("api_budget_window_s", _default(InstanceConfig, "api_budget_window_s")),
         api_action_reserve=inst.get("api_action_reserve", int, _default(InstanceConfig, "api_action_reserve")),
     )
+    if instance.stream_transport not in TRANSPORTS:
+        raise ConfigError(inst.key("stream_transport"),
+                          f"{instance.stream_transport!r} is not one of {', '.join(TRANSPORTS)}")
     if not 0 <= instance.api_action_reserve < instance.api_budget:
         raise ConfigError(inst.key("api_action_reserve"), "must be at least 0 and less than api_budget")
 

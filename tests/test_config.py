@@ -26,6 +26,7 @@ def test_shipped_example_config_loads_with_the_documented_defaults() -> None:
     assert config.instance.base_url == "https://mastodon.example"
     assert config.instance.token == "secret-token"
     assert config.instance.streams == ("public:media",)
+    assert (config.instance.stream_transport, config.instance.websocket_retry_s) == ("auto", 600.0)
     assert config.report.category == "legal" and not config.report.dry_run
     assert config.media.allow_hosts == ()  # nothing private is reachable by default
     assert "secret-token" not in repr(config)  # the token never shows up in a repr or log
@@ -38,6 +39,7 @@ def test_shipped_example_config_loads_with_the_documented_defaults() -> None:
         (minimal(instance={"base_url": "ftp://x"}), "instance.base_url", "http(s) URL"),
         (minimal(instance={"streams": ["user"]}), "instance.streams[0]", "not one of"),
         (minimal(instance={"streams": []}), "instance.streams", "at least one"),
+        (minimal(instance={"stream_transport": "http2"}), "instance.stream_transport", "not one of"),
         (minimal(instance={"request_timeout_s": 0}), "instance.request_timeout_s", "greater than 0"),
         (minimal(instance={"request_timeout_s": True}), "instance.request_timeout_s", "expected a number"),
         (minimal(media={"max_bytes": "big"}), "media.max_bytes", "expected int"),

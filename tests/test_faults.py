@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
+
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.ingest import StreamIngester
+from fedimod.models import Post
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
 from tests.helpers import make_config, running, wait_until
@@ -69,3 +74,51 @@ async def test_2000_posts_with_50_stream_drops_miss_nothing_and_act_once(
     reported = sorted(s for r in sandbox.reports for s in r.status_ids)
     assert reported == sorted(banned_posts)  # 0 duplicates, 0 false reports
     assert len(banned_posts) >= 10
+
+
+async def test_refused_websocket_falls_back_to_sse_and_back_again(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, user = await banked_store(tmp_path, sandbox)
+    config = make_config(sandbox, bot_token, db)
+    config = replace(config, instance=replace(config.instance, websocket_retry_s=4.0))
+    sandbox.block_websocket = True  # a proxy that strips the Upgrade header
+    posted = []
+    async with running(config, sandbox) as pipeline:
+        stats = pipeline.ingester.stats
+        await wait_until(lambda: stats.transport == "sse" and stats.connected, what="the switch to SSE")
+        assert sandbox.is_subscribed("public:media")  # GET /api/v1/streaming/public?only_media=true
+        for n in range(3):
+            posted.append(sandbox.post_status(user.id, f"over SSE {n}", media=[altered_copy(BANNED, 0.3 + n / 10)]))
+            await wait_until(lambda: len(sandbox.reports) == len(posted), what="the report over SSE")
+            sandbox.drop_streams()  # the SSE response ends; the next connect is SSE again, with a gap fill
+            posted.append(sandbox.post_status(user.id, f"while down {n}", media=[altered_copy(BANNED, 0.6)]))
+            await wait_until(lambda: len(sandbox.reports) == len(posted), what="the report after the drop")
+        assert stats.gap_filled >= 1 and stats.sse_fallbacks >= 1
+        streamed_over_sse = stats.posts
+        assert streamed_over_sse >= 1
+        sandbox.block_websocket = False
+        await wait_until(lambda: stats.transport == "websocket" and stats.connected, timeout_s=15,
+                         what="the WebSocket tried again after websocket_retry_s")
+        posted.append(sandbox.post_status(user.id, "over the WebSocket", media=[altered_copy(BANNED, 0.45)]))
+        await wait_until(lambda: len(sandbox.reports) == len(posted), what="the report over the WebSocket")
+        assert stats.posts > streamed_over_sse
+    assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted(p.id for p in posted)
+
+
+async def test_a_token_refused_on_the_upgrade_does_not_switch_transport(sandbox: Sandbox) -> None:
+    async def newest_seen() -> str:
+        return "1"
+
+    async def on_post(post: Post, source: str) -> None:
+        raise AssertionError("nothing can arrive with a bad token")
+
+    async with aiohttp.ClientSession() as session:
+        ingester = StreamIngester(session=session, base_url=sandbox.base_url, token="not-a-token",
+                                  streams=("public:media",), on_post=on_post, newest_seen_id=newest_seen,
+                                  reconnect_max_s=0.2, websocket_refusals=2)
+        task = asyncio.create_task(ingester.run())
+        try:
+            await wait_until(lambda: ingester.stats.reconnects >= 4, timeout_s=15, what="four refusals")
+        finally:
+            task.cancel()
+    assert ingester.stats.transport == "websocket" and ingester.stats.sse_fallbacks == 0

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from fedimod.errors import StreamEventError
 from fedimod.ingest import parse_status, parse_ws_frame
+from fedimod.ingest.parse import SSEDecoder
+from fedimod.ingest.stream import sse_path
 
 STATUS = {
     "id": "109876543210987654",
@@ -83,3 +85,72 @@ def test_any_input_gives_an_event_or_our_typed_error(text: str) -> None:
         parse_ws_frame(text)
     except StreamEventError:
         pass
+
+
+def decode_sse(body: str) -> tuple[list[tuple[str, str | None]], SSEDecoder]:
+    """Feed a raw SSE body line by line; (event, status id or deleted id) for each event."""
+    decoder = SSEDecoder()
+    events = []
+    for line in body.splitlines(keepends=True):
+        event = decoder.feed(line)
+        if event is not None:
+            events.append((event.event, event.post.id if event.post else event.deleted_id))
+    return events, decoder
+
+
+def test_sse_body_as_the_streaming_server_writes_it() -> None:
+    # The byte layout of MASTODON_API.md §1.3: ":)" first, LF only, both heartbeat forms.
+    body = (":)\n"
+            f"event: update\ndata: {json.dumps(STATUS)}\n\n"
+            ":thump\n\n"
+            ":thump\n"
+            "event: delete\ndata: 109876543210987654\n\n"
+            f"event: status.update\ndata: {json.dumps(STATUS)}\n\n"
+            "event: notifications_merged\ndata: 1\n\n")
+    events, decoder = decode_sse(body)
+    assert events == [("update", STATUS["id"]), ("delete", "109876543210987654"),
+                      ("status.update", STATUS["id"]), ("notifications_merged", None)]
+    assert decoder.heartbeats == 3
+
+
+def test_sse_tolerates_crlf_and_joins_repeated_data_lines() -> None:
+    lines = json.dumps(STATUS, indent=1).splitlines()  # rejoined with newlines, the same JSON text
+    body = "event: update\r\n" + "".join(f"data: {line}\r\n" for line in lines) + "\r\n"
+    assert decode_sse(body)[0] == [("update", STATUS["id"])]
+    events, _ = decode_sse(f"event:update\ndata:{json.dumps(STATUS)}\n\n")  # no space after the colon
+    assert events == [("update", STATUS["id"])]
+
+
+def test_sse_errors_are_typed_and_the_decoder_carries_on() -> None:
+    decoder = SSEDecoder()
+    for line in ["event: update\n", "data: {\n"]:
+        assert decoder.feed(line) is None
+    with pytest.raises(StreamEventError, match="not JSON"):
+        decoder.feed("\n")
+    with pytest.raises(StreamEventError, match="no event name"):
+        for line in ["data: 1\n", "\n"]:
+            decoder.feed(line)
+    for line in ["event: delete\n", "data: 5\n"]:
+        decoder.feed(line)
+    event = decoder.feed("\n")
+    assert event is not None and event.deleted_id == "5"
+
+
+@pytest.mark.parametrize(("stream", "path", "query"), [
+    ("public", "/api/v1/streaming/public", {}),
+    ("public:media", "/api/v1/streaming/public", {"only_media": "true"}),
+    ("public:local", "/api/v1/streaming/public/local", {}),
+    ("public:remote:media", "/api/v1/streaming/public/remote", {"only_media": "true"}),
+])
+def test_each_websocket_channel_has_its_sse_endpoint(stream: str, path: str, query: dict[str, str]) -> None:
+    assert sse_path(stream) == (path, query)
+
+
+@given(st.lists(st.text(max_size=80), max_size=30))
+def test_any_sse_lines_give_events_or_our_typed_error(lines: list[str]) -> None:
+    decoder = SSEDecoder()
+    for line in lines:
+        try:
+            decoder.feed(line)
+        except StreamEventError:
+            pass

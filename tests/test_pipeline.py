@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fedimod.cli import main
+from fedimod.cli import _status, main
 from fedimod.config import OpsConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import BankKind
@@ -207,12 +207,13 @@ async def test_bank_changes_reach_the_running_bot_without_restart(
 
 
 async def test_ops_endpoint_reports_health_readiness_and_metrics(
-    sandbox: Sandbox, bot_token: str, tmp_path: Path
+    sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db, user = await banked_store(tmp_path, sandbox)
     config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0))
     async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{pipeline.ops_port}"
+        live_config = replace(config, ops=OpsConfig(host="127.0.0.1", port=pipeline.ops_port or 0))
         sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
         sandbox.inject_frame("garbage", channel="public:media")
         await wait_until(lambda: len(sandbox.reports) == 1, what="a report")
@@ -223,6 +224,9 @@ async def test_ops_endpoint_reports_health_readiness_and_metrics(
         async with http.get(f"{base}/metrics") as resp:
             assert resp.status == 200
             metrics = await resp.text()
+        assert await _status(live_config) == 0
+        live = capsys.readouterr().out
+        assert "stream         connected over websocket, 0 reconnects" in live and "alerts         none" in live
         # Drop the stream: readiness must say so, not stay green.
         sandbox.fail_api_with = 502  # keeps the reconnect (which reads the instance) failing
         sandbox.drop_streams()
@@ -232,6 +236,8 @@ async def test_ops_endpoint_reports_health_readiness_and_metrics(
                 return resp.status == 503 and "stream_connected" in await resp.text()
 
         await wait_until(not_ready, what="/readyz to report the dropped stream")
+        assert await _status(live_config) == 0
+        assert "stream         DISCONNECTED over websocket" in capsys.readouterr().out
         sandbox.fail_api_with = None
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
               if line and not line.startswith("#")}

@@ -50,7 +50,12 @@ def parse_ws_frame(text: str) -> StreamEvent:
         raise StreamEventError("frame has no event name")
     stream_raw = frame.get("stream", [])
     stream = tuple(str(s) for s in stream_raw) if isinstance(stream_raw, list) else ()
-    payload = frame.get("payload")
+    return parse_event(event, frame.get("payload"), stream)
+
+
+def parse_event(event: str, payload: object, stream: tuple[str, ...] = ()) -> StreamEvent:
+    """One event by name and payload, as both transports carry it: the payload of a status event is
+    the Status as a JSON string, that of `delete` the bare id."""
     if event in STATUS_EVENTS:
         if not isinstance(payload, str):
             raise StreamEventError(f"{event} payload must be a JSON string, got {type(payload).__name__}")
@@ -64,6 +69,52 @@ def parse_ws_frame(text: str) -> StreamEvent:
             raise StreamEventError("delete payload must be the status id as a string")
         return StreamEvent(event=event, stream=stream, deleted_id=payload)
     return StreamEvent(event=event, stream=stream)
+
+
+class SSEDecoder:
+    """Incremental decoder of Mastodon's server-sent events, fed one line at a time.
+
+    The streaming server writes ``:)`` on connect, then ``event: X`` / ``data: Y`` pairs each ended
+    by a blank line, and ``:thump`` comments as heartbeats (MASTODON_API.md §1.3). Lines end in LF;
+    a stray CR is tolerated. Repeated ``data`` lines join with a newline, as the SSE standard says.
+    """
+
+    def __init__(self) -> None:
+        self._event: str | None = None
+        self._data: list[str] = []
+        self.heartbeats = 0
+
+    def feed(self, line: str) -> StreamEvent | None:
+        """Take one line (with or without its newline); return an event when a blank line ends one.
+
+        Raises `StreamEventError` for an event that cannot be decoded; the decoder stays usable.
+        """
+        line = line.rstrip("\r\n")
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            self.heartbeats += 1
+            return None
+        field, sep, value = line.partition(":")
+        if not sep:
+            field, value = line, ""
+        elif value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        # `id`, `retry` and unknown fields carry nothing Mastodon uses.
+        return None
+
+    def _dispatch(self) -> StreamEvent | None:
+        event, data = self._event, self._data
+        self._event, self._data = None, []
+        if event is None and not data:
+            return None
+        if not event:
+            raise StreamEventError("server-sent event has data but no event name")
+        return parse_event(event, "\n".join(data) if data else None)
 
 
 def _str(obj: dict[str, Any], key: str, where: str) -> str:

@@ -1,4 +1,10 @@
-"""The streaming client: one WebSocket to the instance, multiplexing the configured streams.
+"""The streaming client: one WebSocket to the instance, multiplexing the configured streams, or
+server-sent events (one HTTP response per stream) where WebSockets do not get through.
+
+In `auto` mode a WebSocket upgrade that is refused `websocket_refusals` times in a row (a proxy
+that does not pass upgrades answers 400, 404, 426 or a plain 200) switches to SSE; every
+`websocket_retry_s` the SSE connections are closed and the WebSocket is tried again. A 401 is a
+token problem on both transports and never triggers the switch.
 
 On every (re)connect it subscribes, then reads the public timeline from the newest post it has
 stored (`min_id` paging, 40 per page, following `rel="prev"`), so posts published while the
@@ -20,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from fedimod.errors import StreamEventError
-from fedimod.ingest.parse import parse_status, parse_ws_frame
+from fedimod.ingest.parse import SSEDecoder, StreamEvent, parse_status, parse_ws_frame
 from fedimod.logs import log_event
 from fedimod.models import Post
 
@@ -39,6 +45,20 @@ _TIMELINE_PARAMS: dict[str, dict[str, str]] = {
     "public:remote:media": {"remote": "true", "only_media": "true"},
 }
 PAGE_LIMIT = 40
+TRANSPORTS = ("auto", "websocket", "sse")
+# The longest SSE line accepted: a status is a few KB; anything near this is not Mastodon talking.
+MAX_SSE_LINE = 1024 * 1024
+
+
+def sse_path(stream: str) -> tuple[str, dict[str, str]]:
+    """The SSE endpoint and query for a WebSocket channel name (MASTODON_API.md §1.2)."""
+    base, media, _ = stream.partition(":media")
+    query = {"only_media": "true"} if media else {}
+    return "/api/v1/streaming/" + base.replace(":", "/"), query
+
+
+class _Refused(Exception):
+    """The streaming server answered the WebSocket upgrade with something other than 101 or 401."""
 
 
 def status_id_at(ts: float) -> str:
@@ -61,6 +81,8 @@ class IngestStats:
     swept: int = 0
     connected: bool = False
     last_frame_at: float | None = None
+    transport: str = "websocket"
+    sse_fallbacks: int = 0
 
 
 class StreamIngester:
@@ -80,7 +102,12 @@ class StreamIngester:
         sweep_window_s: float = 24 * 3600,
         sweep_interval_s: float = 600,
         max_sweep_pages: int = 25,
+        transport: str = "auto",
+        websocket_refusals: int = 3,
+        websocket_retry_s: float = 600.0,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._token = token
@@ -99,6 +126,11 @@ class StreamIngester:
         self.connected = asyncio.Event()
         self._last_page_has_prev = False
         self._last_page_has_next = False
+        self._mode = transport
+        self._websocket_refusals = websocket_refusals
+        self._websocket_retry_s = websocket_retry_s
+        self._refused_in_a_row = 0
+        self.stats.transport = "sse" if transport == "sse" else "websocket"
 
     @property
     def _auth(self) -> dict[str, str]:
@@ -111,8 +143,15 @@ class StreamIngester:
             started = time.monotonic()
             frames_before = self.stats.frames
             try:
-                await self._connect_and_read()
+                if self.stats.transport == "sse":
+                    await self._connect_and_read_sse()
+                else:
+                    await self._connect_and_read()
                 reason = "closed by server"
+            except _Refused as exc:
+                reason = str(exc)
+                if self._note_refusal():
+                    continue
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
@@ -127,6 +166,17 @@ class StreamIngester:
             log_event(logger, logging.WARNING, "stream_disconnected", reason=reason, retry_in_s=round(delay, 2),
                       failures=failures)
             await asyncio.sleep(delay)
+
+    def _note_refusal(self) -> bool:
+        """Count a refused upgrade; True when that switches to SSE (reconnect at once, no backoff)."""
+        self._refused_in_a_row += 1
+        if self._mode != "auto" or self._refused_in_a_row < self._websocket_refusals:
+            return False
+        self.stats.transport = "sse"
+        self.stats.sse_fallbacks += 1
+        log_event(logger, logging.WARNING, "stream_fallback_sse", refusals=self._refused_in_a_row,
+                  retry_websocket_in_s=self._websocket_retry_s)
+        return True
 
     async def _streaming_url(self) -> str:
         """Where the streaming server lives, as the instance advertises it (`urls.streaming_api`)."""
@@ -173,32 +223,47 @@ class StreamIngester:
             self._last_page_has_next = "next" in resp.links
         return page if isinstance(page, list) else []
 
-    async def _connect_and_read(self) -> None:
-        url = await self._streaming_url()
-        # Where to read the timeline from once subscribed. A store that has never seen a post starts
-        # at the timeline's head *before* subscribing, so a post published between this read and the
-        # subscription is caught by the gap fill rather than lost.
-        # A store still empty after an earlier connect resumes from that connect's head, not from
-        # today's: posts published while the connection was down lie between the two.
+    async def _start_cursor(self) -> str:
+        """Where to read the timeline from once subscribed.
+
+        A store that has never seen a post starts at the timeline's head *before* subscribing, so a
+        post published between this read and the subscription is caught by the gap fill rather than
+        lost. A store still empty after an earlier connect resumes from that connect's head, not
+        from today's: posts published while the connection was down lie between the two.
+        """
         start = await self._newest_seen_id() or self._fresh_start
         if start is None:
             heads = [await self._timeline_head(stream) for stream in self._streams]
             start = self._fresh_start = min(heads, key=status_id_key)
+        return start
+
+    def _mark_connected(self, url: str) -> None:
+        self.stats.connected = True
+        self.connected.set()
+        log_event(logger, logging.INFO, "stream_connected", url=url, streams=list(self._streams),
+                  transport=self.stats.transport)
+
+    async def _connect_and_read(self) -> None:
+        url = await self._streaming_url()
+        start = await self._start_cursor()
         try:
             ws = await self._session.ws_connect(
                 url, headers=self._auth, heartbeat=self._heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=10)
             )
         except aiohttp.WSServerHandshakeError as exc:
             # Mastodon refuses a bad token with a plain 401 before the upgrade (MASTODON_API.md §1.5).
-            log_event(logger, logging.ERROR, "stream_refused", status=exc.status, reason=exc.message,
-                      hint="check the access token and its read:statuses scope" if exc.status == 401 else "")
-            raise
+            log_event(logger, logging.ERROR if exc.status == 401 else logging.WARNING, "stream_refused",
+                      status=exc.status, reason=exc.message, transport="websocket",
+                      hint="check the access token and its read:statuses scope" if exc.status == 401 else
+                      "a proxy in front of the streaming server may not pass WebSocket upgrades")
+            if exc.status == 401:
+                raise
+            raise _Refused(f"websocket upgrade refused: {exc.status} {exc.message}") from exc
+        self._refused_in_a_row = 0
         async with ws:
             for stream in self._streams:
                 await ws.send_json({"type": "subscribe", "stream": stream})
-            self.stats.connected = True
-            self.connected.set()
-            log_event(logger, logging.INFO, "stream_connected", url=url, streams=list(self._streams))
+            self._mark_connected(url)
             await self._gap_fill(start)
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
@@ -210,15 +275,84 @@ class StreamIngester:
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
 
+    async def _connect_and_read_sse(self) -> None:
+        """One SSE response per stream, read side by side; the first to end or fail ends them all.
+
+        After `websocket_retry_s` in `auto` mode the responses are closed and the WebSocket is tried
+        again; the gap fill of the next connect covers the switch.
+        """
+        base = urlsplit(await self._streaming_url())
+        http_base = urlunsplit(("https" if base.scheme in ("wss", "https") else "http", base.netloc, "", "", ""))
+        start = await self._start_cursor()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
+                                        sock_read=max(2 * self._heartbeat_s, 20.0))
+        responses: list[aiohttp.ClientResponse] = []
+        try:
+            for stream in self._streams:
+                path, query = sse_path(stream)
+                resp = await self._session.get(http_base + path, params=query, timeout=timeout,
+                                               headers={**self._auth, "Accept": "text/event-stream"})
+                responses.append(resp)
+                content_type = resp.headers.get("Content-Type", "")
+                if resp.status != 200 or not content_type.startswith("text/event-stream"):
+                    log_event(logger, logging.ERROR, "stream_refused", status=resp.status, transport="sse",
+                              stream=stream, content_type=content_type)
+                    raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status,
+                                                      message=f"SSE stream {stream} refused")
+            self._mark_connected(http_base + "/api/v1/streaming/…")
+            await self._gap_fill(start)
+            readers = [asyncio.create_task(self._read_sse(resp)) for resp in responses]
+            try:
+                done, _ = await asyncio.wait(
+                    readers, timeout=self._websocket_retry_s if self._mode == "auto" else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for task in readers:
+                    task.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if not done:
+                log_event(logger, logging.INFO, "stream_retry_websocket", after_s=self._websocket_retry_s)
+                self.stats.transport = "websocket"
+                self._refused_in_a_row = self._websocket_refusals - 1  # one more refusal returns to SSE
+        finally:
+            for resp in responses:
+                resp.close()
+
+    async def _read_sse(self, resp: aiohttp.ClientResponse) -> None:
+        decoder = SSEDecoder()
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_SSE_LINE:
+                raise aiohttp.ClientPayloadError(f"SSE line longer than {MAX_SSE_LINE} bytes")
+            for line in lines:
+                try:
+                    event = decoder.feed(line.decode("utf-8"))
+                except (StreamEventError, UnicodeDecodeError) as exc:
+                    await self._handle_event(exc, len(line))
+                    continue
+                if event is not None:
+                    await self._handle_event(event, len(line))
+
     async def _handle_frame(self, text: str) -> None:
+        try:
+            event: StreamEvent | Exception = parse_ws_frame(text)
+        except StreamEventError as exc:
+            event = exc
+        await self._handle_event(event, len(text))
+
+    async def _handle_event(self, event: StreamEvent | Exception, size: int) -> None:
         self.stats.frames += 1
         self.stats.last_frame_at = time.time()
-        try:
-            event = parse_ws_frame(text)
-        except StreamEventError as exc:
+        if isinstance(event, Exception):
             self.stats.malformed += 1
             # The payload itself is not logged: it may carry personal data.
-            log_event(logger, logging.WARNING, "stream_event_malformed", error=str(exc), size=len(text))
+            log_event(logger, logging.WARNING, "stream_event_malformed", error=str(event), size=size)
             return
         if event.error is not None:
             log_event(logger, logging.ERROR, "stream_error_frame", error=event.error, status=event.error_status)

@@ -33,6 +33,8 @@ class Snapshot:
     stream_malformed: int
     stream_reconnects: int
     posts_accepted: int
+    stream_transport: str = "websocket"
+    sse_fallbacks: int = 0
     gap_filled: int
     media_hashed: int
     matches: int
@@ -68,6 +70,7 @@ class _SnapshotCollector(Collector):
             "fedimod_stream_malformed": ("Stream frames or timeline statuses rejected as malformed",
                                          s.stream_malformed),
             "fedimod_stream_reconnects": ("Stream reconnections", s.stream_reconnects),
+            "fedimod_stream_sse_fallbacks": ("Switches to SSE after refused WebSocket upgrades", s.sse_fallbacks),
             "fedimod_posts_accepted": ("Posts with media handed to the store", s.posts_accepted),
             "fedimod_gap_filled_posts": ("Posts read from the timeline after a (re)connect", s.gap_filled),
             "fedimod_media_hashed": ("Media items hashed", s.media_hashed),
@@ -105,6 +108,11 @@ class _SnapshotCollector(Collector):
         yield alerts
         yield GaugeMetricFamily("fedimod_stream_connected", "1 while the stream is connected",
                                 value=int(s.stream_connected))
+        transport = GaugeMetricFamily("fedimod_stream_transport", "1 for the transport the stream uses now",
+                                      labels=["transport"])
+        for name in ("websocket", "sse"):
+            transport.add_metric([name], int(s.stream_transport == name))
+        yield transport
         yield GaugeMetricFamily("fedimod_bank_entries", "Bank entries being matched against", value=s.bank_entries)
         yield GaugeMetricFamily("fedimod_lag_seconds", "Age of the oldest job still waiting to be hashed",
                                 value=s.oldest_pending_age_s)

@@ -117,6 +117,7 @@ class Sandbox:
         self.report_response_gate = asyncio.Event()
         self.report_response_gate.set()
         self.fail_api_with: int | None = None
+        self.block_websocket = False  # answer upgrades as a proxy that drops the Upgrade header would
         self.fail_all_with: int | None = None  # an outage: every request (API, streaming, media) fails
         self.fail_media: dict[int, int] = {}  # media id → HTTP status its file answers with
         self._subscribers: set[_Subscriber] = set()
@@ -851,7 +852,8 @@ class Sandbox:
         return response
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
+        if request.headers.get("Upgrade", "").lower() != "websocket" or self.block_websocket:
+            # A proxy that strips the Upgrade header hands the streaming server a plain GET.
             raise ApiError(400, "Unknown channel requested")
         token = self._stream_token(request)
         if isinstance(token, str):
