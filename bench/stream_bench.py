@@ -29,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiosqlite
+
 from fedimod.app import open_pipeline
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ops.transparency import percentile
@@ -98,7 +100,9 @@ async def run(rate: int, seconds: float) -> None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             recorded_total = await _posts(db)
-            delays = [r.created_at - banned_ids[s] for r in sandbox.reports for s in r.status_ids if s in banned_ids]
+            reported = {s: r.created_at for r in sandbox.reports for s in r.status_ids if s in banned_ids}
+            delays = [at - banned_ids[s] for s, at in reported.items()]
+            stages = await _stages(db, banned_ids, reported)
     sustained = recorded_during / emission_s
     log(f"rate offered     {rate} posts/s for {emission_s:.1f} s ({emitted} posts, {media} with an image)")
     log(f"recorded         {recorded_total} of {emitted} posts; {recorded_during} while emitting")
@@ -108,6 +112,25 @@ async def run(rate: int, seconds: float) -> None:
     if delays:
         log(f"post -> report   p50 {statistics.median(delays):.3f} s, p99 {percentile(delays, 99):.3f} s "
             f"over {len(delays)} reports (goal p99 < 1 s)")
+    for name, values in stages.items():
+        if values:
+            log(f"  {name:<15}p50 {statistics.median(values):.3f} s, p99 {percentile(values, 99):.3f} s")
+
+
+async def _stages(db: Path, created: dict[int, float], reported: dict[int, float]) -> dict[str, list[float]]:
+    """Where a banned post's time goes: reaching the store, waiting + hashing, filing the report."""
+    stages: dict[str, list[float]] = {"post -> stored": [], "stored -> hashed": [], "hashed -> report": []}
+    async with aiosqlite.connect(db) as conn:
+        rows = await conn.execute_fetchall(
+            "SELECT p.status_id, p.first_seen_at, MAX(j.updated_at) FROM posts p JOIN jobs j USING (status_id) "
+            "WHERE j.state = 'done' GROUP BY p.status_id")
+    for status_id, seen_at, done_at in rows:
+        sid = int(status_id)
+        if sid in reported:
+            stages["post -> stored"].append(seen_at - created[sid])
+            stages["stored -> hashed"].append(done_at - seen_at)
+            stages["hashed -> report"].append(reported[sid] - done_at)
+    return stages
 
 
 async def _posts(db: Path) -> int:

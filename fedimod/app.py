@@ -1,8 +1,8 @@
 """Wires the stages into one asyncio service.
 
-    stream ──► store.record_post (jobs, durable) ──► workers: fetch → hash → match → policy
-                                 store.complete_job (decision audited; report + action queued) ◄─┘
-                                                     └─► executor: file report, then act, once each
+    stream ──► intake: store.record_posts (one transaction per batch) ──► workers: fetch → hash → match → policy
+                          store.complete_job (decision audited; report + action queued) ◄─┘
+                                              └─► executor: file report, then act, once each
 
 Every task is owned by one TaskGroup. The job table is the source of truth: workers claim jobs
 from it, so a post stored before a crash is hashed after the restart.
@@ -11,6 +11,7 @@ from it, so a post stored before a crash is hashed after the restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -31,6 +32,7 @@ from fedimod.act.report import plan
 from fedimod.config import Config
 from fedimod.errors import MediaRejected
 from fedimod.ingest import StreamIngester
+from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
 from fedimod.match import BankIndex
@@ -84,18 +86,21 @@ class Pipeline:
         self._reports_due = asyncio.Event()
         self._draining = asyncio.Event()
         self._active_workers = 0
+        self._claimed: collections.deque[MediaJob] = collections.deque()
+        self._claim_lock = asyncio.Lock()
         self.stats = PipelineStats()
         self.ops_port: int | None = None
         self._session = session
         self.watchdog = Watchdog(settings=config.watchdog, snapshot=self.snapshot, newest_ids=self._newest_ids,
                                  notifiers=self._notifiers())
         self.webhooks: WebhookReceiver | None = None
+        self.intake = PostIntake(store.record_posts, self._post_recorded)
         self.ingester = StreamIngester(
             session=session,
             base_url=config.instance.base_url,
             token=config.instance.token,
             streams=config.instance.streams,
-            on_post=self.accept_post,
+            on_post=self.intake.offer,
             newest_seen_id=store.newest_status_id,
             reconnect_max_s=config.instance.reconnect_max_s,
             request_timeout_s=config.instance.request_timeout_s,
@@ -152,8 +157,11 @@ class Pipeline:
         return len(self._index)
 
     async def accept_post(self, post: Post, source: str) -> None:
-        """Durably record a post's jobs, then wake the workers. The only thing ingest calls."""
-        new_jobs = await self._store.record_post(post, source)
+        """Durably record a post's jobs (webhooks: return only once committed)."""
+        await self.intake.record(post, source)
+
+    def _post_recorded(self, post: Post, source: str, new_jobs: int) -> None:
+        """Called by the intake for each committed post: count it and wake the workers."""
         if new_jobs:
             self.stats.posts_accepted += 1
             log_event(logger, logging.DEBUG, "post_accepted", status_id=post.id, new_jobs=new_jobs, source=source)
@@ -198,9 +206,17 @@ class Pipeline:
             group.create_task(self._executor(), name="executor")
             for n in range(self._config.workers.concurrency):
                 group.create_task(self._worker(), name=f"worker-{n}")
+            writer = group.create_task(self.intake.run(), name="intake")
             await self._draining.wait()
             for task in intake:
                 task.cancel()
+            await asyncio.wait(intake)
+            await self.intake.close()  # commit what ingest queued before it stopped
+            await writer
+        # Jobs leased for workers that stopped before starting them: pending again, for the next run.
+        if self._claimed:
+            await self._store.unclaim_jobs([job.id for job in self._claimed])
+            self._claimed.clear()
 
     # -- banks ----------------------------------------------------------------------------------
 
@@ -277,7 +293,7 @@ class Pipeline:
         self._active_workers += 1
         try:
             while not self._draining.is_set():
-                job = await self._store.claim_job(self._config.workers.lease_s)
+                job = await self._next_job()
                 if job is None:
                     await self._wait_for(self._work, await self._store.next_job_time())
                     continue
@@ -285,6 +301,16 @@ class Pipeline:
         finally:
             self._active_workers -= 1
             self._reports_due.set()  # let a draining reporter notice
+
+    async def _next_job(self) -> MediaJob | None:
+        """A job to run: workers share one lease of up to `concurrency` jobs, so a busy pipeline
+        pays one store transaction per batch of claims, not one per job."""
+        if not self._claimed:
+            async with self._claim_lock:
+                if not self._claimed:
+                    self._claimed.extend(await self._store.claim_jobs(
+                        self._config.workers.concurrency, self._config.workers.lease_s))
+        return self._claimed.popleft() if self._claimed else None
 
     def _retry_at(self, job: MediaJob) -> float | None:
         if job.attempts >= self._config.workers.max_attempts:

@@ -153,3 +153,51 @@ async def test_sigterm_drains_in_flight_work_then_exits_zero(
     async with SQLiteStore.open(db) as store:
         assert await store.job_states(str(status.id)) == [(str(status.media_ids[0]), "done", None)]
     assert '"event": "draining"' in log.read_text()
+
+
+async def test_kill_mid_run_while_posts_stream_in_then_restart_misses_none_and_reports_once(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config, db, log = await prepare(tmp_path, sandbox)
+    user, _ = sandbox.create_account("mallory")
+    innocent = [jpeg_bytes(generate_image(700 + n, size=(120, 90))) for n in range(3)]
+    media_posts: list[int] = []
+    banned_posts: list[int] = []
+
+    async def post_for(seconds: float) -> None:
+        """About 150 posts/s, all with media (the stream carries public:media); 1 in 15 banned."""
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            for _ in range(3):
+                n = len(media_posts)
+                banned = n % 15 == 7
+                status = sandbox.post_status(
+                    user.id, f"post {n}", media=[altered_copy(BANNED, 0.3 + n % 5 / 10) if banned else innocent[n % 3]])
+                media_posts.append(status.id)
+                if banned:
+                    banned_posts.append(status.id)
+            await asyncio.sleep(0.02)
+
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        await post_for(2.0)
+        proc.send_signal(signal.SIGKILL)  # with posts queued, jobs leased and reports in flight
+        assert await proc.wait() == -signal.SIGKILL
+    await post_for(1.0)  # the bot is down: these reach it only through the gap fill
+    async with bot_process(config, bot_token, log) as proc:
+        async def all_done() -> bool:
+            async with SQLiteStore.open(db) as store:
+                counts = await store.counts()
+            return counts.jobs_by_state.get("done", 0) == len(media_posts)
+
+        await post_for(1.0)
+        await wait_until(all_done, timeout_s=60, what=f"every media post hashed; log: {log}")
+        await wait_until(lambda: len(sandbox.reports) >= len(banned_posts), timeout_s=30, what="every report")
+        await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    async with SQLiteStore.open(db) as store:
+        missing = [s for s in media_posts if not await store.has_post(str(s))]
+    assert missing == []
+    assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted(banned_posts)
+    assert len(banned_posts) >= 20

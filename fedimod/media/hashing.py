@@ -116,10 +116,14 @@ class Hasher:
         self._pool: ProcessPoolExecutor | None = None
 
     async def __aenter__(self) -> Hasher:
-        # forkserver, not fork: the parent runs threads (aiosqlite, the loop's executor).
+        # forkserver, not fork: the parent runs threads (aiosqlite, the loop's executor). The server
+        # imports the decoders once, so replacing a worker is a fork (milliseconds), not a fresh
+        # interpreter importing numpy and Pillow (most of a second, which stalls the queue).
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["fedimod.media.hashing"])
         self._pool = ProcessPoolExecutor(
             max_workers=self._processes,
-            mp_context=multiprocessing.get_context("forkserver"),
+            mp_context=context,
             initializer=_init_worker,
             initargs=(self._max_pixels,),
             max_tasks_per_child=_TASKS_PER_CHILD,

@@ -353,23 +353,45 @@ class SQLiteStore(ActionStoreMixin):
 
     async def record_post(self, post: Post, source: str, now: float | None = None) -> int:
         """Store a post and one pending job per attachment; returns how many jobs are new."""
+        return (await self.record_posts([(post, source)], now))[0]
+
+    async def record_posts(self, items: Sequence[tuple[Post, str]], now: float | None = None) -> list[int]:
+        """Store posts and their pending jobs in one transaction; new jobs per post, in order.
+
+        A post already stored (or twice in `items`) counts 0: the first source to deliver it wins.
+        """
         now = time.time() if now is None else now
+        status_ids = sorted({post.id for post, _source in items})
         async with self._transaction():
-            await self._conn.execute(
+            known: set[tuple[str, str]] = set()
+            for chunk in range(0, len(status_ids), 500):  # SQLite's bound-parameter limit
+                ids = status_ids[chunk:chunk + 500]
+                rows = await self._all(
+                    f"SELECT status_id, attachment_id FROM jobs WHERE status_id IN ({','.join('?' * len(ids))})", ids)
+                known.update((str(a), str(b)) for a, b in rows)
+            await self._conn.executemany(
                 "INSERT OR IGNORE INTO posts (status_id, account_id, account_acct, uri, url, created_at, "
                 "first_seen_at, source, media_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (post.id, post.account.id, post.account.acct, post.uri, post.url, post.created_at, now, source,
-                 len(post.attachments)),
+                [(post.id, post.account.id, post.account.acct, post.uri, post.url, post.created_at, now, source,
+                  len(post.attachments)) for post, source in items],
             )
-            new_jobs = 0
-            for attachment in post.attachments:
-                cursor = await self._conn.execute(
-                    "INSERT OR IGNORE INTO jobs (status_id, attachment_id, media_type, media_url, remote_url, "
-                    "state, available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (post.id, attachment.id, attachment.type, attachment.url, attachment.remote_url,
-                     JobState.PENDING.value, now, now, now),
-                )
-                new_jobs += cursor.rowcount
+            new_jobs = []
+            job_rows = []
+            for post, _source in items:
+                fresh = 0
+                for attachment in post.attachments:
+                    if (post.id, attachment.id) in known:
+                        continue
+                    known.add((post.id, attachment.id))
+                    fresh += 1
+                    job_rows.append((post.id, attachment.id, attachment.type, attachment.url, attachment.remote_url,
+                                     JobState.PENDING.value, now, now, now))
+                new_jobs.append(fresh)
+            await self._conn.executemany(
+                "INSERT OR IGNORE INTO jobs (status_id, attachment_id, media_type, media_url, remote_url, "
+                "state, available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                job_rows,
+            )
         return new_jobs
 
     async def newest_status_id(self) -> str | None:
@@ -392,24 +414,44 @@ class SQLiteStore(ActionStoreMixin):
         return cursor.rowcount
 
     async def claim_job(self, lease_s: float, now: float | None = None) -> MediaJob | None:
+        jobs = await self.claim_jobs(1, lease_s, now)
+        return jobs[0] if jobs else None
+
+    async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None) -> list[MediaJob]:
+        """Lease up to `limit` runnable jobs (pending and due, or with an expired lease), oldest first."""
         now = time.time() if now is None else now
         async with self._transaction():
-            row = await self._one(
+            claimed = await self._all(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, lease_until = ?, updated_at = ? "
-                "WHERE id = (SELECT id FROM jobs WHERE (state = ? AND available_at <= ?) "
-                "OR (state = ? AND lease_until < ?) ORDER BY id LIMIT 1) RETURNING id",
-                (JobState.LEASED.value, now + lease_s, now, JobState.PENDING.value, now, JobState.LEASED.value, now),
+                "WHERE id IN (SELECT id FROM jobs WHERE (state = ? AND available_at <= ?) "
+                "OR (state = ? AND lease_until < ?) ORDER BY id LIMIT ?) RETURNING id",
+                (JobState.LEASED.value, now + lease_s, now, JobState.PENDING.value, now, JobState.LEASED.value, now,
+                 limit),
             )
-            if row is None:
-                return None
-            job = await self._one(
-                f"SELECT {_JOB_COLUMNS} FROM jobs JOIN posts USING (status_id) WHERE jobs.id = ?", (row[0],)
+            if not claimed:
+                return []
+            ids = [row[0] for row in claimed]
+            rows = await self._all(
+                f"SELECT {_JOB_COLUMNS} FROM jobs JOIN posts USING (status_id) "
+                f"WHERE jobs.id IN ({','.join('?' * len(ids))}) ORDER BY jobs.id", ids,
             )
-        assert job is not None  # the row was just updated inside the same transaction
-        return MediaJob(
-            id=job[0], status_id=job[1], attachment_id=job[2], media_type=job[3], media_url=job[4],
-            remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8], account_acct=job[9],
-        )
+        return [
+            MediaJob(id=job[0], status_id=job[1], attachment_id=job[2], media_type=job[3], media_url=job[4],
+                     remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8], account_acct=job[9])
+            for job in rows
+        ]
+
+    async def unclaim_jobs(self, job_ids: Sequence[int]) -> int:
+        """Give back leased jobs that were never started: pending again, the attempt not counted."""
+        if not job_ids:
+            return 0
+        async with self._transaction():
+            cursor = await self._conn.execute(
+                f"UPDATE jobs SET state = ?, attempts = attempts - 1, lease_until = NULL "
+                f"WHERE state = ? AND id IN ({','.join('?' * len(job_ids))})",
+                (JobState.PENDING.value, JobState.LEASED.value, *job_ids),
+            )
+        return cursor.rowcount
 
     async def next_job_time(self) -> float | None:
         row = await self._one(
