@@ -114,7 +114,7 @@ async def run(rate: int, seconds: float) -> None:
             f"over {len(delays)} reports (goal p99 < 1 s)")
     for name, values in stages.items():
         if values:
-            log(f"  {name:<15}p50 {statistics.median(values):.3f} s, p99 {percentile(values, 99):.3f} s")
+            log(f"  {name:<17}p50 {statistics.median(values):.3f} s, p99 {percentile(values, 99):.3f} s")
 
 
 async def _stages(db: Path, created: dict[int, float], reported: dict[int, float]) -> dict[str, list[float]]:
