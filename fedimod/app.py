@@ -45,11 +45,10 @@ from fedimod.store import BankState, JobOutcome, SQLiteStore
 
 logger = logging.getLogger(__name__)
 
-HASHABLE_TYPES = frozenset({"image"})
-# Mastodon serves these, but this version hashes still images only; they are recorded as skipped.
+HASHABLE_TYPES = frozenset({"image", "video", "gifv"})
+VIDEO_TYPES = frozenset({"video", "gifv"})
+# Mastodon serves these too; they are recorded as skipped, with the reason.
 UNHASHED_TYPES = {
-    "video": "video frames are not hashed by this version",
-    "gifv": "video frames are not hashed by this version",
     "audio": "audio carries no image signal",
     "unknown": "the instance has no copy of this media (type unknown)",
 }
@@ -61,6 +60,7 @@ INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off th
 @dataclass(slots=True)
 class PipelineStats:
     posts_accepted: int = 0
+    unhashable: int = 0
     media_hashed: int = 0
     matches: int = 0
     job_errors: Counter[str] = field(default_factory=Counter)
@@ -120,6 +120,7 @@ class Pipeline:
             stream_reconnects=ingest.reconnects, stream_transport=ingest.transport,
             sse_fallbacks=ingest.sse_fallbacks, posts_accepted=self.stats.posts_accepted,
             gap_filled=ingest.gap_filled, media_hashed=self.stats.media_hashed, matches=self.stats.matches,
+            media_unhashable=self.stats.unhashable,
             reports_filed=self.executor.stats.reports_filed, fetch_refusals=dict(self._fetcher.refusals),
             job_errors=dict(self.stats.job_errors), jobs_by_state=counts.jobs_by_state,
             reports_by_state=counts.reports_by_state, bank_entries=len(self._index),
@@ -331,7 +332,8 @@ class Pipeline:
             await self._fail(job, "no media URL yet (still processing on the instance)", permanent=False)
             return
         try:
-            data = await self._fetcher.fetch(url)
+            data = await self._fetcher.fetch(
+                url, max_bytes=self._config.media.max_video_bytes if job.media_type in VIDEO_TYPES else None)
             result = await self._hasher.hash(data)
             del data  # media bytes never outlive hashing
             result.raise_if_rejected()
@@ -339,12 +341,18 @@ class Pipeline:
             await self._fail(job, str(exc), permanent=exc.is_permanent, reason=exc.reason.value)
             return
         self.stats.media_hashed += 1
+        if result.unhashable:
+            # Read, but no picture came out of it: the digests are still matched, and it is said.
+            self.stats.unhashable += 1
+            log_event(logger, logging.WARNING, "media_unhashable", job_id=job.id, status_id=job.status_id,
+                      media_type=job.media_type, format=result.format, reason=result.unhashable)
         matches = self._index.match(result.signals)
         outcome = self._decide(job, result.signals, matches)
         completed = await self._store.complete_job(job, outcome)
         pdq = next((s for s in result.signals if s.signal_type == "pdq"), None)
         log_event(logger, logging.INFO, "media_hashed", job_id=job.id, status_id=job.status_id,
                   attachment_id=job.attachment_id, format=result.format, width=result.width, height=result.height,
+                  frames=result.frames,
                   pdq_quality=pdq.quality if pdq else None, matches=len(matches))
         for match in matches:
             self.stats.matches += 1
@@ -418,7 +426,8 @@ async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
     async with (
         SQLiteStore.open(config.store.path) as store,
         MediaFetcher(config.media) as fetcher,
-        Hasher(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels) as hasher,
+        Hasher(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
+               max_frames=config.media.max_frames) as hasher,
         aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as session,
     ):
         actions = MastodonActions(

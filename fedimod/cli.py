@@ -362,14 +362,14 @@ async def _live_status(config: Config) -> list[str]:
 
 
 def _hash(paths: list[Path]) -> int:
-    from fedimod.media import hash_image_bytes
+    from fedimod.media import hash_media
     from fedimod.signals import REGISTRY
 
     failures = 0
     for path in paths:
         record: dict[str, object] = {"path": str(path)}
         try:
-            result = hash_image_bytes(path.read_bytes())
+            result = hash_media(path.read_bytes())
         except OSError as exc:
             record["error"] = f"cannot read: {exc.strerror}"
         else:

@@ -68,6 +68,10 @@ class StoreConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MediaConfig:
     max_bytes: int = 16 * 1024 * 1024
+    # Mastodon accepts videos up to 99 MB; they are hashed from memory, never written to disk.
+    max_video_bytes: int = 100 * 1024 * 1024
+    # Frames hashed per animated image or video: the first and up to this many evenly spaced.
+    max_frames: int = 5
     timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_redirects: int = 3
@@ -279,6 +283,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
             raise ConfigError(f"{med.key('allow_hosts')}[{i}]", "must be a host name or IP address")
     media = MediaConfig(
         max_bytes=med.positive("max_bytes", _default(MediaConfig, "max_bytes"), int),
+        max_video_bytes=med.positive("max_video_bytes", _default(MediaConfig, "max_video_bytes"), int),
+        max_frames=med.positive("max_frames", _default(MediaConfig, "max_frames"), int),
         timeout_s=med.positive("timeout_s", _default(MediaConfig, "timeout_s")),
         connect_timeout_s=med.positive("connect_timeout_s", _default(MediaConfig, "connect_timeout_s")),
         max_redirects=med.get("max_redirects", int, _default(MediaConfig, "max_redirects")),

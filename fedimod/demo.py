@@ -23,7 +23,7 @@ from PIL import Image
 from fedimod.app import open_pipeline
 from fedimod.config import Config, InstanceConfig, MediaConfig, ReportConfig, StoreConfig, WorkerConfig
 from fedimod.match import parse_bank_lines
-from fedimod.media import hash_image_bytes
+from fedimod.media import hash_media
 from fedimod.models import Category
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
@@ -61,7 +61,7 @@ def altered_copy(image: Image.Image, scale: float, quality: int = 70) -> bytes:
 def bank_lines(originals: list[bytes], category: Category) -> list[str]:
     lines = ["# demo bank: hashes of generated stand-in images, not real material"]
     for data in originals:
-        result = hash_image_bytes(data)
+        result = hash_media(data)
         for signal in result.signals:
             if signal.signal_type in ("pdq", "md5"):
                 text = REGISTRY[signal.signal_type].format(signal.value)

@@ -21,7 +21,7 @@ from fedimod.config import (
     WorkerConfig,
 )
 from fedimod.match import parse_bank_lines
-from fedimod.media import hash_image_bytes
+from fedimod.media import hash_media
 from fedimod.models import BankKind
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
@@ -50,7 +50,7 @@ async def bank_images(db: Path, images: list[bytes], category: str = "csam", ban
     """Bank the PDQ and MD5 of each image through the plain bank-file parser."""
     lines = []
     for data in images:
-        for signal in hash_image_bytes(data).signals:
+        for signal in hash_media(data).signals:
             if signal.signal_type in ("pdq", "md5"):
                 lines.append(f"{signal.signal_type} {REGISTRY[signal.signal_type].format(signal.value)} {category}")
     rows = parse_bank_lines(lines)

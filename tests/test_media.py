@@ -16,7 +16,7 @@ from PIL import Image
 from fedimod.config import MediaConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.errors import MediaRejected, RejectReason
-from fedimod.media import MediaFetcher, hash_image_bytes
+from fedimod.media import MediaFetcher, hash_media
 from fedimod.media.fetch import is_public_address
 from fedimod.media.hashing import Hasher, pdq_bits_to_int
 from fedimod.signals import PDQ, hamming_distance
@@ -34,7 +34,7 @@ def signal(result, name: str) -> int:  # type: ignore[no-untyped-def]
 
 def test_pdq_and_phash_equal_the_reference_libraries_on_the_same_pixels() -> None:
     image = generate_image(5)
-    result = hash_image_bytes(png_bytes(image))
+    result = hash_media(png_bytes(image))
     bits, quality = pdqhash.compute(np.asarray(image))
     assert signal(result, "pdq") == pdq_bits_to_int(bits)
     assert next(s.quality for s in result.signals if s.signal_type == "pdq") == quality >= PDQ.min_quality
@@ -43,11 +43,11 @@ def test_pdq_and_phash_equal_the_reference_libraries_on_the_same_pixels() -> Non
 
 def test_altered_copies_stay_within_threshold_and_distinct_images_beyond_it() -> None:
     original = generate_image(6)
-    base = signal(hash_image_bytes(jpeg_bytes(original)), "pdq")
+    base = signal(hash_media(jpeg_bytes(original)), "pdq")
     for scale in (0.5, 0.8):
-        assert hamming_distance(base, signal(hash_image_bytes(altered_copy(original, scale)), "pdq")) <= 31
+        assert hamming_distance(base, signal(hash_media(altered_copy(original, scale)), "pdq")) <= 31
     for other_seed in range(20, 30):
-        assert hamming_distance(base, signal(hash_image_bytes(jpeg_bytes(generate_image(other_seed))), "pdq")) > 31
+        assert hamming_distance(base, signal(hash_media(jpeg_bytes(generate_image(other_seed))), "pdq")) > 31
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_altered_copies_stay_within_threshold_and_distinct_images_beyond_it() ->
     ids=["not-an-image", "truncated-jpeg", "corrupt-png"],
 )
 def test_bad_bytes_give_a_typed_refusal(data: bytes, reason: RejectReason) -> None:
-    result = hash_image_bytes(data)
+    result = hash_media(data)
     assert result.signals == () and result.reject_reason is reason
     with pytest.raises(MediaRejected):
         result.raise_if_rejected()
@@ -69,7 +69,7 @@ def test_bad_bytes_give_a_typed_refusal(data: bytes, reason: RejectReason) -> No
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     bomb = png_bytes(Image.new("L", (8000, 8000)))  # 64 Mpx of zeros compresses to a few KB
     assert len(bomb) < 200_000
-    result = hash_image_bytes(bomb, max_pixels=10_000_000)
+    result = hash_media(bomb, max_pixels=10_000_000)
     assert result.reject_reason is RejectReason.TOO_MANY_PIXELS
 
 
@@ -78,7 +78,7 @@ async def test_process_pool_hashes_like_the_in_process_function() -> None:
     async with Hasher(processes=1) as hasher:
         pooled = await hasher.hash(data)
         refused = await hasher.hash(b"junk")
-    assert pooled.signals == hash_image_bytes(data).signals
+    assert pooled.signals == hash_media(data).signals
     assert refused.reject_reason is RejectReason.UNSUPPORTED_FORMAT
 
 
@@ -138,7 +138,7 @@ async def fetch(url: str, **config: object) -> bytes:
 
 async def test_allowed_host_is_fetched(media_server: str) -> None:
     data = await fetch(f"{media_server}/ok.jpg", allow_hosts=("127.0.0.1",))
-    assert hash_image_bytes(data).reject_reason is None
+    assert hash_media(data).reject_reason is None
 
 
 @pytest.mark.parametrize(

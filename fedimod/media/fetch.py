@@ -34,13 +34,33 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
+# ISO base media files (HEIC, AVIF, MP4, MOV) name their kind by brands in the leading `ftyp` box.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+SNIFF_BYTES = 64
+IMAGE_FORMATS = frozenset({"jpeg", "png", "gif", "webp", "heic", "avif"})
+VIDEO_FORMATS = frozenset({"mp4", "webm"})
+
+
 def sniff_format(head: bytes) -> str | None:
-    """The image format named by the leading bytes, or None when it is not one we decode."""
+    """The media format named by the leading bytes (`SNIFF_BYTES` suffice), or None when it is not
+    one we decode: one of `IMAGE_FORMATS` or `VIDEO_FORMATS`."""
     for magic, offset, name in _MAGIC:
         if head[offset:offset + len(magic)] == magic:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: WebM or Matroska
+        return "webm"
+    if head[4:8] == b"ftyp":
+        box = head[8:min(len(head), int.from_bytes(head[:4], "big"))]
+        # The major brand, then (after a 4-byte minor version) the compatible brands.
+        brands = {box[:4]} | {box[i:i + 4] for i in range(8, len(box) - 3, 4)}
+        if brands & _AVIF_BRANDS:
+            return "avif"
+        if brands & _HEIF_BRANDS:
+            return "heic"
+        return "mp4"  # isom, mp41, mp42, qt, M4V, 3gp…: a video container PyAV opens
     return None
 
 
@@ -118,14 +138,15 @@ class MediaFetcher:
         if not is_public_address(str(literal)):
             raise MediaRejected(RejectReason.BLOCKED_ADDRESS, f"{host} is not a public address")
 
-    async def fetch(self, url_text: str) -> bytes:
+    async def fetch(self, url_text: str, *, max_bytes: int | None = None) -> bytes:
+        """The body at `url_text`, at most `max_bytes` (default: the configured `max_bytes`)."""
         try:
-            return await self._fetch(url_text)
+            return await self._fetch(url_text, max_bytes or self._config.max_bytes)
         except MediaRejected as exc:
             self.refusals[exc.reason.value] += 1
             raise
 
-    async def _fetch(self, url_text: str) -> bytes:
+    async def _fetch(self, url_text: str, cap: int) -> bytes:
         if self._session is None:
             raise RuntimeError("MediaFetcher used outside 'async with'")
         try:
@@ -144,7 +165,7 @@ class MediaFetcher:
                         continue
                     if resp.status != 200:
                         raise MediaRejected(RejectReason.HTTP_STATUS, f"HTTP {resp.status} from {url}")
-                    return await self._read_capped(resp, url)
+                    return await self._read_capped(resp, url, cap)
             except MediaRejected:
                 raise
             except aiohttp.ClientConnectorError as exc:
@@ -161,8 +182,7 @@ class MediaFetcher:
             RejectReason.TOO_MANY_REDIRECTS, f"more than {self._config.max_redirects} redirects from {url_text[:200]}"
         )
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
-        cap = self._config.max_bytes
+    async def _read_capped(self, resp: aiohttp.ClientResponse, url: URL, cap: int) -> bytes:
         declared = resp.content_length
         if declared is not None and declared > cap:
             raise MediaRejected(

@@ -50,7 +50,8 @@ def axis_weights(n: int) -> npt.NDArray[np.float32]:
         scale = inv_count[pick] * inv_count[ks]
         np.add.at(diff[i], lo[ks], scale)
         np.add.at(diff[i], hi[ks] + 1, -scale)
-    return np.cumsum(diff[:, :n], axis=1).astype(np.float32)
+    weights: npt.NDArray[np.float32] = np.cumsum(diff[:, :n], axis=1).astype(np.float32)
+    return weights
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +65,8 @@ def _dct_matrix() -> npt.NDArray[np.float32]:
 def downsample(luma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The reference's 64×64 Jarosz-filtered samples of a luma image (H×W, float32)."""
     rows, cols = luma.shape
-    return axis_weights(rows) @ luma @ axis_weights(cols).T  # type: ignore[no-any-return]
+    samples: npt.NDArray[np.float32] = axis_weights(rows) @ luma @ axis_weights(cols).T
+    return samples
 
 
 def quality(samples: npt.NDArray[np.float32]) -> int:

@@ -34,6 +34,7 @@ class Snapshot:
     stream_reconnects: int
     posts_accepted: int
     stream_transport: str = "websocket"
+    media_unhashable: int = 0
     sse_fallbacks: int = 0
     gap_filled: int
     media_hashed: int
@@ -74,6 +75,8 @@ class _SnapshotCollector(Collector):
             "fedimod_posts_accepted": ("Posts with media handed to the store", s.posts_accepted),
             "fedimod_gap_filled_posts": ("Posts read from the timeline after a (re)connect", s.gap_filled),
             "fedimod_media_hashed": ("Media items hashed", s.media_hashed),
+            "fedimod_media_unhashable": ("Media read but yielding no picture (digests only), e.g. a missing codec",
+                                         s.media_unhashable),
             "fedimod_matches": ("Bank matches", s.matches),
             "fedimod_reports_filed": ("Reports filed on the instance", s.reports_filed),
             "fedimod_action_rollbacks": ("Account actions undone (provisional review or retraction)", s.rollbacks),
