@@ -37,7 +37,7 @@ import imagehash
 import numpy as np
 import numpy.typing as npt
 import pillow_heif
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from fedimod.errors import MediaRejected, RejectReason
 from fedimod.media.fetch import SNIFF_BYTES, VIDEO_FORMATS, sniff_format
@@ -121,7 +121,9 @@ def _image_frames(data: bytes, fmt: str, max_pixels: int, max_frames: int) -> It
         for index in frame_indices(count, max_frames):
             try:
                 image.seek(index)
-                frame = ImageOps.exif_transpose(image) if index == 0 else image.copy()
+                # Turned upright as the EXIF Orientation tag says (only then copied).
+                upright = index == 0 and image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+                frame = ImageOps.exif_transpose(image) if upright else image
             except (OSError, EOFError, ValueError) as exc:
                 raise MediaRejected(RejectReason.DECODE_FAILED, f"{fmt} frame {index}: {exc}") from exc
             yield frame if frame.mode == "RGB" else frame.convert("RGB")
@@ -185,12 +187,11 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
         source = (_video_frames(data, max_pixels, max_frames) if fmt in VIDEO_FORMATS
                   else _image_frames(data, fmt, max_pixels, max_frames))
         try:
-            for frame in source:
-                with frame:
-                    if frames == 0:
-                        width, height = frame.size
-                    frames += 1
-                    signals.extend(s for s in _frame_signals(frame, types) if s not in signals)
+            for frame in source:  # each frame is used before the next is decoded
+                if frames == 0:
+                    width, height = frame.size
+                frames += 1
+                signals.extend(s for s in _frame_signals(frame, types) if s not in signals)
         except MediaRejected as exc:
             return HashResult(format=fmt, reject_reason=exc.reason, reject_message=str(exc).split(": ", 1)[-1])
         except _Unhashable as exc:
