@@ -19,6 +19,7 @@ from fedimod.models import BankKind
 from fedimod.sandbox import Sandbox, SandboxAccount
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
+from tests.test_hashing import video_bytes
 
 BANNED = generate_image(101)
 BANNED_JPEG = jpeg_bytes(BANNED)
@@ -57,6 +58,23 @@ async def test_bot_reports_matching_post_and_ignores_innocent(sandbox: Sandbox, 
     assert counts.matched_posts == 1
     assert [r["state"] for r in reports] == ["sent"]
     assert reports[0]["remote_report_id"] == str(report.id)
+
+
+async def test_a_video_with_a_banned_scene_is_reported_and_a_broken_one_said_unhashable(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, user = await banked_store(tmp_path, sandbox)
+    innocent, banned = generate_image(303, size=(320, 240)), BANNED.resize((320, 240))
+    clip = video_bytes([innocent] * 10 + [banned] * 10 + [innocent] * 10)  # 3 s; the middle second
+    broken = clip[:48] + bytes(len(clip) - 48)
+    async with running(make_config(sandbox, bot_token, db)) as pipeline:
+        hit = sandbox.post_status(user.id, "a clip", media=[clip], content_type="video/mp4")
+        unreadable = sandbox.post_status(user.id, "a broken clip", media=[broken], content_type="video/mp4")
+        await wait_until(lambda: len(sandbox.reports) >= 1, what="the video's report")
+        await wait_until(lambda: pipeline.stats.media_hashed >= 2, what="both videos read")
+    assert reported_status_ids(sandbox) == [hit.id]
+    assert pipeline.stats.unhashable == 1
+    async with SQLiteStore.open(db) as store:
+        assert await store.job_states(str(unreadable.id)) == [(str(unreadable.media_ids[0]), "done", None)]
 
 
 async def test_post_with_two_images_creates_two_jobs_and_one_report(
@@ -129,23 +147,22 @@ async def test_posts_published_while_stream_is_down_are_caught_by_gap_fill(
     assert first.id not in reported_status_ids(sandbox)
 
 
-async def test_video_attachment_is_recorded_as_skipped_not_silently_dropped(
+async def test_audio_attachment_is_recorded_as_skipped_not_silently_dropped(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
     db = tmp_path / "f.sqlite3"
     user, _ = sandbox.create_account("mallory")
     async with running(make_config(sandbox, bot_token, db)):
-        media = sandbox.add_media(user.id, b"\x00\x00\x00\x18ftypmp42", content_type="video/mp4", filename="v.mp4")
-        status = sandbox._create_status(user.id, "a clip", visibility="public", media_ids=[media.id])
+        status = sandbox.post_status(user.id, "a song", media=[b"ID3\x04fake mp3"], content_type="audio/mpeg")
 
         async def skipped() -> bool:
             async with SQLiteStore.open(db) as store:
                 return [s for _a, s, _e in await store.job_states(str(status.id))] == ["skipped"]
 
-        await wait_until(skipped, what="video job skipped")
+        await wait_until(skipped, what="audio job skipped")
         async with SQLiteStore.open(db) as store:
             (_attachment, _state, reason), = await store.job_states(str(status.id))
-    assert reason is not None and "video" in reason
+    assert reason is not None and "audio" in reason
 
 
 async def test_dry_run_files_nothing_but_records_what_it_would_do(

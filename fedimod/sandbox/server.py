@@ -189,9 +189,12 @@ class Sandbox:
         return media
 
     def post_status(self, account_id: int, text: str, *, media: Iterable[bytes] = (), visibility: str = "public",
-                    created_at: float | None = None, in_reply_to_id: int | None = None) -> SandboxStatus:
-        """Post as an account (local, or remote as if federated in), publishing to the streams."""
-        media_ids = [self.add_media(account_id, data).id for data in media]
+                    created_at: float | None = None, in_reply_to_id: int | None = None,
+                    content_type: str = "image/jpeg") -> SandboxStatus:
+        """Post as an account (local, or remote as if federated in), publishing to the streams.
+
+        Every attachment has `content_type`, which sets its Mastodon type (image, gifv, video)."""
+        media_ids = [self.add_media(account_id, data, content_type=content_type).id for data in media]
         return self._create_status(account_id, text, visibility=visibility, media_ids=media_ids,
                                    created_at=created_at, in_reply_to_id=in_reply_to_id)
 
