@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedimod import __version__, cli_moderation
+from fedimod import __version__, cli_hash, cli_moderation
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
@@ -107,11 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "errors of failed jobs), media hashed, matches and reports by state.")
     _add_config(status)
 
-    hash_cmd = sub.add_parser("hash", help="hash image files and print their signals as JSON lines",
-                              description="Compute PDQ (with quality), pHash, MD5 and SHA-256 for each image file, "
-                                          "one JSON object per line. Exits non-zero only if every input failed.")
-    hash_cmd.add_argument("paths", nargs="+", type=Path, help="image files")
-
+    cli_hash.register(sub)
     cli_moderation.register(sub, _add_config)
 
     sandbox = sub.add_parser("sandbox", help="run the bundled test instance on 127.0.0.1",
@@ -156,7 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             config = load_config(args.config, require_token=False)
             return asyncio.run(_status(config))
         case "hash":
-            return _hash(args.paths)
+            return cli_hash.run(args)
         case "sandbox":
             return asyncio.run(_sandbox(args.port))
     result = cli_moderation.dispatch(args)
@@ -359,29 +354,6 @@ async def _live_status(config: Config) -> list[str]:
         f"lag            {value('fedimod_lag_seconds'):.1f} s (oldest job waiting to be hashed)",
         "alerts         " + (", ".join(alerts) if alerts else "none"),
     ]
-
-
-def _hash(paths: list[Path]) -> int:
-    from fedimod.media import hash_media
-    from fedimod.signals import REGISTRY
-
-    failures = 0
-    for path in paths:
-        record: dict[str, object] = {"path": str(path)}
-        try:
-            result = hash_media(path.read_bytes())
-        except OSError as exc:
-            record["error"] = f"cannot read: {exc.strerror}"
-        else:
-            if result.reject_reason is not None:
-                record["error"] = f"{result.reject_reason.value}: {result.reject_message}"
-            for sig in result.signals:
-                record[sig.signal_type] = REGISTRY[sig.signal_type].format(sig.value)
-                if sig.quality is not None:
-                    record[f"{sig.signal_type}_quality"] = sig.quality
-        failures += "error" in record
-        print(json.dumps(record))
-    return 1 if failures == len(paths) else 0
 
 
 async def _sandbox(port: int) -> int:

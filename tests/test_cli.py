@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -9,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from fedimod.cli import main
 from fedimod.demo import generate_image, jpeg_bytes
@@ -82,3 +86,54 @@ def test_demo_reports_exactly_the_altered_copies() -> None:
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("demo OK: 24 posts")
     assert "false reports 0, missed 0, duplicates 0" in last
+
+
+def test_hash_recurses_directories_in_order_with_types_and_text_format(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "c" / "2.jpg").write_bytes(jpeg_bytes(generate_image(2)))
+    (tmp_path / "b" / "1.jpg").write_bytes(jpeg_bytes(generate_image(1)))
+    frames = [generate_image(n, size=(120, 90)) for n in range(6)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=80)
+    (tmp_path / "a.gif").write_bytes(out.getvalue())
+    assert main(["hash", "--types", "pdq,md5", "--max-frames", "3", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).relative_to(tmp_path).as_posix() for r in records] == ["a.gif", "b/1.jpg", "b/c/2.jpg"]
+    assert all(set(r) >= {"pdq", "pdq_quality", "md5"} and "phash" not in r and "sha256" not in r for r in records)
+    assert records[0]["frames"] == 3 and len(records[0]["pdq_frames"]) == 3
+    assert records[0]["pdq_frames"][0] == records[0]["pdq"]
+    assert main(["hash", "--format", "text", str(tmp_path / "b" / "1.jpg"), str(tmp_path / "missing.png")]) == 0
+    good, bad = capsys.readouterr().out.splitlines()
+    assert good.split("\t")[1] == "jpeg" and f"pdq={records[1]['pdq']}" in good and "quality=" in good
+    assert bad.endswith("ERROR unreadable: No such file or directory")
+
+
+def test_hash_rejects_an_unknown_type(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hash", "--types", "pdq,ahash", "x.jpg"])
+    assert exit_info.value.code == 2 and "unknown signal type(s) ahash" in capsys.readouterr().err
+
+
+async def test_hash_fetches_urls_through_the_private_address_guard(capsys: pytest.CaptureFixture[str]) -> None:
+    image = jpeg_bytes(generate_image(3))
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=image, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/a.jpg", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/a.jpg"
+    try:
+        assert await asyncio.to_thread(main, ["hash", url]) == 1  # loopback: refused, the only input
+        (refused,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert refused["error"].startswith("blocked_address")
+        assert await asyncio.to_thread(main, ["hash", "--allow-host", "127.0.0.1", url]) == 0
+        (fetched,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    finally:
+        await runner.cleanup()
+    assert fetched["md5"] == hashlib.md5(image).hexdigest() and fetched["format"] == "jpeg"

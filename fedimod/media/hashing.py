@@ -240,9 +240,9 @@ class Hasher:
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
-    async def hash(self, data: bytes) -> HashResult:
+    async def hash(self, data: bytes, types: Collection[str] = ALL_TYPES) -> HashResult:
         if self._pool is None:
             raise RuntimeError("Hasher used outside 'async with'")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(hash_media, data, self._max_pixels,
+        return await loop.run_in_executor(self._pool, partial(hash_media, data, self._max_pixels, types=types,
                                                                max_frames=self._max_frames))
