@@ -4,10 +4,10 @@ The reference (ThreatExchange's C++, which the `pdqhash` package wraps) blurs th
 image with a Jarosz filter, two box-filter passes along each axis, then keeps 64×64 samples of
 it. Each pass is linear and acts on one axis only, so the blurred value at sample (i, j) is
 ``A[i] · Y · B[j]ᵀ``: row i of a 64×H matrix A (both vertical passes, then the pick of row i) and
-row j of a 64×W matrix B. The 64×64 samples are then ``A · Y · Bᵀ``, one BLAS product, and A and B
-depend only on the image's size, so they are built once per size (prefix sums over the box
-windows) and cached. The rest (quality metric, 16×16 DCT, median threshold) is the reference's
-arithmetic on 64×64 numbers.
+row j of a 64×W matrix B. The 64×64 samples are then ``A · Y · Bᵀ``. A and B depend only on the
+image's size, so they are built once per size (prefix sums over the box windows) and cached. A
+row of A is zero outside a band of about H/32 image rows, so `A · Y` reads each band once. The
+rest (quality metric, 16×16 DCT, median threshold) is the reference's arithmetic on 64×64 numbers.
 
 The box filter's window at output k covers inputs ``max(0, k-w+h) .. min(n-1, k+h-1)`` with
 ``h = (w+2)//2`` and divides by how many inputs that is (the reference's four phases of
@@ -62,10 +62,28 @@ def _dct_matrix() -> npt.NDArray[np.float32]:
     return (scale * np.cos(math.pi / 2 / SAMPLES * i * (2 * j + 1))).astype(np.float32)
 
 
+@lru_cache(maxsize=128)
+def _row_bands(n: int) -> tuple[tuple[int, int, npt.NDArray[np.float32]], ...]:
+    """Each row of `axis_weights(n)` as (first, end, weights there): it is zero elsewhere."""
+    bands = []
+    for row in axis_weights(n):
+        nonzero = np.flatnonzero(row)
+        first, end = int(nonzero[0]), int(nonzero[-1]) + 1
+        bands.append((first, end, np.ascontiguousarray(row[first:end])))
+    return tuple(bands)
+
+
 def downsample(luma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The reference's 64×64 Jarosz-filtered samples of a luma image (H×W, float32)."""
+    """The reference's 64×64 Jarosz-filtered samples of a luma image (H×W, float32).
+
+    `A · Y` reads each sample row's band of image rows only (about H/32 of them), which is most
+    of the work; the product with `Bᵀ` is then 64×W×64.
+    """
     rows, cols = luma.shape
-    samples: npt.NDArray[np.float32] = axis_weights(rows) @ luma @ axis_weights(cols).T
+    across = np.empty((SAMPLES, cols), dtype=np.float32)
+    for i, (first, end, weights) in enumerate(_row_bands(rows)):
+        np.dot(weights, luma[first:end], out=across[i])
+    samples: npt.NDArray[np.float32] = across @ axis_weights(cols).T
     return samples
 
 
