@@ -299,7 +299,7 @@ class StreamIngester:
                               stream=stream, content_type=content_type)
                     raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status,
                                                       message=f"SSE stream {stream} refused")
-            self._mark_connected(http_base + "/api/v1/streaming/…")
+            self._mark_connected(", ".join(str(resp.url) for resp in responses))
             await self._gap_fill(start)
             readers = [asyncio.create_task(self._read_sse(resp)) for resp in responses]
             try:
@@ -312,8 +312,9 @@ class StreamIngester:
                     task.cancel()
                 await asyncio.gather(*readers, return_exceptions=True)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                error = task.exception()
+                if error is not None:
+                    raise error
             if not done:
                 log_event(logger, logging.INFO, "stream_retry_websocket", after_s=self._websocket_retry_s)
                 self.stats.transport = "websocket"
