@@ -311,6 +311,8 @@ class Pipeline:
                 if not self._claimed:
                     self._claimed.extend(await self._store.claim_jobs(
                         self._config.workers.concurrency, self._config.workers.lease_s))
+                    if len(self._claimed) > 1:
+                        self._work.set()  # idle workers: there is more here than this one can take
         return self._claimed.popleft() if self._claimed else None
 
     def _retry_at(self, job: MediaJob) -> float | None:
