@@ -351,10 +351,6 @@ class SQLiteStore(ActionStoreMixin):
 
     # -- ingest ---------------------------------------------------------------------------------
 
-    async def record_post(self, post: Post, source: str, now: float | None = None) -> int:
-        """Store a post and one pending job per attachment; returns how many jobs are new."""
-        return (await self.record_posts([(post, source)], now))[0]
-
     async def record_posts(self, items: Sequence[tuple[Post, str]], now: float | None = None) -> list[int]:
         """Store posts and their pending jobs in one transaction; new jobs per post, in order.
 
@@ -412,10 +408,6 @@ class SQLiteStore(ActionStoreMixin):
                 (JobState.PENDING.value, JobState.LEASED.value),
             )
         return cursor.rowcount
-
-    async def claim_job(self, lease_s: float, now: float | None = None) -> MediaJob | None:
-        jobs = await self.claim_jobs(1, lease_s, now)
-        return jobs[0] if jobs else None
 
     async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None) -> list[MediaJob]:
         """Lease up to `limit` runnable jobs (pending and due, or with an expired lease), oldest first."""
