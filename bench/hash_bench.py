@@ -7,7 +7,7 @@ Photos: scikit-image's bundled samples (real photographs, no download), resized 
 
 - naive:   Pillow full decode → RGB, `imagehash.phash`, `pdqhash.compute`, MD5: one process;
 - fedimod: `hash_media` (full decode, PDQ as two matrix products, pHash, MD5): one process, and
-           the `Hasher` process pool (one worker per core).
+           the `HashPool` worker processes (one worker per core).
 
 Each figure is the best of `--rounds` passes over the set (this machine is shared and noisy;
 the median is printed beside it). BLAS runs one thread, so "one process" means one core.
@@ -40,7 +40,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fedimod.media.hashing import Hasher, hash_media, pdq_bits_to_int
+from fedimod.media import HashPool
+from fedimod.media.hashing import hash_media, pdq_bits_to_int
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
           "rocket", "stereo_motorcycle", "retina", "clock")
@@ -93,7 +94,7 @@ def rate(fn: Callable[[bytes], object], images: list[bytes], rounds: int) -> tup
 
 
 async def pool_rate(images: list[bytes], rounds: int) -> tuple[float, float, int]:
-    async with Hasher() as hasher:
+    async with HashPool() as hasher:
         await asyncio.gather(*(hasher.hash(data, TYPES) for data in images))  # warm-up: workers up
         rates = []
         for _ in range(rounds):
@@ -134,7 +135,7 @@ def main() -> None:
             f"{ours_best:7.1f} images/s (median {ours_median:.1f})  ratio {ours_best / naive_best:.2f}x "
             f"(median {ours_median / naive_median:.2f}x; goal >= {GOAL_RATIO:.0f}x)")
         pool_best, pool_median, cores = asyncio.run(pool_rate(images, rounds))
-        log(f"  fedimod Hasher pool, {cores} processes:                      "
+        log(f"  fedimod HashPool, {cores} processes:                      "
             f"{pool_best:7.1f} images/s (median {pool_median:.1f})  ratio {pool_best / naive_best:.2f}x")
         costs, phash_equal = accuracy(images)
         median_cost = statistics.median(costs)

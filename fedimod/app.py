@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -30,18 +30,20 @@ from fedimod.act.policy import Evidence, Policy
 from fedimod.act.ratelimit import RateBudget
 from fedimod.act.report import plan
 from fedimod.config import Config
-from fedimod.errors import MediaRejected
+from fedimod.errors import FedimodError, MediaRejected
 from fedimod.ingest import StreamIngester
 from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
 from fedimod.match import BankIndex
-from fedimod.media import Hasher, MediaFetcher
+from fedimod.media import HashPool, MediaFetcher
 from fedimod.models import ActionType, AuditEvent, JobState, Match, MediaJob, Post, Signal
 from fedimod.ops import OpsServer, Snapshot
 from fedimod.ops.watchdog import Notifier, Watchdog
 from fedimod.signals import REGISTRY, signal_type_named
-from fedimod.store import BankState, JobOutcome, SQLiteStore
+from fedimod.store import BankState, JobOutcome, ProbeResult, SQLiteStore, StoreCounts, StoreProbe
+from fedimod.store.lock import StoreLock
+from fedimod.supervise import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ UNHASHED_TYPES = {
     "unknown": "the instance has no copy of this media (type unknown)",
 }
 IDLE_POLL_S = 1.0
-ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors")
+ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable")
+STORE_PROBE_S = 5.0
 INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
 
@@ -64,11 +67,12 @@ class PipelineStats:
     media_hashed: int = 0
     matches: int = 0
     job_errors: Counter[str] = field(default_factory=Counter)
+    stage_restarts: Counter[str] = field(default_factory=Counter)
 
 
 class Pipeline:
     def __init__(
-        self, *, config: Config, store: SQLiteStore, fetcher: MediaFetcher, hasher: Hasher,
+        self, *, config: Config, store: SQLiteStore, fetcher: MediaFetcher, hasher: HashPool,
         actions: MastodonActions, session: aiohttp.ClientSession,
     ) -> None:
         self._config = config
@@ -94,6 +98,9 @@ class Pipeline:
         self.watchdog = Watchdog(settings=config.watchdog, snapshot=self.snapshot, newest_ids=self._newest_ids,
                                  notifiers=self._notifiers())
         self.webhooks: WebhookReceiver | None = None
+        self._finishers: list[asyncio.Task[None]] = []
+        self._probe = ProbeResult(writable=True)  # until the first probe says otherwise
+        self._probed = asyncio.Event()
         self.intake = PostIntake(store.record_posts, self._post_recorded)
         self.ingester = StreamIngester(
             session=session,
@@ -111,9 +118,12 @@ class Pipeline:
         )
 
     async def snapshot(self) -> Snapshot:
-        """Everything /metrics and /readyz report, read now."""
-        counts = await self._store.counts()
-        oldest = await self._store.oldest_pending_created_at()
+        """Everything /metrics and /readyz report: counters in memory, and the store's figures as the
+        last probe found them (at most `STORE_PROBE_S` old; see `StoreProbe`)."""
+        probe = self._probe
+        counts = probe.counts or StoreCounts(posts=0, jobs_by_state={}, media_hashed=0, matches=0, matched_posts=0,
+                                             reports_by_state={}, bank_entries=0)
+        oldest = probe.oldest_pending_created_at
         ingest = self.ingester.stats
         return Snapshot(
             stream_connected=ingest.connected, stream_frames=ingest.frames, stream_malformed=ingest.malformed,
@@ -125,12 +135,29 @@ class Pipeline:
             job_errors=dict(self.stats.job_errors), jobs_by_state=counts.jobs_by_state,
             reports_by_state=counts.reports_by_state, bank_entries=len(self._index),
             oldest_pending_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
-            store_ok=await self._store.probe_writable(), actions=dict(self.executor.stats.actions),
+            store_ok=probe.writable, store_error=probe.error, stage_restarts=dict(self.stats.stage_restarts),
+            hash_timeouts=self._hasher.stats.timeouts, hash_workers_lost=self._hasher.stats.workers_lost,
+            actions=dict(self.executor.stats.actions),
             rollbacks=self.executor.stats.rollbacks, api_throttled=self._actions.budget.throttled,
             webhook_events=dict(self.webhooks.stats.events) if self.webhooks else {},
             webhook_rejected=dict(self.webhooks.stats.rejected) if self.webhooks else {},
             alerts={name: name in self.watchdog.active for name in ALERTS},
         )
+
+    async def _store_prober(self) -> None:
+        """Probe the store's writability and read its figures on a connection of its own, every few seconds."""
+        probe = StoreProbe(self._config.store.path)
+        try:
+            while True:
+                result = await probe.probe()
+                if result.writable != self._probe.writable:
+                    log_event(logger, logging.INFO if result.writable else logging.ERROR,
+                              "store_writable" if result.writable else "store_unwritable", error=result.error)
+                self._probe = result
+                self._probed.set()
+                await asyncio.sleep(STORE_PROBE_S)
+        finally:
+            await probe.close()
 
     async def _newest_ids(self) -> tuple[str | None, str | None]:
         return await self.ingester.newest_on_instance(), await self._store.newest_status_id()
@@ -195,19 +222,24 @@ class Pipeline:
             log_event(logger, logging.INFO, "draining", msg="finishing in-flight work, taking no new posts")
             self._draining.set()
 
+    def _stage(self, group: asyncio.TaskGroup, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """A supervised stage: an exception restarts it (counted, logged, alerted), never the service."""
+        return group.create_task(supervise(name, run, restarts=self.stats.stage_restarts), name=name)
+
     async def _run_stages(self) -> None:
         async with asyncio.TaskGroup() as group:
             intake = [
-                group.create_task(self.ingester.run(), name="ingest"),
-                group.create_task(self.ingester.sweep(), name="sweep"),
-                group.create_task(self._bank_refresher(), name="banks"),
+                self._stage(group, "ingest", self.ingester.run),
+                self._stage(group, "sweep", self.ingester.sweep),
+                self._stage(group, "banks", self._bank_refresher),
+                self._stage(group, "reviewer", self._reviewer),
+                self._stage(group, "watchdog", self.watchdog.run),
+                self._stage(group, "store_probe", self._store_prober),
             ]
-            intake.append(group.create_task(self._reviewer(), name="reviewer"))
-            intake.append(group.create_task(self.watchdog.run(), name="watchdog"))
-            group.create_task(self._executor(), name="executor")
-            for n in range(self._config.workers.concurrency):
-                group.create_task(self._worker(), name=f"worker-{n}")
-            writer = group.create_task(self.intake.run(), name="intake")
+            # Owned by the group; they end by themselves once draining.
+            self._finishers = [self._stage(group, "executor", self._executor)] + [
+                self._stage(group, f"worker-{n}", self._worker) for n in range(self._config.workers.concurrency)]
+            writer = self._stage(group, "intake", self.intake.run)
             await self._draining.wait()
             for task in intake:
                 task.cancel()
@@ -298,10 +330,37 @@ class Pipeline:
                 if job is None:
                     await self._wait_for(self._work, await self._store.next_job_time())
                     continue
-                await self._process(job)
+                await self._run_job(job)
         finally:
             self._active_workers -= 1
             self._reports_due.set()  # let a draining reporter notice
+
+    async def _run_job(self, job: MediaJob) -> None:
+        """Process one job with its lease kept alive; a bug met on the way fails the attempt, not the worker."""
+        renewer = asyncio.create_task(self._keep_leased(job), name=f"lease-{job.id}")
+        try:
+            await self._process(job)
+        except Exception as exc:
+            logger.error("job %s failed inside fedimod", job.id, exc_info=exc,
+                         extra={"event": "job_crashed", "job_id": job.id, "status_id": job.status_id,
+                                "error": f"{type(exc).__name__}: {exc}"})
+            # If the store cannot take this either, the error reaches the supervisor; the lease
+            # runs out and the job is claimed again (the attempt already counted).
+            await self._fail(job, f"internal error: {type(exc).__name__}: {exc}", permanent=False, reason="internal")
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _keep_leased(self, job: MediaJob) -> None:
+        """Renew the job's lease while it is in flight, so no one claims it a second time."""
+        lease_s = self._config.workers.lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await self._store.renew_leases([job.id], lease_s)
+            except FedimodError as exc:
+                log_event(logger, logging.WARNING, "lease_renew_failed", job_id=job.id, error=str(exc))
 
     async def _next_job(self) -> MediaJob | None:
         """A job to run: workers share one lease of up to `concurrency` jobs, so a busy pipeline
@@ -309,6 +368,11 @@ class Pipeline:
         if not self._claimed:
             async with self._claim_lock:
                 if not self._claimed:
+                    for job_id, status_id, attempts in await self._store.dead_letter_exhausted(
+                            self._config.workers.max_attempts):
+                        self.stats.job_errors["gave_up"] += 1
+                        log_event(logger, logging.ERROR, "job_dead_lettered", job_id=job_id, status_id=status_id,
+                                  attempts=attempts, msg="claimed max_attempts times without finishing; given up")
                     self._claimed.extend(await self._store.claim_jobs(
                         self._config.workers.concurrency, self._config.workers.lease_s))
                     if len(self._claimed) > 1:
@@ -341,6 +405,11 @@ class Pipeline:
             result.raise_if_rejected()
         except MediaRejected as exc:
             await self._fail(job, str(exc), permanent=exc.is_permanent, reason=exc.reason.value)
+            return
+        if result.worker_lost and job.attempts < self._config.workers.max_attempts:
+            # The decoder took its process down: a failed attempt. On the last one the digests and
+            # any frames it streamed are matched, so even a file that kills decoders is compared.
+            await self._fail(job, result.unhashable, permanent=False, reason="worker_lost")
             return
         self.stats.media_hashed += 1
         if result.unhashable:
@@ -424,12 +493,22 @@ class Pipeline:
 
 @asynccontextmanager
 async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
-    """Open every resource the pipeline needs, and close them all on the way out."""
+    """Open every resource the pipeline needs, and close them all on the way out.
+
+    The store's lock is taken first: a second bot on the same store stops here, naming the first."""
+    with StoreLock(config.store.path):
+        async with _resources(config) as pipeline:
+            yield pipeline
+
+
+@asynccontextmanager
+async def _resources(config: Config) -> AsyncIterator[Pipeline]:
     async with (
         SQLiteStore.open(config.store.path) as store,
         MediaFetcher(config.media) as fetcher,
-        Hasher(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
-               max_frames=config.media.max_frames) as hasher,
+        HashPool(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
+                 max_frames=config.media.max_frames, max_decoded_pixels=config.media.max_decoded_pixels,
+                 timeout_s=config.media.hash_timeout_s) as hasher,
         aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as session,
     ):
         actions = MastodonActions(

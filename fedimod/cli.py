@@ -197,6 +197,9 @@ async def _run(config: Config) -> int:
     except asyncio.CancelledError:
         if not stopping:
             raise
+    except OSError as exc:  # a listener that cannot bind, a store directory that cannot be read
+        where = getattr(exc, "filename", None) or "check the [ops] and [webhooks] listen addresses"
+        raise FedimodError(f"cannot start: {exc.strerror or exc} ({where})") from exc
     log_event(logger, logging.INFO, "shutdown_complete")
     return 0
 

@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
                      help=f"comma-separated signal types to compute (default: {','.join(REGISTRY)})")
     cmd.add_argument("--max-frames", type=int, default=5,
                      help="frames hashed per animated image or video (default 5)")
+    cmd.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                     help="wall-clock limit per file; a file still decoding then is cut off (default: 20)")
     cmd.add_argument("--processes", type=int, default=0, help="hashing processes (default: one per core)")
     cmd.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                      help="fetch from this host even if it resolves to a private address (repeatable)")
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames < 1:
         print("fedimod: error: --max-frames must be at least 1", file=sys.stderr)
         return 2
+    if not args.timeout > 0:
+        print("fedimod: error: --timeout must be positive", file=sys.stderr)
+        return 2
     return asyncio.run(_run(args))
 
 
@@ -76,14 +81,14 @@ async def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fedimod.config import MediaConfig
-    from fedimod.media import MediaFetcher
-    from fedimod.media.hashing import Hasher
+    from fedimod.media import HashPool, MediaFetcher
 
     items = list(expand(args.inputs))
     media = MediaConfig(allow_hosts=tuple(args.allow_host))
     failures = 0
-    async with MediaFetcher(media) as fetcher, Hasher(processes=args.processes, max_pixels=media.max_pixels,
-                                                      max_frames=args.max_frames) as hasher:
+    async with MediaFetcher(media) as fetcher, HashPool(
+            processes=args.processes, max_pixels=media.max_pixels, max_frames=args.max_frames,
+            timeout_s=args.timeout) as hasher:
         window = asyncio.Semaphore(2 * (args.processes or os.cpu_count() or 1))
 
         async def one(item: str) -> dict[str, Any]:

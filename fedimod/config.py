@@ -76,6 +76,10 @@ class MediaConfig:
     connect_timeout_s: float = 10.0
     max_redirects: int = 3
     max_pixels: int = 40_000_000
+    # Pixels decoded across all frames of one item (each GIF/APNG frame is drawn on the full canvas).
+    max_decoded_pixels: int = 400_000_000
+    # Wall-clock limit for decoding and hashing one item; the worker is killed and replaced past it.
+    hash_timeout_s: float = 20.0
     allow_hosts: tuple[str, ...] = ()
 
 
@@ -289,6 +293,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         connect_timeout_s=med.positive("connect_timeout_s", _default(MediaConfig, "connect_timeout_s")),
         max_redirects=med.get("max_redirects", int, _default(MediaConfig, "max_redirects")),
         max_pixels=med.positive("max_pixels", _default(MediaConfig, "max_pixels"), int),
+        max_decoded_pixels=med.positive("max_decoded_pixels", _default(MediaConfig, "max_decoded_pixels"), int),
+        hash_timeout_s=med.positive("hash_timeout_s", _default(MediaConfig, "hash_timeout_s")),
         allow_hosts=tuple(h.lower() for h in allow_hosts),
     )
     if not 0 <= media.max_redirects <= 10:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from fedimod.errors import StoreError
 from fedimod.ingest.intake import PostIntake
 from fedimod.models import Account, Attachment, Post
 from fedimod.store import SQLiteStore
+from tests.helpers import wait_until
 
 
 def post(n: int, media: int = 1) -> Post:
@@ -49,16 +51,28 @@ async def test_offered_posts_are_committed_in_batches_and_flushed_on_close(tmp_p
             await intake.offer(post(999), "stream")
 
 
-async def test_a_failed_write_fails_every_waiting_record_with_a_store_error(tmp_path: Path) -> None:
-    async def broken(items: object) -> list[int]:
-        raise OSError("disk full")
+async def test_a_failing_store_fails_webhook_records_at_once_and_holds_stream_posts_until_it_recovers() -> None:
+    recorded: list[str] = []
+    broken = True
 
-    intake = PostIntake(broken, lambda p, s, j: None)
+    async def flaky(items: Sequence[tuple[Post, str]]) -> list[int]:
+        if broken:
+            raise StoreError("store write failed: database or disk is full")
+        recorded.extend(p.id for p, _s in items)
+        return [1] * len(items)
+
+    intake = PostIntake(flaky, lambda p, s, j: None)
     writer = asyncio.create_task(intake.run())
-    with pytest.raises(StoreError, match="disk full"):
-        await intake.record(post(1), "webhook:status.created")
-    with pytest.raises(OSError):
-        await writer  # the writer dies loudly, taking the pipeline with it
+    with pytest.raises(StoreError, match="disk is full"):
+        await intake.record(post(1), "webhook:status.created")  # a 503: Mastodon delivers it again
+    await intake.offer(post(2), "stream")
+    await intake.offer(post(3), "stream")
+    await wait_until(lambda: intake.stats.write_failures >= 3, what="three failed writes")
+    assert not writer.done() and recorded == []  # the writer stays up, holding the stream's posts
+    broken = False
+    await intake.close()
+    await asyncio.wait_for(writer, 15)
+    assert sorted(recorded) == ["1002", "1003"]
 
 
 async def test_claims_come_in_batches_and_unstarted_claims_go_back_uncounted(tmp_path: Path) -> None:

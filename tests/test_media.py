@@ -16,9 +16,9 @@ from PIL import Image
 from fedimod.config import MediaConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.errors import MediaRejected, RejectReason
-from fedimod.media import MediaFetcher, hash_media
+from fedimod.media import HashPool, MediaFetcher, hash_media
 from fedimod.media.fetch import is_public_address
-from fedimod.media.hashing import Hasher, pdq_bits_to_int
+from fedimod.media.hashing import pdq_bits_to_int
 from fedimod.signals import PDQ, hamming_distance
 
 
@@ -75,7 +75,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 
 async def test_process_pool_hashes_like_the_in_process_function() -> None:
     data = jpeg_bytes(generate_image(8))
-    async with Hasher(processes=1) as hasher:
+    async with HashPool(processes=1) as hasher:
         pooled = await hasher.hash(data)
         refused = await hasher.hash(b"junk")
     assert pooled.signals == hash_media(data).signals

@@ -238,9 +238,17 @@ async def test_ops_endpoint_reports_health_readiness_and_metrics(
             assert resp.status == 200
         async with http.get(f"{base}/readyz") as resp:
             assert resp.status == 200, await resp.text()
-        async with http.get(f"{base}/metrics") as resp:
-            assert resp.status == 200
-            metrics = await resp.text()
+        metrics = ""
+
+        async def job_figures_probed() -> bool:
+            # The store's figures come from its probe, refreshed every few seconds off the hot path.
+            nonlocal metrics
+            async with http.get(f"{base}/metrics") as resp:
+                assert resp.status == 200
+                metrics = await resp.text()
+            return 'fedimod_jobs{state="done"}' in metrics
+
+        await wait_until(job_figures_probed, what="the store probe's job figures in /metrics")
         assert await _status(live_config) == 0
         live = capsys.readouterr().out
         assert "stream         connected over websocket, 0 reconnects" in live and "alerts         none" in live

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fedimod.errors import StoreError
 from fedimod.logs import log_event
 from fedimod.models import Post
+from fedimod.supervise import backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class IntakeStats:
     batches: int = 0
     posts: int = 0
     largest_batch: int = 0
+    write_failures: int = 0
 
 
 class PostIntake:
@@ -90,14 +92,28 @@ class PostIntake:
             raise StoreError("shutting down: no new posts are taken")
 
     async def _write(self, batch: list[_Item]) -> None:
-        try:
-            new_jobs = await self._record([(post, source) for post, source, _done in batch])
-        except BaseException as exc:
-            for _post, _source, done in batch:
-                if done is not None and not done.done():
-                    done.set_exception(StoreError(f"post not recorded: {type(exc).__name__}: {exc}"))
-            log_event(logger, logging.ERROR, "intake_write_failed", posts=len(batch), error=str(exc))
-            raise
+        """Commit a batch. While the store refuses (disk full, read-only, locked), webhook posts fail at
+        once (Mastodon delivers them again on a 503) and stream posts are held and retried with
+        backoff, so nothing acknowledged is lost and the intake resumes by itself."""
+        failures = 0
+        new_jobs: list[int] = []
+        while True:
+            try:
+                new_jobs = await self._record([(post, source) for post, source, _done in batch])
+                break
+            except Exception as exc:
+                failures += 1
+                self.stats.write_failures += 1
+                for _post, _source, done in batch:
+                    if done is not None and not done.done():
+                        done.set_exception(StoreError(f"post not recorded: {type(exc).__name__}: {exc}"))
+                batch = [item for item in batch if item[2] is None]
+                delay = backoff_s(failures, base_s=0.2, cap_s=10.0)
+                log_event(logger, logging.ERROR, "intake_write_failed", posts=len(batch), error=str(exc),
+                          retry_in_s=round(delay, 2))
+                if not batch:
+                    return
+                await asyncio.sleep(delay)
         self.stats.batches += 1
         self.stats.posts += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))

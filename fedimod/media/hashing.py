@@ -1,9 +1,9 @@
 """Decode media and compute its signals (PDQ, pHash, MD5, SHA-256), in a process pool.
 
-Decoding strangers' media is the riskiest CPU work fedimod does, so it runs in worker processes
-whose initializer sets Pillow's pixel cap; a worker is replaced after `_TASKS_PER_CHILD` tasks to
-bound decoder memory. The event loop only awaits results. Bytes live in memory for the duration of
-one call and are never written anywhere.
+Decoding strangers' media is the riskiest CPU work fedimod does, so the bot runs `hash_media` in
+the worker processes of `fedimod.media.pool`, under a wall-clock limit. Bytes live in memory for
+the duration of one call and are never written anywhere. Whatever a decoder raises on hostile
+bytes becomes part of the result, frame by frame: `hash_media` never raises for its input.
 
 - Still images (JPEG, PNG, WebP, HEIC, AVIF): EXIF orientation applied, then one PDQ and one pHash.
 - Animated images (GIF, WebP, APNG): the first frame and up to `max_frames` evenly spaced ones,
@@ -21,16 +21,11 @@ ThreatExchange's hex form uses.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-import multiprocessing
-import os
 import warnings
-from collections.abc import Collection, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import imagehash
@@ -48,20 +43,23 @@ from fedimod.signals import REGISTRY
 pillow_heif.register_heif_opener()  # HEIC through libheif; AVIF is built into Pillow 11.3+.
 
 _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "heic": "HEIF", "avif": "AVIF"}
-_TASKS_PER_CHILD = 500
 ALL_TYPES: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_MAX_FRAMES = 5
-# A video is decoded from its start; this bounds the work one hostile file can cause.
-_MAX_DECODED_VIDEO_FRAMES = 3000
+# Every frame before the last sampled one is decoded; these bound the work one hostile file can
+# cause: frames decoded, and pixels decoded across all of them (a 6000x6000 canvas of thousands of
+# 1x1 GIF frames costs a whole canvas per frame).
+_MAX_DECODED_FRAMES = 3000
+DEFAULT_MAX_DECODED_PIXELS = 400_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HashResult:
     """What hashing one piece of media produced.
 
-    On refusal `signals` is empty and `reject_*` say why. `unhashable` is set when the file was
-    read but no picture could be taken from it (its digests are still in `signals`). A result
-    object, not an exception, crosses the process boundary: it pickles without surprises.
+    On refusal `signals` is empty and `reject_*` say why. `unhashable` says what stopped the
+    decoding of a file that was read: with `frames == 0` no picture came out of it (its digests
+    are still in `signals`); otherwise the hashes of the `frames` decoded before it are kept. A
+    result object, not an exception, crosses the process boundary: it pickles without surprises.
     """
 
     signals: tuple[Signal, ...] = ()
@@ -70,6 +68,7 @@ class HashResult:
     format: str = ""
     frames: int = 0
     unhashable: str = ""
+    worker_lost: bool = False  # the worker died on this item: a failed attempt, worth another
     reject_reason: RejectReason | None = None
     reject_message: str = ""
 
@@ -79,13 +78,20 @@ class HashResult:
 
 
 def pdq_bits_to_int(bits: npt.NDArray[np.integer[Any]]) -> int:
-    """`pdqhash.compute`'s bit vector (most significant first) as fedimod's integer."""
+    """`pdqhash.compute`'s bit vector (most significant first) as fedimod's integer (the reference
+    the tests and the benchmark compare with)."""
     return int.from_bytes(np.packbits(bits.astype(np.uint8)).tobytes(), "big")
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise MediaRejected(RejectReason.TOO_MANY_PIXELS, f"{width}x{height} exceeds the {max_pixels}-pixel cap")
+
+
+def _describe(exc: BaseException) -> str:
+    """A decoder's failure as one line: its type and message (never the bytes)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _open_image(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
@@ -99,10 +105,11 @@ def _open_image(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MediaRejected(RejectReason.TOO_MANY_PIXELS, str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
-        # Pillow reports truncated and corrupt files as OSError/SyntaxError/ValueError; libheif
-        # as RuntimeError.
-        raise MediaRejected(RejectReason.DECODE_FAILED, f"{fmt} could not be decoded: {exc}") from exc
+    except Exception as exc:
+        # Pillow reports truncated and corrupt files as OSError, SyntaxError, ValueError; libheif as
+        # RuntimeError; hostile headers have also raised IndexError, UnicodeDecodeError and
+        # AttributeError. Whatever a decoder raises for these bytes is the file's fault.
+        raise MediaRejected(RejectReason.DECODE_FAILED, f"{fmt} could not be decoded: {_describe(exc)}") from exc
     return image
 
 
@@ -114,53 +121,87 @@ def frame_indices(count: int, max_frames: int) -> list[int]:
     return sorted({round(k * (count - 1) / (picks - 1)) for k in range(picks)})
 
 
-def _image_frames(data: bytes, fmt: str, max_pixels: int, max_frames: int) -> Iterator[Image.Image]:
+class _Damaged(Exception):
+    """Decoding stopped part-way; the frames yielded before it are good. The message says why."""
+
+
+def _image_frames(data: bytes, fmt: str, max_pixels: int, max_frames: int,
+                  max_decoded_pixels: int) -> Iterator[Image.Image]:
+    """The sampled frames, read in one forward pass over the file.
+
+    Every frame up to the last sampled one is decoded (GIF and APNG frames are drawn onto the
+    previous ones), so the pass is bounded by a budget of decoded pixels: a huge canvas of
+    thousands of tiny frames is read only as far as the budget allows, and the sample is spread
+    over that prefix. A frame that fails to decode ends the pass with `_Damaged`.
+    """
     image = _open_image(data, fmt, max_pixels)
     with image:
-        count = getattr(image, "n_frames", 1)
-        for index in frame_indices(count, max_frames):
+        try:
+            count = int(getattr(image, "n_frames", 1))
+        except Exception as exc:
+            count = 1
+            cut = _describe(exc)
+        else:
+            cut = ""
+        canvas = max(1, image.width * image.height)
+        affordable = max(1, min(count, _MAX_DECODED_FRAMES, max_decoded_pixels // canvas))
+        if affordable < count:
+            cut = f"read the first {affordable} of {count} frames (decode budget)"
+        wanted = frame_indices(affordable, max_frames)
+        position = 0
+        for index in wanted:
             try:
-                image.seek(index)
+                while position < index:  # forward only: each intermediate frame once
+                    position += 1
+                    image.seek(position)
                 # Turned upright as the EXIF Orientation tag says (only then copied).
                 upright = index == 0 and image.getexif().get(ExifTags.Base.Orientation, 1) != 1
                 frame = ImageOps.exif_transpose(image) if upright else image
-            except (OSError, EOFError, ValueError) as exc:
-                raise MediaRejected(RejectReason.DECODE_FAILED, f"{fmt} frame {index}: {exc}") from exc
-            yield frame if frame.mode == "RGB" else frame.convert("RGB")
+                frame = frame if frame.mode == "RGB" else frame.convert("RGB")
+                frame.load()
+            except Exception as exc:  # the file's fault, whatever the decoder raised (see _open_image)
+                raise _Damaged(f"{fmt} frame {position}: {_describe(exc)}") from exc
+            yield frame
+        if cut:
+            raise _Damaged(cut)
 
 
-def _video_frames(data: bytes, max_pixels: int, max_frames: int) -> Iterator[Image.Image]:
-    """Evenly spaced frames of the first video stream; raises `_Unhashable` when there are none."""
+def _video_frames(data: bytes, max_pixels: int, max_frames: int, max_decoded_pixels: int) -> Iterator[Image.Image]:
+    """Evenly spaced frames of the first video stream, decoded in one pass from the start."""
     import av  # heavy: only video pays for it
 
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
-                raise _Unhashable("the file has no video stream")
+                raise _Damaged("the file has no video stream")
             stream = container.streams.video[0]
             _check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
             duration = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                         else (container.duration / 1_000_000 if container.duration else 0.0))
             targets = [duration * k / max_frames for k in range(max_frames)] if duration > 0 else []
-            taken = decoded = 0
+            taken = decoded = pixels = 0
             for frame in container.decode(stream):
                 decoded += 1
+                pixels += frame.width * frame.height
                 at = frame.time or 0.0
                 if not targets or at >= targets[taken] - 1e-6:  # no duration known: the first frames
                     _check_pixels(frame.width, frame.height, max_pixels)
                     yield frame.to_image()  # type: ignore[no-untyped-call]
                     taken += 1
-                if taken >= max_frames or decoded >= _MAX_DECODED_VIDEO_FRAMES:
+                if taken >= max_frames:
                     break
+                if decoded >= _MAX_DECODED_FRAMES or pixels >= max_decoded_pixels:
+                    raise _Damaged(f"stopped after {decoded} decoded frames (decode budget)")
             if taken == 0:
-                raise _Unhashable("no frame could be decoded")
-    except av.error.FFmpegError as exc:
-        # A codec this FFmpeg build lacks, a corrupt stream, a truncated file.
-        raise _Unhashable(f"video could not be decoded: {exc}") from exc
-
-
-class _Unhashable(Exception):
-    """No picture could be taken from the media; the message says why."""
+                raise _Damaged("no frame could be decoded")
+    except MediaRejected:
+        raise
+    except _Damaged:
+        raise
+    except Exception as exc:
+        # A codec this FFmpeg build lacks, a corrupt stream, a truncated file (FFmpegError), or
+        # whatever else the demuxer raises for these bytes.
+        raise _Damaged(f"video could not be decoded: {_describe(exc)}") from exc
 
 
 def _frame_signals(frame: Image.Image, types: Collection[str]) -> list[Signal]:
@@ -173,9 +214,28 @@ def _frame_signals(frame: Image.Image, types: Collection[str]) -> list[Signal]:
     return signals
 
 
+def digest_signals(data: bytes, types: Collection[str] = ALL_TYPES) -> list[Signal]:
+    """The exact-match digests of the bytes (MD5, SHA-256), as requested by `types`."""
+    signals = []
+    if "md5" in types:
+        signals.append(Signal(signal_type="md5", value=int.from_bytes(hashlib.md5(data).digest(), "big")))
+    if "sha256" in types:
+        signals.append(Signal(signal_type="sha256", value=int.from_bytes(hashlib.sha256(data).digest(), "big")))
+    return signals
+
+
+FrameSink = Callable[[list[Signal]], None]
+
+
 def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[str] = ALL_TYPES,
-               max_frames: int = DEFAULT_MAX_FRAMES) -> HashResult:
-    """Decode `data` and compute the requested signals. Never raises for bad input: see `HashResult`."""
+               max_frames: int = DEFAULT_MAX_FRAMES, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
+               on_frame: FrameSink | None = None) -> HashResult:
+    """Decode `data` and compute the requested signals. Never raises for bad input: see `HashResult`.
+
+    Frames are hashed as they are decoded; a frame that fails keeps the hashes of those before
+    it (`unhashable` then says what stopped the rest). `on_frame` sees each frame's new signals
+    as they are made (the pool streams them, so a worker killed at its deadline loses nothing).
+    """
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt is None:
         return HashResult(reject_reason=RejectReason.UNSUPPORTED_FORMAT,
@@ -184,65 +244,26 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
     width = height = frames = 0
     unhashable = ""
     if {"pdq", "phash"} & set(types):
-        source = (_video_frames(data, max_pixels, max_frames) if fmt in VIDEO_FORMATS
-                  else _image_frames(data, fmt, max_pixels, max_frames))
+        source = (_video_frames(data, max_pixels, max_frames, max_decoded_pixels) if fmt in VIDEO_FORMATS
+                  else _image_frames(data, fmt, max_pixels, max_frames, max_decoded_pixels))
         try:
             for frame in source:  # each frame is used before the next is decoded
                 if frames == 0:
                     width, height = frame.size
                 frames += 1
-                signals.extend(s for s in _frame_signals(frame, types) if s not in signals)
+                fresh = [s for s in _frame_signals(frame, types) if s not in signals]
+                signals.extend(fresh)
+                if on_frame is not None and fresh:
+                    on_frame(fresh)
         except MediaRejected as exc:
-            return HashResult(format=fmt, reject_reason=exc.reason, reject_message=str(exc).split(": ", 1)[-1])
-        except _Unhashable as exc:
+            if frames == 0:
+                return HashResult(format=fmt, reject_reason=exc.reason,
+                                  reject_message=str(exc).split(": ", 1)[-1])
+            unhashable = f"frame {frames}: {exc}"
+        except _Damaged as exc:
             unhashable = str(exc)
-    if "md5" in types:
-        signals.append(Signal(signal_type="md5", value=int.from_bytes(hashlib.md5(data).digest(), "big")))
-    if "sha256" in types:
-        signals.append(Signal(signal_type="sha256", value=int.from_bytes(hashlib.sha256(data).digest(), "big")))
+        except Exception as exc:  # hashing a decoded frame failed (numpy, imagehash): still the file's fault
+            unhashable = f"frame {frames}: {_describe(exc)}"
+    signals.extend(digest_signals(data, types))
     return HashResult(signals=tuple(signals), width=width, height=height, format=fmt, frames=frames,
                       unhashable=unhashable)
-
-
-def _init_worker(max_pixels: int) -> None:
-    Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-class Hasher:
-    """A process pool for `hash_media`. Use as an async context manager."""
-
-    def __init__(self, *, processes: int = 0, max_pixels: int = 40_000_000,
-                 max_frames: int = DEFAULT_MAX_FRAMES) -> None:
-        self._processes = processes or os.cpu_count() or 1
-        self._max_pixels = max_pixels
-        self._max_frames = max_frames
-        self._pool: ProcessPoolExecutor | None = None
-
-    async def __aenter__(self) -> Hasher:
-        # forkserver, not fork: the parent runs threads (aiosqlite, the loop's executor). The server
-        # imports the decoders once, so replacing a worker is a fork (milliseconds), not a fresh
-        # interpreter importing numpy and Pillow (most of a second, which stalls the queue).
-        # One BLAS thread per worker: the pool already has one worker per core.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["fedimod.media.hashing"])
-        self._pool = ProcessPoolExecutor(
-            max_workers=self._processes,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(self._max_pixels,),
-            max_tasks_per_child=_TASKS_PER_CHILD,
-        )
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-    async def hash(self, data: bytes, types: Collection[str] = ALL_TYPES) -> HashResult:
-        if self._pool is None:
-            raise RuntimeError("Hasher used outside 'async with'")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(hash_media, data, self._max_pixels, types=types,
-                                                               max_frames=self._max_frames))

@@ -47,6 +47,10 @@ class Snapshot:
     bank_entries: int = 0
     oldest_pending_age_s: float = 0.0
     store_ok: bool = True
+    store_error: str = ""
+    stage_restarts: Mapping[str, int] = field(default_factory=dict)
+    hash_timeouts: int = 0
+    hash_workers_lost: int = 0
     actions: Mapping[str, int] = field(default_factory=dict)  # "silence:done" → count
     rollbacks: int = 0
     api_throttled: int = 0
@@ -81,6 +85,10 @@ class _SnapshotCollector(Collector):
             "fedimod_reports_filed": ("Reports filed on the instance", s.reports_filed),
             "fedimod_action_rollbacks": ("Account actions undone (provisional review or retraction)", s.rollbacks),
             "fedimod_api_throttled": ("API answers with 429 Too Many Requests", s.api_throttled),
+            "fedimod_hash_timeouts": ("Media items cut off at the hash time limit (worker killed and replaced)",
+                                      s.hash_timeouts),
+            "fedimod_hash_workers_lost": ("Hash workers that died on an item (OOM, segfault, kill) and were replaced",
+                                          s.hash_workers_lost),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
@@ -90,6 +98,8 @@ class _SnapshotCollector(Collector):
             (CounterMetricFamily, "fedimod_job_errors", "Failed job attempts, by reason", "reason", s.job_errors),
             (GaugeMetricFamily, "fedimod_jobs", "Jobs in the durable table, by state", "state", s.jobs_by_state),
             (GaugeMetricFamily, "fedimod_reports", "Reports in the store, by state", "state", s.reports_by_state),
+            (CounterMetricFamily, "fedimod_stage_restarts", "Stages restarted after an unexpected error", "stage",
+             s.stage_restarts),
             (CounterMetricFamily, "fedimod_webhook_events", "Admin webhooks accepted, by event", "event",
              s.webhook_events),
             (CounterMetricFamily, "fedimod_webhook_rejected", "Admin webhooks refused, by reason (signature: 401)",
@@ -109,6 +119,8 @@ class _SnapshotCollector(Collector):
         for name, active in sorted(s.alerts.items()):
             alerts.add_metric([name], int(active))
         yield alerts
+        yield GaugeMetricFamily("fedimod_store_writable", "1 while the last store probe committed a write",
+                                value=int(s.store_ok))
         yield GaugeMetricFamily("fedimod_stream_connected", "1 while the stream is connected",
                                 value=int(s.stream_connected))
         transport = GaugeMetricFamily("fedimod_stream_transport", "1 for the transport the stream uses now",

@@ -5,7 +5,9 @@ Every `interval_s` it reads the pipeline's snapshot and raises an alert when:
 - `ingest_stalled`: the stream says it is connected, yet the instance's public timeline holds a
   post newer than anything recorded for longer than `stall_s`;
 - `hash_errors`: over the last interval, more than `max_error_rate` of at least `min_attempts`
-  media attempts failed.
+  media attempts failed;
+- `stage_failing`: a stage of the service failed and was restarted during the last interval;
+- `store_unwritable`: the store's last probe could not commit a write (disk full, read-only file).
 
 An alert is logged at error, shown as `fedimod_alert{name}` = 1 in /metrics, and sent to the
 configured notifiers (a direct message to the admin account, an HTTP POST of JSON). When its
@@ -46,6 +48,7 @@ class Watchdog:
         self.raised_total = 0
         self._last_counts: tuple[int, int] | None = None
         self._behind_since: float | None = None
+        self._last_restarts: dict[str, int] = {}
 
     async def run(self) -> None:
         while True:
@@ -55,7 +58,8 @@ class Watchdog:
     async def check(self) -> None:
         snap = await self._snapshot()
         conditions = {"hashing_stalled": self._hashing_stalled(snap), "hash_errors": self._error_rate(snap),
-                      "ingest_stalled": await self._ingest_stalled(snap)}
+                      "ingest_stalled": await self._ingest_stalled(snap), "stage_failing": self._stage_failing(snap),
+                      "store_unwritable": self._store_unwritable(snap)}
         for name, message in conditions.items():
             if message is not None and name not in self.active:
                 self.active[name] = message
@@ -66,6 +70,20 @@ class Watchdog:
                 previous = self.active.pop(name)
                 log_event(logger, logging.WARNING, "alert_cleared", alert=name, was=previous)
                 await self._notify(name, False, f"resolved: {previous}")
+
+    def _stage_failing(self, snap: Snapshot) -> str | None:
+        restarts = dict(snap.stage_restarts)
+        previous, self._last_restarts = self._last_restarts, restarts
+        failing = sorted(name for name, count in restarts.items() if count > previous.get(name, 0))
+        if failing:
+            return "stages failing and restarted: " + ", ".join(f"{n} ({restarts[n]} restarts)" for n in failing)
+        return None
+
+    @staticmethod
+    def _store_unwritable(snap: Snapshot) -> str | None:
+        if snap.store_ok:
+            return None
+        return f"the store cannot commit writes ({snap.store_error or 'unknown error'}); nothing new is recorded"
 
     def _hashing_stalled(self, snap: Snapshot) -> str | None:
         if snap.oldest_pending_age_s > self._settings.stall_s:

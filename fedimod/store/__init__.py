@@ -1,9 +1,19 @@
 """Persistence: the durable job table, banks, matches and reports (SQLite by default)."""
 
 from fedimod.store.actions import StoredAction, cause_detail
-from fedimod.store.sqlite import BankState, Completed, JobOutcome, PendingReport, SQLiteStore, StoreCounts
+from fedimod.store.sqlite import (
+    BankState,
+    Completed,
+    JobOutcome,
+    PendingReport,
+    ProbeResult,
+    SQLiteStore,
+    StoreCounts,
+    StoreProbe,
+)
 
 __all__ = [
-    "BankState", "Completed", "JobOutcome", "PendingReport", "SQLiteStore", "StoreCounts", "StoredAction",
+    "BankState", "Completed", "JobOutcome", "PendingReport", "ProbeResult", "SQLiteStore", "StoreCounts", "StoreProbe",
+    "StoredAction",
     "cause_detail",
 ]

@@ -11,6 +11,7 @@ One fedimod process owns one store: at start-up, leases left by a killed process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -39,6 +40,7 @@ from fedimod.models import (
 )
 from fedimod.signals import signal_type_named
 from fedimod.store.actions import ActionStoreMixin
+from fedimod.supervise import backoff_s
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -224,6 +226,9 @@ _MIGRATIONS: tuple[str, ...] = (
 _JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
                 "account_acct")
 
+# A job a worker may take: pending and due, or leased by someone whose lease has run out.
+_RUNNABLE = "((state = ? AND available_at <= ?) OR (state = ? AND lease_until < ?))"
+
 
 def _statements(script: str) -> Iterator[str]:
     """Split a migration into statements; a trigger body's own `;` does not end its statement."""
@@ -236,6 +241,12 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip(" \n;"):
         raise StoreError(f"incomplete statement in migration: {pending[:80]!r}")
+
+_BEGIN_ATTEMPTS = 5
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,6 +290,58 @@ class StoreCounts:
     matched_posts: int
     reports_by_state: dict[str, int]
     bank_entries: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """What a store probe found: whether a write commits, and the table figures /metrics shows."""
+
+    writable: bool
+    error: str = ""
+    counts: StoreCounts | None = None
+    oldest_pending_created_at: float | None = None
+    at: float = 0.0
+
+
+class StoreProbe:
+    """A second connection to the store for health checks and figures.
+
+    /readyz and /metrics must stay cheap and must never queue behind (or hold up) the pipeline's
+    own writes, so the ops side reads and probes through this connection, at most once per
+    interval, and serves the cached `ProbeResult` in between.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        self._store: SQLiteStore | None = None
+        self._conn: aiosqlite.Connection | None = None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn, self._store = self._conn, None, None
+            await conn.close()
+
+    async def probe(self) -> ProbeResult:
+        now = time.time()
+        try:
+            if self._store is None:
+                self._conn = await aiosqlite.connect(self._path, isolation_level=None)
+                await self._conn.execute("PRAGMA busy_timeout=2000")
+                self._store = SQLiteStore(self._conn)
+            store = self._store
+            async with store._transaction():
+                await store._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('ops_probe', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(now),))
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            await self.close()  # a fresh connection next time: the file may have been fixed or replaced
+            return ProbeResult(writable=False, error=f"{type(exc).__name__}: {exc}", at=now)
+        try:
+            counts = await store.counts()
+            oldest = await store.oldest_pending_created_at()
+        except (sqlite3.Error, StoreError) as exc:
+            return ProbeResult(writable=True, error=f"counts unavailable: {exc}", at=now)
+        return ProbeResult(writable=True, counts=counts, oldest_pending_created_at=oldest, at=now)
 
 
 class SQLiteStore(ActionStoreMixin):
@@ -328,15 +391,32 @@ class SQLiteStore(ActionStoreMixin):
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
+        """One write transaction. Taking the write lock is retried with backoff while another
+        connection holds it (a CLI import beside the bot); SQLite's errors leave as `StoreError`."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            for attempt in range(1, _BEGIN_ATTEMPTS + 1):
+                try:
+                    await self._conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or attempt == _BEGIN_ATTEMPTS:
+                        raise StoreError(f"store write failed: {exc}") from exc
+                    await asyncio.sleep(backoff_s(attempt, base_s=0.05, cap_s=2.0))
             try:
                 yield
-            except BaseException:
-                await asyncio.shield(self._conn.execute("ROLLBACK"))
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._conn.execute("ROLLBACK"))
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"store write failed: {exc}") from exc
                 raise
             # A cancel arriving now must not leave a half-recorded outcome: finish the commit first.
-            await asyncio.shield(self._conn.execute("COMMIT"))
+            try:
+                await asyncio.shield(self._conn.execute("COMMIT"))
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                raise StoreError(f"store commit failed: {exc}") from exc
 
     # Reads run as one operation on the connection's thread (execute, fetch, close). A cursor left
     # open across awaits would keep a read snapshot that another task's BEGIN IMMEDIATE on this
@@ -409,14 +489,33 @@ class SQLiteStore(ActionStoreMixin):
             )
         return cursor.rowcount
 
+    async def dead_letter_exhausted(self, max_attempts: int, now: float | None = None) -> list[tuple[int, str, int]]:
+        """Fail for good the runnable jobs already claimed `max_attempts` times; (id, status id, attempts).
+
+        Attempts are counted at the claim (`claim_jobs`): a job whose processing kills the process
+        never reaches `fail_job`, so without this it would be claimed, and kill, again and again.
+        """
+        now = time.time() if now is None else now
+        async with self._transaction():
+            dead = await self._all(
+                f"UPDATE jobs SET state = ?, lease_until = NULL, updated_at = ?, "
+                f"last_error = 'claimed ' || attempts || ' times and never finished: the process stopped while "
+                f"it was in flight each time' || COALESCE(' (last error: ' || last_error || ')', '') "
+                f"WHERE {_RUNNABLE} AND attempts >= ? RETURNING id, status_id, attempts",
+                (JobState.FAILED.value, now, JobState.PENDING.value, now, JobState.LEASED.value, now, max_attempts),
+            )
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in dead]
+
     async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None) -> list[MediaJob]:
-        """Lease up to `limit` runnable jobs (pending and due, or with an expired lease), oldest first."""
+        """Lease up to `limit` runnable jobs (pending and due, or with an expired lease), oldest first.
+
+        The attempt is counted here, at the claim, so that a crash mid-job still counts it.
+        """
         now = time.time() if now is None else now
         async with self._transaction():
             claimed = await self._all(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, lease_until = ?, updated_at = ? "
-                "WHERE id IN (SELECT id FROM jobs WHERE (state = ? AND available_at <= ?) "
-                "OR (state = ? AND lease_until < ?) ORDER BY id LIMIT ?) RETURNING id",
+                f"UPDATE jobs SET state = ?, attempts = attempts + 1, lease_until = ?, updated_at = ? "
+                f"WHERE id IN (SELECT id FROM jobs WHERE {_RUNNABLE} ORDER BY id LIMIT ?) RETURNING id",
                 (JobState.LEASED.value, now + lease_s, now, JobState.PENDING.value, now, JobState.LEASED.value, now,
                  limit),
             )
@@ -432,6 +531,18 @@ class SQLiteStore(ActionStoreMixin):
                      remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8], account_acct=job[9])
             for job in rows
         ]
+
+    async def renew_leases(self, job_ids: Sequence[int], lease_s: float, now: float | None = None) -> int:
+        """Extend the leases of jobs still in flight, so a long hash is never claimed a second time."""
+        if not job_ids:
+            return 0
+        now = time.time() if now is None else now
+        async with self._transaction():
+            cursor = await self._conn.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE state = ? AND id IN ({','.join('?' * len(job_ids))})",
+                (now + lease_s, JobState.LEASED.value, *job_ids),
+            )
+        return cursor.rowcount
 
     async def unclaim_jobs(self, job_ids: Sequence[int]) -> int:
         """Give back leased jobs that were never started: pending again, the attempt not counted."""
@@ -716,17 +827,6 @@ class SQLiteStore(ActionStoreMixin):
             "GROUP BY b.name, e.signal_type, e.category ORDER BY b.name, e.signal_type, e.category"
         )
         return [(r[0], r[1], bool(r[2]), r[3] or "-", r[4] or "-", r[5]) for r in rows]
-
-    async def probe_writable(self) -> bool:
-        """A tiny write in a transaction: False when the store cannot commit (disk full, locked…)."""
-        try:
-            async with self._transaction():
-                await self._conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('ops_probe', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
-        except Exception:
-            return False
-        return True
 
     async def oldest_pending_created_at(self) -> float | None:
         row = await self._one("SELECT MIN(created_at) FROM jobs WHERE state IN (?, ?)",
