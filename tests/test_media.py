@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import AsyncIterator
 
 import imagehash
@@ -86,7 +87,11 @@ async def test_process_pool_hashes_like_the_in_process_function() -> None:
     ("address", "public"),
     [("127.0.0.1", False), ("10.1.2.3", False), ("169.254.169.254", False), ("::1", False),
      ("fe80::1", False), ("::ffff:192.168.0.1", False), ("224.0.0.1", False), ("0.0.0.0", False),
-     ("93.184.216.34", True), ("2606:4700::1111", True)],
+     ("93.184.216.34", True), ("2606:4700::1111", True),
+     # IPv6 forms that carry an IPv4 address are judged by it; local NAT64 and site-local never pass.
+     ("64:ff9b::7f00:1", False), ("64:ff9b::5db8:d822", True), ("64:ff9b:1::5db8:d822", False),
+     ("2002:7f00:1::", False), ("2002:5db8:d822::", True), ("::7f00:1", False), ("::a00:1", False),
+     ("fec0::1", False)],
 )
 def test_address_classification(address: str, public: bool) -> None:
     assert is_public_address(address) is public
@@ -114,6 +119,15 @@ async def media_server() -> AsyncIterator[str]:
         await asyncio.sleep(30)
         return response
 
+    async def drip(request: web.Request) -> web.StreamResponse:
+        # A byte at a time, each well inside the read timeout: only the overall deadline ends it.
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(150):
+            await response.write(b"\xff")
+            await asyncio.sleep(0.2)
+        return response
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound(request.query["to"])
 
@@ -121,6 +135,7 @@ async def media_server() -> AsyncIterator[str]:
     app.router.add_get("/ok.jpg", ok)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
+    app.router.add_get("/drip", drip)
     app.router.add_get("/redirect", redirect)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
@@ -152,6 +167,29 @@ async def test_private_targets_are_refused_without_connecting(target: str) -> No
     assert excinfo.value.reason is RejectReason.BLOCKED_ADDRESS
 
 
+@pytest.mark.parametrize(
+    ("target", "address"),
+    [("http://2130706433/x.jpg", "127.0.0.1"), ("http://0177.0.0.1/x.jpg", "127.0.0.1"),
+     ("http://0x7f.1/x.jpg", "127.0.0.1"), ("http://127.1/x.jpg", "127.0.0.1"), ("http://0/x.jpg", "0.0.0.0"),
+     ("http://167772161/x", "10.0.0.1"), ("http://[64:ff9b::a9fe:a9fe]/latest", "64:ff9b::a9fe:a9fe"),
+     ("http://[2002:a00:1::]/x", "2002:a00:1::"), ("http://[fec0::1]/x", "fec0::1")],
+)
+async def test_addresses_some_http_stacks_read_as_ip_literals_are_judged_as_addresses(target: str,
+                                                                                     address: str) -> None:
+    # Judged before any resolver runs: older aiohttp took these for names and connected to loopback.
+    with pytest.raises(MediaRejected, match=f"is {re.escape(address)}, not a public address") as excinfo:
+        await fetch(target)
+    assert excinfo.value.reason is RejectReason.BLOCKED_ADDRESS
+
+
+@pytest.mark.parametrize("target", ["http://" + "a" * 70 + ".example/x.jpg", "http://xn--zz.example/x.jpg",
+                                    "http://" + "abc." * 70 + "example/x.jpg"])
+async def test_host_names_no_resolver_takes_are_refused_with_a_reason(target: str) -> None:
+    with pytest.raises(MediaRejected) as excinfo:
+        await fetch(target)
+    assert excinfo.value.reason is RejectReason.BAD_URL
+
+
 async def test_redirect_to_a_private_address_is_refused_at_the_hop(media_server: str) -> None:
     # The first hop is allowed (the test server); the redirect target is checked again.
     with pytest.raises(MediaRejected) as excinfo:
@@ -175,6 +213,12 @@ async def test_oversized_body_is_cut_off_while_streaming(media_server: str) -> N
 async def test_slow_loris_server_times_out(media_server: str) -> None:
     with pytest.raises(MediaRejected) as excinfo:
         await fetch(f"{media_server}/slow", allow_hosts=("127.0.0.1",), timeout_s=1.0, connect_timeout_s=0.5)
+    assert excinfo.value.reason is RejectReason.TIMEOUT
+
+
+async def test_a_server_that_drips_a_byte_at_a_time_hits_the_overall_deadline(media_server: str) -> None:
+    with pytest.raises(MediaRejected) as excinfo:
+        await fetch(f"{media_server}/drip", allow_hosts=("127.0.0.1",), timeout_s=1.5, connect_timeout_s=0.5)
     assert excinfo.value.reason is RejectReason.TIMEOUT
 
 

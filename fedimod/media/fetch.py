@@ -64,12 +64,63 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are an IPv4 address
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215): never public
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, yet still routed inside some networks
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+
+
 def is_public_address(address: str) -> bool:
-    """False for loopback, private, link-local, multicast, reserved and unspecified ranges (v4 and v6)."""
+    """False for loopback, private, link-local, multicast, reserved and unspecified ranges (v4 and v6).
+
+    An IPv6 address that carries an IPv4 one (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`,
+    NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address it reaches.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL or ip in _SITE_LOCAL:
+            return False
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not ip.is_multicast
+
+
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host string denotes to *some* HTTP stack, or None for a name.
+
+    Besides dotted quads, C's `inet_aton` (and so glibc's resolver and older aiohttp) reads
+    `2130706433`, `0x7f000001`, `0177.0.0.1`, `127.1` and `0` as IPv4 addresses; judge them so.
+    """
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host) and (host[0].isdigit()):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def check_host_name(host: str) -> str | None:
+    """Why a host name cannot be fetched (label over 63 characters, invalid IDNA…), or None."""
+    if len(host) > 253:
+        return f"host name is {len(host)} characters long (at most 253)"
+    for label in host.rstrip(".").split("."):
+        if not label:
+            return "host name has an empty label"
+        if len(label) > 63:
+            return f"host label {label[:20]!r}… is {len(label)} characters long (at most 63)"
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        return f"host name is not valid IDNA: {exc}"
+    return None
 
 
 class GuardedResolver(AbstractResolver):
@@ -124,19 +175,25 @@ class MediaFetcher:
             await self._session.close()
 
     def _check_url(self, url: URL) -> None:
-        if url.scheme not in ("http", "https") or not url.host:
+        try:
+            raw_host = url.host  # decoded lazily: invalid punycode raises here
+        except UnicodeError as exc:
+            raise MediaRejected(RejectReason.BAD_URL, f"host name is not valid IDNA: {exc}") from exc
+        if url.scheme not in ("http", "https") or not raw_host:
             raise MediaRejected(
-                RejectReason.BAD_URL, f"only http(s) URLs with a host are fetched, got {str(url)[:200]!r}"
+                RejectReason.BAD_URL, f"only http(s) URLs with a host are fetched, got scheme {url.scheme[:20]!r}"
             )
-        host = url.host.lower().strip("[]")
+        host = raw_host.lower().strip("[]")
         if host in self._allow_hosts:
             return
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
+        literal = ip_literal(host)
+        if literal is None:
+            problem = check_host_name(host)
+            if problem is not None:
+                raise MediaRejected(RejectReason.BAD_URL, problem)
             return  # a name: GuardedResolver checks what it resolves to, at connect time
         if not is_public_address(str(literal)):
-            raise MediaRejected(RejectReason.BLOCKED_ADDRESS, f"{host} is not a public address")
+            raise MediaRejected(RejectReason.BLOCKED_ADDRESS, f"{host} is {literal}, not a public address")
 
     async def fetch(self, url_text: str, *, max_bytes: int | None = None) -> bytes:
         """The body at `url_text`, at most `max_bytes` (default: the configured `max_bytes`)."""
@@ -151,8 +208,8 @@ class MediaFetcher:
             raise RuntimeError("MediaFetcher used outside 'async with'")
         try:
             url = URL(url_text, encoded=False)
-        except (ValueError, TypeError) as exc:
-            raise MediaRejected(RejectReason.BAD_URL, f"unparseable URL {url_text[:200]!r}") from exc
+        except (ValueError, TypeError) as exc:  # UnicodeError (bad IDNA) is a ValueError
+            raise MediaRejected(RejectReason.BAD_URL, "unparseable media URL") from exc
         for _hop in range(self._config.max_redirects + 1):
             self._check_url(url)
             try:
@@ -160,11 +217,16 @@ class MediaFetcher:
                     if resp.status in _REDIRECTS:
                         location = resp.headers.get("Location")
                         if not location:
-                            raise MediaRejected(RejectReason.HTTP_STATUS, f"{resp.status} without Location from {url}")
-                        url = url.join(URL(location))
+                            raise MediaRejected(RejectReason.HTTP_STATUS,
+                                                f"{resp.status} without Location from {url.host}")
+                        try:
+                            url = url.join(URL(location))
+                        except (ValueError, TypeError) as exc:
+                            raise MediaRejected(RejectReason.BAD_URL,
+                                                f"unparseable redirect from {url.host}") from exc
                         continue
                     if resp.status != 200:
-                        raise MediaRejected(RejectReason.HTTP_STATUS, f"HTTP {resp.status} from {url}")
+                        raise MediaRejected(RejectReason.HTTP_STATUS, f"HTTP {resp.status} from {url.host}")
                     return await self._read_capped(resp, url, cap)
             except MediaRejected:
                 raise
@@ -177,9 +239,9 @@ class MediaFetcher:
             except TimeoutError as exc:
                 raise MediaRejected(RejectReason.TIMEOUT, f"{url.host} did not answer in time") from exc
             except aiohttp.ClientError as exc:
-                raise MediaRejected(RejectReason.NETWORK, f"download from {url.host} failed: {exc}") from exc
+                raise MediaRejected(RejectReason.NETWORK, f"download from {url.host} failed: {type(exc).__name__}") from exc
         raise MediaRejected(
-            RejectReason.TOO_MANY_REDIRECTS, f"more than {self._config.max_redirects} redirects from {url_text[:200]}"
+            RejectReason.TOO_MANY_REDIRECTS, f"more than {self._config.max_redirects} redirects, the last to {url.host}"
         )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, url: URL, cap: int) -> bytes:

@@ -1,0 +1,65 @@
+"""Faults and second processes that must not stop, stall or double the scanner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedimod.models import Account, Attachment, Post
+from fedimod.sandbox import Sandbox
+from fedimod.store import SQLiteStore
+from tests.helpers import wait_until
+from tests.test_crash import bot_process, write_config
+
+
+def post(n: int) -> Post:
+    return Post(id=str(5000 + n), uri=f"https://x.example/s/{n}", url=None, created_at="2026-11-23T10:00:00Z",
+                visibility="public", account=Account(id="1", acct="a@x.example", url=None),
+                attachments=(Attachment(id=f"{n}-0", type="image", url=f"https://x.example/{n}.jpg",
+                                        remote_url=None),))
+
+
+async def test_a_job_whose_processing_kills_the_process_is_dead_lettered_after_max_attempts_claims(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore.open(tmp_path / "s.sqlite3") as store:
+        await store.record_posts([(post(1), "stream")])
+        for _crash in range(3):  # claimed, then the process dies mid-job; the next one starts up
+            assert [j.status_id for j in await store.claim_jobs(1, lease_s=60)] == ["5001"]
+            await store.release_leases()
+        assert await store.dead_letter_exhausted(max_attempts=3) == [(1, "5001", 3)]
+        assert await store.claim_jobs(1, lease_s=60) == []
+        ((_job, status_id, attempts, error),) = await store.failed_jobs()
+    assert (status_id, attempts) == ("5001", 3) and "never finished" in error
+
+
+async def test_a_long_job_keeps_its_lease_so_no_one_claims_it_twice(tmp_path: Path) -> None:
+    async with SQLiteStore.open(tmp_path / "s.sqlite3") as store:
+        await store.record_posts([(post(2), "stream")])
+        (job,) = await store.claim_jobs(1, lease_s=1)
+        assert await store.renew_leases([job.id], lease_s=60) == 1
+        await asyncio.sleep(1.2)  # the first lease has run out; the renewed one has not
+        assert await store.claim_jobs(1, lease_s=60) == []
+
+
+@pytest.mark.slow
+async def test_a_second_bot_on_the_same_store_refuses_at_once_naming_the_first(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    async with bot_process(config, bot_token, tmp_path / "first.log") as first:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what="the first bot subscribed")
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fedimod", "run", "--config", str(config),
+            env=dict(os.environ, FEDIMOD_TEST_TOKEN=bot_token), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        _out, err = await asyncio.wait_for(second.communicate(), 30)
+        assert second.returncode == 2
+        message = err.decode()
+        assert "in use by another fedimod run" in message and f"pid {first.pid} on " in message, message
+        assert "Traceback" not in message
+        assert first.returncode is None  # the first one is untouched
