@@ -239,7 +239,8 @@ class MediaFetcher:
             except TimeoutError as exc:
                 raise MediaRejected(RejectReason.TIMEOUT, f"{url.host} did not answer in time") from exc
             except aiohttp.ClientError as exc:
-                raise MediaRejected(RejectReason.NETWORK, f"download from {url.host} failed: {type(exc).__name__}") from exc
+                raise MediaRejected(RejectReason.NETWORK,
+                                    f"download from {url.host} failed: {type(exc).__name__}") from exc
         raise MediaRejected(
             RejectReason.TOO_MANY_REDIRECTS, f"more than {self._config.max_redirects} redirects, the last to {url.host}"
         )
