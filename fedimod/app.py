@@ -109,6 +109,8 @@ class Pipeline:
             streams=config.instance.streams,
             on_post=self.intake.offer,
             newest_seen_id=store.newest_status_id,
+            load_start=lambda: store.get_meta("cold_start_head"),
+            save_start=lambda head: store.set_meta("cold_start_head", head),
             reconnect_max_s=config.instance.reconnect_max_s,
             request_timeout_s=config.instance.request_timeout_s,
             sweep_window_s=config.instance.sweep_window_s,
@@ -160,7 +162,8 @@ class Pipeline:
             await probe.close()
 
     async def _newest_ids(self) -> tuple[str | None, str | None]:
-        return await self.ingester.newest_on_instance(), await self._store.newest_status_id()
+        return (await self.ingester.newest_on_instance(),
+                await self._store.newest_status_id(self.ingester.newest_plausible_id()))
 
     def _notifiers(self) -> list[Notifier]:
         wd = self._config.watchdog

@@ -106,7 +106,7 @@ async def test_refused_websocket_falls_back_to_sse_and_back_again(
 
 
 async def test_a_token_refused_on_the_upgrade_does_not_switch_transport(sandbox: Sandbox) -> None:
-    async def newest_seen() -> str:
+    async def newest_seen(at_most: str | None) -> str:
         return "1"
 
     async def on_post(post: Post, source: str) -> None:

@@ -6,14 +6,20 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
+from fedimod.act.report import report_key
+from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import Account, Attachment, Post
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
-from tests.helpers import wait_until
+from tests.helpers import bank_images, make_config, running, wait_until
 from tests.test_crash import bot_process, write_config
+
+BANNED = generate_image(404)
 
 
 def post(n: int) -> Post:
@@ -63,3 +69,33 @@ async def test_a_second_bot_on_the_same_store_refuses_at_once_naming_the_first(
         assert "in use by another fedimod run" in message and f"pid {first.pid} on " in message, message
         assert "Traceback" not in message
         assert first.returncode is None  # the first one is untouched
+
+
+async def test_a_decoy_report_carrying_our_marker_is_not_taken_for_ours(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    seller, _ = sandbox.create_account("seller")
+    _accomplice, accomplice_token = sandbox.create_account("accomplice")
+    bot_id = sandbox.tokens[bot_token].account_id
+    config = make_config(sandbox, bot_token, db)
+    async with running(config, sandbox), aiohttp.ClientSession() as http:
+        sandbox.media_gate.clear()  # hold the bot's download until the decoy is in place
+        status = sandbox.post_status(seller.id, "for sale", media=[altered_copy(BANNED, 0.5)])
+        key = report_key(urlsplit(sandbox.base_url).netloc, str(status.id))
+        # Before the retry, an accomplice files a harmless report whose comment carries our marker.
+        async with http.post(f"{sandbox.base_url}/api/v1/reports",
+                             headers={"Authorization": f"Bearer {accomplice_token}"},
+                             data={"account_id": str(seller.id), "comment": f"nothing here ref {key}",
+                                   "category": "other"}) as resp:
+            assert resp.status == 200
+        sandbox.throttle(1, retry_after_s=1, path_prefix="/api/v1/reports")  # the bot's first report: 429
+        sandbox.media_gate.set()
+        await wait_until(lambda: any(r.account_id == bot_id for r in sandbox.reports), timeout_s=30,
+                         what="the bot's own report")
+    ours = [r for r in sandbox.reports if r.account_id == bot_id]
+    assert len(ours) == 1 and ours[0].status_ids == [status.id]
+    async with SQLiteStore.open(db) as store:
+        (row,) = await store.reports()
+    assert row["state"] == "sent" and row["remote_report_id"] == str(ours[0].id)

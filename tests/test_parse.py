@@ -80,11 +80,59 @@ def test_malformed_frames_raise_stream_event_error(text: str) -> None:
     max_leaves=20,
 ).map(json.dumps)))
 @example("[" * 5000)
+@example('{"event": "update", "payload": "{\\"id\\": ' + "9" * 5000 + '}"}')
 def test_any_input_gives_an_event_or_our_typed_error(text: str) -> None:
     try:
-        parse_ws_frame(text)
-    except StreamEventError:
-        pass
+        event = parse_ws_frame(text)
+    except StreamEventError as exc:
+        assert str(exc)  # a reason, for the log line
+        return
+    assert event.event  # an event always has its name
+    if event.post is not None:  # and a post always has storable ids
+        assert event.post.id.isdecimal() and event.post.account.id.isdecimal()
+        event.post.account.acct.encode("utf-8")
+
+
+def test_an_integer_literal_past_pythons_digit_limit_is_a_malformed_event() -> None:
+    payload = json.dumps(STATUS).replace('"reblog": null', '"reblog": ' + "9" * 5000)
+    with pytest.raises(StreamEventError, match="not valid JSON"):
+        parse_ws_frame(frame("update", payload))
+    with pytest.raises(StreamEventError, match="not valid JSON"):
+        parse_ws_frame('{"event": "update", "stream": [' + "1" * 5000 + "]}")
+
+
+def test_a_lone_surrogate_in_acct_is_cleaned_and_in_an_id_refused() -> None:
+    payload = json.dumps(STATUS).replace("dave@remote.example", "dave\\ud800@remote.example")
+    post = parse_ws_frame(frame("update", payload)).post
+    assert post is not None and post.account.acct == "dave\ufffd@remote.example"
+    post.account.acct.encode("utf-8")  # what SQLite will do with it
+    bad_id = json.dumps({**STATUS, "id": "1098\ud800"})
+    with pytest.raises(StreamEventError, match="decimal id"):
+        parse_ws_frame(frame("update", bad_id))
+
+
+@pytest.mark.parametrize("status_id", ["-5", "12a", "1" * 31, " 12", "١٢٣"])
+def test_status_and_account_ids_must_be_bounded_decimal_strings(status_id: str) -> None:
+    for where in ("status", "account"):
+        status = {**STATUS, "id": status_id} if where == "status" else {
+            **STATUS, "account": {**STATUS["account"], "id": status_id}}  # type: ignore[dict-item]
+        with pytest.raises(StreamEventError, match="decimal id"):
+            parse_ws_frame(frame("update", json.dumps(status)))
+
+
+def test_an_sse_event_that_never_ends_is_dropped_at_the_bound_and_the_decoder_goes_on() -> None:
+    decoder = SSEDecoder(max_event_bytes=10_000)
+    assert decoder.feed("event: update") is None
+    for _ in range(1000):  # 100 KB of data lines with no blank line
+        assert decoder.feed("data: " + "x" * 100) is None
+    assert decoder.buffered_bytes <= 10_000
+    with pytest.raises(StreamEventError, match="over 10000 bytes dropped"):
+        decoder.feed("")
+    assert decoder.dropped == 1
+    decoder.feed("event: delete")
+    decoder.feed("data: 123")
+    event = decoder.feed("")
+    assert event is not None and event.deleted_id == "123"
 
 
 def decode_sse(body: str) -> tuple[list[tuple[str, str | None]], SSEDecoder]:
@@ -125,7 +173,7 @@ def test_sse_errors_are_typed_and_the_decoder_carries_on() -> None:
     decoder = SSEDecoder()
     for line in ["event: update\n", "data: {\n"]:
         assert decoder.feed(line) is None
-    with pytest.raises(StreamEventError, match="not JSON"):
+    with pytest.raises(StreamEventError, match="not valid JSON"):
         decoder.feed("\n")
     with pytest.raises(StreamEventError, match="no event name"):
         for line in ["data: 1\n", "\n"]:

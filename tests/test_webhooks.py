@@ -85,3 +85,33 @@ async def test_a_post_from_both_stream_and_webhook_is_processed_once(
     assert [r.status_ids for r in sandbox.reports] == [[status.id]]
     async with SQLiteStore.open(db) as store:
         assert len(await store.job_states(str(status.id))) == 1
+
+
+async def _raw_post(port: int, path: str, body: bytes, signature_header: bytes) -> int:
+    """POST with the header bytes exactly as given (no client library cleans them up)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"X-Hub-Signature: " + signature_header + b"\r\nContent-Length: " + str(len(body)).encode() +
+                     b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_garbled_signatures_get_401_and_a_signed_body_nested_too_deep_gets_400(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, _user = await banked_store(tmp_path, sandbox)
+    async with running(with_webhooks(make_config(sandbox, bot_token, db)), sandbox) as pipeline:
+        assert pipeline.webhooks is not None
+        port, path = pipeline.webhooks.port, pipeline.webhooks.path
+        body = b'{"event": "status.created", "object": {}}'
+        for garbled in ("sha256=\u00e9\u00e8".encode(), b"sha256=\xff\xfe\x80", b"\xc3\x28" * 40):
+            assert await _raw_post(port, path, body, garbled) == 401
+        deep = b'{"event": "status.created", "object": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        assert await _raw_post(port, path, deep, signature(SECRET.encode(), deep).encode()) == 400
+        rejected = dict(pipeline.webhooks.stats.rejected)
+    assert rejected == {"signature": 3, "malformed": 1}

@@ -17,6 +17,7 @@ Mastodon.py errors are translated into `fedimod.errors.MastodonAPIError` here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,8 +27,10 @@ import requests
 
 from fedimod.act.ratelimit import Priority, RateBudget, family_of
 from fedimod.errors import MastodonAPIError
+from fedimod.logs import log_event
 from fedimod.models import ActionType, ReportRequest
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 REPORT_CATEGORIES = frozenset({"spam", "legal", "violation", "other"})
 
@@ -49,6 +52,8 @@ class MastodonActions:
     def __init__(self, *, base_url: str, token: str, request_timeout_s: float, budget: RateBudget | None = None
                  ) -> None:
         self.budget = budget or RateBudget()
+        self._me: str | None = None
+        self.suspicious_reports = 0
         session = requests.Session()
         session.hooks["response"].append(self._observe)
         # "throw": a rate-limited call fails fast and is rescheduled by us, instead of a thread
@@ -142,19 +147,36 @@ class MastodonActions:
         about the account; a provisional action needs its report open for review)."""
         await self._call("POST /api/v1/admin/reports/:id/reopen", lambda: self._api.admin_report_reopen(report_id))
 
+    def _own_account_id(self) -> str:
+        """The bot's own account id (blocking; cached): who our reports are filed by."""
+        if self._me is None:
+            self._me = str(self._api.me()["id"])
+        return self._me
+
     async def find_report(self, request: ReportRequest) -> str | None:
         """The id of a report this key already filed, if the instance has one (needs admin:read:reports).
 
-        Used after a crash between sending a report and recording it. Returns None when none is
-        found or the token may not list reports (403); the caller then files it again.
+        Used after a crash between sending a report and recording it. A report counts as ours only
+        if the bot's own account filed it (the admin Report entity names its `account`): anyone can
+        write our `ref` marker into a report's comment, and a decoy taken for ours would leave the
+        post unreported. Decoys are logged and counted in `suspicious_reports`. Returns None when
+        none is found or the token may not list reports (403); the caller then files it again.
         """
         marker = f"ref {request.idempotency_key}"
 
         def lookup() -> str | None:
+            me = self._own_account_id()
             for resolved in (False, True):
                 for report in self._api.admin_reports(resolved=resolved, target_account_id=request.account_id):
-                    if marker in (report.get("comment") or ""):
+                    if marker not in (report.get("comment") or ""):
+                        continue
+                    reporter = report.get("account") or {}
+                    if str(reporter.get("id")) == me:
                         return str(report["id"])
+                    self.suspicious_reports += 1
+                    log_event(logger, logging.WARNING, "report_marker_forged", report_id=str(report.get("id")),
+                              key=request.idempotency_key, reporter_id=str(reporter.get("id")),
+                              msg="a report not filed by this bot carries its idempotency marker; ignored")
             return None
 
         try:

@@ -20,20 +20,23 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from fedimod.errors import StreamEventError
-from fedimod.ingest.parse import SSEDecoder, StreamEvent, parse_status, parse_ws_frame
+from fedimod.ingest.parse import SSEDecoder, StreamEvent, loads, parse_status, parse_ws_frame
 from fedimod.logs import log_event
 from fedimod.models import Post
 
 logger = logging.getLogger(__name__)
 
 PostHandler = Callable[[Post, str], Awaitable[None]]
-CursorGetter = Callable[[], Awaitable[str | None]]
+CursorGetter = Callable[[str | None], Awaitable[str | None]]  # newest stored id, at most the bound given
+StartLoader = Callable[[], Awaitable[str | None]]
+StartSaver = Callable[[str], Awaitable[None]]
 
 # Timeline query flags that select the same population as each stream (MASTODON_API.md §3.6).
 _TIMELINE_PARAMS: dict[str, dict[str, str]] = {
@@ -105,6 +108,10 @@ class StreamIngester:
         transport: str = "auto",
         websocket_refusals: int = 3,
         websocket_retry_s: float = 600.0,
+        load_start: StartLoader | None = None,
+        save_start: StartSaver | None = None,
+        regap_after_s: float = 3.0,
+        future_tolerance_s: float = 300.0,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
@@ -131,6 +138,11 @@ class StreamIngester:
         self._websocket_retry_s = websocket_retry_s
         self._refused_in_a_row = 0
         self.stats.transport = "sse" if transport == "sse" else "websocket"
+        self._load_start = load_start
+        self._save_start = save_start
+        self._regap_after_s = regap_after_s
+        self._future_tolerance_s = future_tolerance_s
+        self._clock_offset_s = 0.0  # the instance's clock (its Date header) minus ours
 
     @property
     def _auth(self) -> dict[str, str]:
@@ -206,36 +218,70 @@ class StreamIngester:
     async def _timeline_head(self, stream: str) -> str:
         """The newest status id on the timeline now ("0" when empty): where a fresh store starts."""
         params = dict(_TIMELINE_PARAMS[stream], limit="1")
-        page = await self._timeline_page(params, stream)
-        return str(page[0]["id"]) if page and isinstance(page[0], dict) and "id" in page[0] else "0"
+        page = self._parse_page(await self._timeline_page(params, stream))
+        return page[0].id if page else "0"
 
     async def _timeline_page(self, params: dict[str, str], stream: str) -> list[Any]:
         async with self._session.get(
             f"{self._base_url}/api/v1/timelines/public", params=params, headers=self._auth, timeout=self._timeout,
         ) as resp:
+            self._note_clock(resp.headers.get("Date"))
             if resp.status != 200:
                 log_event(logger, logging.WARNING, "timeline_read_failed", status=resp.status, stream=stream)
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message="timeline page refused"
                 )
-            page = await resp.json()
+            try:
+                page = loads(await resp.read(), "timeline page")
+            except StreamEventError as exc:
+                self.stats.malformed += 1
+                log_event(logger, logging.WARNING, "timeline_page_malformed", stream=stream, error=str(exc))
+                raise aiohttp.ClientPayloadError(str(exc)) from exc
             self._last_page_has_prev = "prev" in resp.links
             self._last_page_has_next = "next" in resp.links
         return page if isinstance(page, list) else []
 
+    def _note_clock(self, date: str | None) -> None:
+        if not date:
+            return
+        try:
+            self._clock_offset_s = parsedate_to_datetime(date).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+
+    def newest_plausible_id(self) -> str:
+        """The highest status id that is not ahead of the instance's clock by more than the tolerance."""
+        return status_id_at(time.time() + self._clock_offset_s + self._future_tolerance_s)
+
     async def _start_cursor(self) -> str:
         """Where to read the timeline from once subscribed.
 
-        A store that has never seen a post starts at the timeline's head *before* subscribing, so a
-        post published between this read and the subscription is caught by the gap fill rather than
-        lost. A store still empty after an earlier connect resumes from that connect's head, not
-        from today's: posts published while the connection was down lie between the two.
+        The newest stored post whose id is not in the future (a remote post dated ahead gets a future
+        id: resuming there would skip everything published until then). A store that has never seen
+        a post starts at the timeline's head read *before* subscribing, persisted before anything
+        else, so a post published between this read and the subscription, or a kill before the
+        first post is committed, loses nothing. A store still empty after an earlier connect
+        resumes from that first head, not from today's.
         """
-        start = await self._newest_seen_id() or self._fresh_start
+        start = await self._newest_seen_id(self.newest_plausible_id()) or self._fresh_start
+        if start is None and self._load_start is not None:
+            start = self._fresh_start = await self._load_start()
         if start is None:
             heads = [await self._timeline_head(stream) for stream in self._streams]
             start = self._fresh_start = min(heads, key=status_id_key)
+            if self._save_start is not None:
+                await self._save_start(start)
         return start
+
+    async def _regap(self, start: str) -> None:
+        """A second gap fill shortly after subscribing. Mastodon's streaming server registers a
+        subscription only after a database query of its own and never acknowledges it: a post
+        published in that window is neither streamed nor found by the first gap fill."""
+        await asyncio.sleep(self._regap_after_s)
+        try:
+            await self._gap_fill(start)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log_event(logger, logging.WARNING, "regap_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _mark_connected(self, url: str) -> None:
         self.stats.connected = True
@@ -258,6 +304,9 @@ class StreamIngester:
                       "a proxy in front of the streaming server may not pass WebSocket upgrades")
             if exc.status == 401:
                 raise
+            if exc.status >= 500:
+                # The instance or its proxy is down: an outage to wait out, not a proxy without upgrades.
+                raise aiohttp.ClientError(f"websocket upgrade failed: {exc.status} {exc.message}") from exc
             raise _Refused(f"websocket upgrade refused: {exc.status} {exc.message}") from exc
         self._refused_in_a_row = 0
         async with ws:
@@ -265,15 +314,23 @@ class StreamIngester:
                 await ws.send_json({"type": "subscribe", "stream": stream})
             self._mark_connected(url)
             await self._gap_fill(start)
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await self._handle_frame(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self.stats.malformed += 1
-                    log_event(logger, logging.WARNING, "stream_event_malformed", error="binary frame",
-                              size=len(msg.data))
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
+            regap = asyncio.create_task(self._regap(start), name="regap")
+            try:
+                await self._read_ws(ws)
+            finally:
+                regap.cancel()
+                await asyncio.gather(regap, return_exceptions=True)
+
+    async def _read_ws(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await self._handle_frame(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                self.stats.malformed += 1
+                log_event(logger, logging.WARNING, "stream_event_malformed", error="binary frame",
+                          size=len(msg.data))
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
 
     async def _connect_and_read_sse(self) -> None:
         """One SSE response per stream, read side by side; the first to end or fail ends them all.
@@ -302,6 +359,7 @@ class StreamIngester:
             self._mark_connected(", ".join(str(resp.url) for resp in responses))
             await self._gap_fill(start)
             readers = [asyncio.create_task(self._read_sse(resp)) for resp in responses]
+            readers.append(asyncio.create_task(self._regap_then_wait(start)))
             try:
                 done, _ = await asyncio.wait(
                     readers, timeout=self._websocket_retry_s if self._mode == "auto" else None,
@@ -322,6 +380,10 @@ class StreamIngester:
         finally:
             for resp in responses:
                 resp.close()
+
+    async def _regap_then_wait(self, start: str) -> None:
+        await self._regap(start)
+        await asyncio.Event().wait()  # ends only when the readers do
 
     async def _read_sse(self, resp: aiohttp.ClientResponse) -> None:
         decoder = SSEDecoder()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from fedimod.errors import FedimodError, StreamEventError
-from fedimod.ingest.parse import parse_status
+from fedimod.ingest.parse import loads, parse_status
 from fedimod.ingest.stream import PostHandler
 from fedimod.logs import log_event
 
@@ -84,11 +83,12 @@ class WebhookReceiver:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(413, "malformed", f"body over {MAX_BODY} bytes")
-        given = request.headers.get("X-Hub-Signature", "")
-        if not hmac.compare_digest(signature(self._secret, body).encode(), given.encode()):
+        # A header may carry any bytes: compared as bytes, whatever they are, never decoded strictly.
+        given = request.headers.get("X-Hub-Signature", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(signature(self._secret, body).encode(), given):
             return self._reject(401, "signature", "missing or wrong X-Hub-Signature")
         try:
-            envelope = json.loads(body)
+            envelope = loads(body, "webhook body")
             if not isinstance(envelope, dict) or not isinstance(envelope.get("event"), str):
                 raise StreamEventError("webhook body is not an object with an 'event' name")
             event = envelope["event"]

@@ -470,10 +470,31 @@ class SQLiteStore(ActionStoreMixin):
             )
         return new_jobs
 
-    async def newest_status_id(self) -> str | None:
-        """The highest status id stored (ids order by length, then lexically): the gap-fill cursor."""
-        row = await self._one("SELECT status_id FROM posts ORDER BY length(status_id) DESC, status_id DESC LIMIT 1")
+    async def newest_status_id(self, at_most: str | None = None) -> str | None:
+        """The highest status id stored (ids order by length, then lexically): the gap-fill cursor.
+
+        With `at_most`, the highest not above it: a remote post dated in the future carries a
+        future snowflake id, and a cursor taken from it would skip every post published until then.
+        """
+        if at_most is None:
+            row = await self._one(
+                "SELECT status_id FROM posts ORDER BY length(status_id) DESC, status_id DESC LIMIT 1")
+        else:
+            row = await self._one(
+                "SELECT status_id FROM posts WHERE length(status_id) < ? OR "
+                "(length(status_id) = ? AND status_id <= ?) "
+                "ORDER BY length(status_id) DESC, status_id DESC LIMIT 1", (len(at_most), len(at_most), at_most))
         return None if row is None else str(row[0])
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._transaction():
+            await self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value))
 
     async def has_post(self, status_id: str) -> bool:
         return await self._one("SELECT 1 FROM posts WHERE status_id = ?", (status_id,)) is not None
