@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,7 +14,9 @@ import aiohttp
 import pytest
 
 from fedimod.act.report import report_key
+from fedimod.app import open_pipeline
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.ingest import StreamIngester
 from fedimod.models import Account, Attachment, Post
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
@@ -99,3 +103,98 @@ async def test_a_decoy_report_carrying_our_marker_is_not_taken_for_ours(
     async with SQLiteStore.open(db) as store:
         (row,) = await store.reports()
     assert row["state"] == "sent" and row["remote_report_id"] == str(ours[0].id)
+
+
+def timeline_calls(sandbox: Sandbox) -> int:
+    return sum(1 for _t, _m, path, _s in sandbox.api_calls if path == "/api/v1/timelines/public")
+
+
+async def test_a_post_dated_in_the_future_does_not_poison_the_gap_fill_cursor(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    user, _ = sandbox.create_account("mallory")
+    liar, _ = sandbox.create_account("liar", domain="clock.example")
+    async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
+        future = sandbox.post_status(liar.id, "from tomorrow", media=[jpeg_bytes(generate_image(5))],
+                                     created_at=time.time() + 86_400)
+        async with SQLiteStore.open(db) as store:  # stored: the newest id in the store is now a day ahead
+            await wait_until(lambda: store.newest_status_id(), what="the future post stored")
+            assert await store.newest_status_id() == str(future.id)
+        sandbox.outage(502)
+        await wait_until(lambda: not pipeline.ingester.stats.connected, what="the stream to drop")
+        missed = [sandbox.post_status(user.id, "during the outage", media=[altered_copy(BANNED, 0.4)])
+                  for _ in range(3)]
+        sandbox.end_outage()
+        await wait_until(lambda: len(sandbox.reports) == 3, timeout_s=30, what="the three posts gap-filled")
+    assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted(p.id for p in missed)
+
+
+async def test_a_cold_start_persists_its_starting_point_before_any_post(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    user, _ = sandbox.create_account("mallory")
+    sandbox.post_status(user.id, "before fedimod", media=[jpeg_bytes(generate_image(6))])
+    config = make_config(sandbox, bot_token, db)
+    async with running(config, sandbox):
+        pass  # stopped before a single post was recorded
+    async with SQLiteStore.open(db) as store:
+        assert (await store.counts()).posts == 0
+    missed = [sandbox.post_status(user.id, "while down", media=[altered_copy(BANNED, 0.4)]) for _ in range(3)]
+    async with running(config, sandbox):
+        await wait_until(lambda: len(sandbox.reports) == 3, timeout_s=20, what="the posts made while it was down")
+    assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted(p.id for p in missed)
+
+
+async def test_a_post_published_before_the_streaming_server_registers_the_subscription_is_gap_filled(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    user, _ = sandbox.create_account("mallory")
+    sandbox.subscribe_delay_s = 1.5
+    async with open_pipeline(make_config(sandbox, bot_token, db)) as pipeline:
+        before = timeline_calls(sandbox)
+        task = asyncio.create_task(pipeline.run())
+        try:
+            await wait_until(lambda: pipeline.ingester.stats.connected and timeline_calls(sandbox) > before,
+                             what="subscribed and the first gap fill read")
+            await asyncio.sleep(0.2)
+            assert not sandbox.is_subscribed("public:media")  # the window Mastodon leaves open
+            status = sandbox.post_status(user.id, "in the window", media=[altered_copy(BANNED, 0.4)])
+            await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=15, what="the post in the window")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert sandbox.reports[0].status_ids == [status.id]
+
+
+async def test_a_5xx_answer_to_the_websocket_upgrade_is_an_outage_not_a_reason_to_switch_to_sse(
+    sandbox: Sandbox, bot_token: str,
+) -> None:
+    async def newest_seen(at_most: str | None) -> str:
+        return "1"
+
+    async def on_post(post: Post, source: str) -> None:
+        pass
+
+    sandbox.fail_streaming_with = 502
+    async with aiohttp.ClientSession() as session:
+        ingester = StreamIngester(session=session, base_url=sandbox.base_url, token=bot_token,
+                                  streams=("public:media",), on_post=on_post, newest_seen_id=newest_seen,
+                                  reconnect_max_s=0.1, websocket_refusals=2, regap_after_s=60)
+        task = asyncio.create_task(ingester.run())
+        try:
+            await wait_until(lambda: ingester.stats.reconnects >= 5, timeout_s=15, what="five failed upgrades")
+            assert ingester.stats.transport == "websocket" and ingester.stats.sse_fallbacks == 0
+            sandbox.fail_streaming_with = None
+            await wait_until(lambda: ingester.stats.connected, timeout_s=15, what="the WebSocket back")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert ingester.stats.transport == "websocket"

@@ -118,6 +118,10 @@ class Sandbox:
         self.report_response_gate.set()
         self.fail_api_with: int | None = None
         self.block_websocket = False  # answer upgrades as a proxy that drops the Upgrade header would
+        # Mastodon's streaming server registers a WebSocket subscription only after a database query
+        # of its own (the account's blocks, mutes, languages) and never acknowledges it.
+        self.subscribe_delay_s = 0.0
+        self.fail_streaming_with: int | None = None  # the proxy's answer while the streaming server is down
         self.fail_all_with: int | None = None  # an outage: every request (API, streaming, media) fails
         self.fail_media: dict[int, int] = {}  # media id → HTTP status its file answers with
         self._subscribers: set[_Subscriber] = set()
@@ -835,12 +839,17 @@ class Sandbox:
         self._subscribers.add(sub)
         try:
             await response.write(b":)\n")
+            loop = asyncio.get_running_loop()
+            next_heartbeat = loop.time() + self.sse_heartbeat_s
             while True:
+                # Heartbeats come on a timer whatever the traffic, as the streaming server's do.
+                if loop.time() >= next_heartbeat:
+                    await response.write(b":thump\n\n")
+                    next_heartbeat = loop.time() + self.sse_heartbeat_s
                 try:
-                    async with asyncio.timeout(self.sse_heartbeat_s):
+                    async with asyncio.timeout(max(0.0, next_heartbeat - loop.time())):
                         item = await sub.queue.get()
                 except TimeoutError:
-                    await response.write(b":thump\n\n")
                     continue
                 if item is None:
                     break
@@ -855,6 +864,9 @@ class Sandbox:
         return response
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if self.fail_streaming_with is not None:  # the streaming server alone is down behind its proxy
+            return web.Response(status=self.fail_streaming_with, text="<html>Bad Gateway</html>",
+                                content_type="text/html")
         if request.headers.get("Upgrade", "").lower() != "websocket" or self.block_websocket:
             # A proxy that strips the Upgrade header hands the streaming server a plain GET.
             raise ApiError(400, "Unknown channel requested")
@@ -873,6 +885,8 @@ class Sandbox:
             if not token.allows("read:statuses"):
                 await ws.send_json({"error": "Access token does not have the required scopes", "status": 401})
             elif stream in PUBLIC_CHANNELS:
+                if self.subscribe_delay_s:
+                    await asyncio.sleep(self.subscribe_delay_s)
                 sub.channels[stream] = (stream,)
             elif stream in ("hashtag", "hashtag:local"):
                 tag = str(message.get("tag") or "")
