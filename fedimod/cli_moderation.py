@@ -18,6 +18,7 @@ from typing import Any
 from fedimod.config import Config, load_config
 from fedimod.errors import ConfigError, FedimodError
 from fedimod.models import BankEntry, Category, Match
+from fedimod.outputs import csv_cell, scrub_urls
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -203,10 +204,10 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
         writer.writerow(["id", "at", "event", "key", "status_id", "account_id", "action", "rule", "result",
                          "dry_run", "detail"])
         for row in rows:
-            writer.writerow([row["id"], datetime.fromtimestamp(row["at"]).astimezone().isoformat(timespec="seconds"),
-                             row["event"], row["key"], row["status_id"], row["account_id"], row["action"],
-                             row["rule"], row["result"], int(row["dry_run"]),
-                             json.dumps(row["detail"], sort_keys=True)])
+            writer.writerow([csv_cell(v) for v in (
+                row["id"], datetime.fromtimestamp(row["at"]).astimezone().isoformat(timespec="seconds"),
+                row["event"], row["key"], row["status_id"], row["account_id"], row["action"], row["rule"],
+                row["result"], int(row["dry_run"]), json.dumps(row["detail"], sort_keys=True))])
         sys.stdout.write(out.getvalue())
     else:
         for row in rows:
@@ -283,9 +284,11 @@ async def _incident(config: Config, args: argparse.Namespace) -> int:
                      "first_seen_at": datetime.fromtimestamp(post["first_seen_at"]).astimezone().isoformat(),
                      "seen_via": post["source"]},
             "account": {"id": post["account_id"], "acct": post["account_acct"]},
-            "media": await store.status_media(args.status_id),
+            "media": [{**m, "error": m["error"] and scrub_urls(m["error"])}
+                      for m in await store.status_media(args.status_id)],
             "matched_entries": [m for row in audit if row["event"] == "decision" for m in row["detail"]["matches"]],
-            "reports": await store.reports_for(args.status_id),
+            "reports": [{**r, "last_error": r["last_error"] and scrub_urls(r["last_error"])}
+                        for r in await store.reports_for(args.status_id)],
             "account_actions": [
                 {"id": a.id, "action": a.request.action.value, "state": a.state.value, "rule": a.request.rule,
                  "status_id": a.request.status_id, "report_id": a.remote_report_id,

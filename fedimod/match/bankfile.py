@@ -29,6 +29,7 @@ from typing import Any
 
 from fedimod.errors import BankFileError, HashParseError
 from fedimod.models import BankEntry, BankRow, Category
+from fedimod.outputs import csv_cell, csv_restore
 from fedimod.signals import signal_type_named
 
 
@@ -138,7 +139,7 @@ def _te_rows(lines: Iterable[str]) -> Iterator[RowResult]:
             category = next((Category(t) for t in tags.lower().split() if t in _CATEGORY_NAMES),
                             Category.OTHER)
             yield number, BankRow(line=number, signal_type=signal_type, value=value, category=category,
-                                  source=collab or None, is_allowlist=is_allowlist)
+                                  source=csv_restore(collab) or None, is_allowlist=is_allowlist)
         except BankFileError as exc:
             yield number, exc
 
@@ -151,7 +152,7 @@ def _te_render(entries: Iterable[BankEntry]) -> Iterator[str]:
     for e in entries:
         out.seek(0)
         out.truncate()
-        writer.writerow((e.signal_type, signal_type_named(e.signal_type).format(e.value), e.source,
+        writer.writerow((e.signal_type, signal_type_named(e.signal_type).format(e.value), csv_cell(e.source),
                          "NEGATIVE_CLASS" if e.is_allowlist else "POSITIVE_CLASS", e.category.value))
         yield out.getvalue()
 

@@ -160,7 +160,8 @@ def _bars(title: str, values: dict[str, int], metric: str) -> str:
     width, row_h, label_w = 640, 26, 150
     peak = max(values.values(), default=0) or 1
     parts = [f'<figure><figcaption>{html.escape(title)}</figcaption>',
-             f'<svg role="img" data-chart="{metric}" width="{width}" height="{max(1, len(values)) * row_h + 8}" '
+             f'<svg role="img" data-chart="{html.escape(metric)}" width="{width}" '
+             f'height="{max(1, len(values)) * row_h + 8}" '
              f'xmlns="http://www.w3.org/2000/svg">']
     if not values:
         parts.append('<text x="0" y="18">none in this period</text>')
@@ -179,7 +180,7 @@ def _bars(title: str, values: dict[str, int], metric: str) -> str:
 def render_html(report: TransparencyReport) -> str:
     def cell(metric: str, value: Any) -> str:
         shown = "–" if value is None else value
-        return f'<td data-metric="{metric}">{html.escape(str(shown))}</td>'
+        return f'<td data-metric="{html.escape(metric)}">{html.escape(str(shown))}</td>'
 
     def table(title: str, values: dict[str, int], metric: str) -> str:
         rows = "".join(f"<tr><th>{html.escape(k)}</th>{cell(f'{metric}.{k}', v)}</tr>" for k, v in values.items())

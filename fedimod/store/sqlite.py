@@ -38,6 +38,7 @@ from fedimod.models import (
     ReportState,
     Signal,
 )
+from fedimod.outputs import scrub_urls
 from fedimod.signals import signal_type_named
 from fedimod.store.actions import ActionStoreMixin
 from fedimod.supervise import backoff_s
@@ -637,7 +638,7 @@ class SQLiteStore(ActionStoreMixin):
             await self._conn.execute(
                 "UPDATE jobs SET state = ?, lease_until = NULL, available_at = ?, last_error = ?, updated_at = ? "
                 "WHERE id = ?",
-                (state.value, retry_at if retry_at is not None else now, error[:1000], now, job.id),
+                (state.value, retry_at if retry_at is not None else now, scrub_urls(error)[:1000], now, job.id),
             )
         return state
 
