@@ -271,7 +271,11 @@ async def _bank_export(store: SQLiteStore, args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(lines)
     else:
-        await asyncio.to_thread(args.output.write_text, lines, encoding="utf-8")
+        try:
+            await asyncio.to_thread(args.output.write_text, lines, encoding="utf-8")
+        except OSError as exc:
+            print(f"fedimod: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"exported {len(entries)} entries of bank '{args.bank}' to {args.output}", file=sys.stderr)
     return 0
 

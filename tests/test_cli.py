@@ -137,3 +137,32 @@ async def test_hash_fetches_urls_through_the_private_address_guard(capsys: pytes
     finally:
         await runner.cleanup()
     assert fetched["md5"] == hashlib.md5(image).hexdigest() and fetched["format"] == "jpeg"
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("big.csv", "signal_type,signal_str,collab,category,tags\npdq," + "a" * 140_000 + ",x,POSITIVE_CLASS,csam\n",
+     "line 2: not CSV: field larger than field limit"),
+    ("deep.jsonl", '{"a":' * 100_000 + "1" + "}" * 100_000 + "\n", "line 1: not JSON: nested too deeply"),
+    ("huge.jsonl", '{"signal_type": "pdq"}\n{"signal_type": "pdq", "value": ' + "9" * 5000 + "}\n",
+     "line 2: not JSON: Exceeds the limit"),
+])
+def test_hostile_bank_files_get_line_numbered_errors_not_tracebacks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: str, message: str) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / name).write_text(content)
+    assert main(["bank", "import", str(tmp_path / name), "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "nothing imported" in err
+
+
+def test_export_into_a_missing_directory_and_run_on_a_corrupted_store_say_what_is_wrong(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    missing = tmp_path / "no" / "such" / "out.jsonl"
+    assert main(["bank", "export", "--bank", "x", "-o", str(missing), "-c", str(config)]) == 2
+    assert f"cannot write {missing}: No such file or directory" in capsys.readouterr().err
+    (tmp_path / "s.sqlite3").write_bytes(os.urandom(8192))
+    result = subprocess.run([sys.executable, "-m", "fedimod", "run", "-c", str(config)], capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, FEDIMOD_TOKEN="x"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot use store {tmp_path / 's.sqlite3'}: file is not a database" in result.stderr

@@ -108,6 +108,7 @@ def _plain_render(entries: Iterable[BankEntry]) -> Iterator[str]:
 
 # -- ThreatExchange CSV ----------------------------------------------------------------------------
 
+MAX_SOURCE = 256  # a source is a name (a collaboration, a feed, a hub)
 TE_HEADER = ("signal_type", "signal_str", "collab", "category", "tags")
 _TE_TYPE_ALIASES = {"video_md5": "md5"}
 _TE_BLOCK = frozenset({"POSITIVE_CLASS", "INVESTIGATION_SEED"})
@@ -116,11 +117,23 @@ _CATEGORY_NAMES = frozenset(c.value for c in Category)
 
 def _te_rows(lines: Iterable[str]) -> Iterator[RowResult]:
     reader = csv.reader(lines)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        header = None
+        yield 1, BankFileError(1, f"not CSV: {exc}")
+        return
     if header is None or tuple(h.strip() for h in header) != TE_HEADER:
         yield 1, BankFileError(1, f"header must be exactly {','.join(TE_HEADER)}")
         return
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field over csv's 131,072-character limit, a NUL byte…
+            yield reader.line_num, BankFileError(reader.line_num, f"not CSV: {exc}")
+            continue
         number = reader.line_num
         if not fields or not any(f.strip() for f in fields):
             continue
@@ -138,6 +151,8 @@ def _te_rows(lines: Iterable[str]) -> Iterator[RowResult]:
                                             "NEGATIVE_CLASS")
             category = next((Category(t) for t in tags.lower().split() if t in _CATEGORY_NAMES),
                             Category.OTHER)
+            if len(collab) > MAX_SOURCE:
+                raise BankFileError(number, f"collab is {len(collab)} characters long (at most {MAX_SOURCE})")
             yield number, BankRow(line=number, signal_type=signal_type, value=value, category=category,
                                   source=csv_restore(collab) or None, is_allowlist=is_allowlist)
         except BankFileError as exc:
@@ -171,6 +186,10 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[RowResult]:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise BankFileError(number, f"not JSON: {exc.msg}") from None
+            except RecursionError:
+                raise BankFileError(number, "not JSON: nested too deeply") from None
+            except ValueError as exc:  # an integer literal past Python's digit limit
+                raise BankFileError(number, f"not JSON: {str(exc)[:120]}") from None
             if not isinstance(obj, dict):
                 raise BankFileError(number, "each line must be a JSON object")
             unknown = sorted(set(obj) - _JSONL_KEYS)
@@ -181,8 +200,8 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[RowResult]:
             signal_type, value = _hash(number, obj["signal_type"], obj["value"])
             category = _category(number, str(obj.get("category", "other")))
             source = obj.get("source")
-            if source is not None and not isinstance(source, str):
-                raise BankFileError(number, "source must be a string or null")
+            if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE):
+                raise BankFileError(number, f"source must be a string of at most {MAX_SOURCE} characters, or null")
             yield number, BankRow(
                 line=number, signal_type=signal_type, value=value, category=category, source=source,
                 added_at=_parse_iso(number, "added_at", obj.get("added_at")),

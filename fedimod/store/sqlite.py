@@ -359,7 +359,12 @@ class SQLiteStore(ActionStoreMixin):
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         try:
             store = cls(conn)
-            await store._setup()
+            try:
+                await store._setup()
+            except (sqlite3.Error, StoreError) as exc:
+                cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ else exc
+                raise StoreError(f"cannot use store {path}: {cause}; check that the file is a fedimod store and "
+                                 "that its directory is writable") from exc
             yield store
         finally:
             await conn.close()
