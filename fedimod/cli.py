@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="One line per bank, signal type and category, with the bank's kind and "
                                             "whether it is enabled.")
     _add_config(stats)
+    bank_stats = bank_sub.add_parser(
+        "stats", help="entries per bank and signal type, and the in-memory index each type gets",
+        description="Per bank and signal type: entries (active ones: enabled banks, not expired). Per signal "
+                    "type: how the running bot looks hashes up (the multi-index plan: chunks, chunk bits, probe "
+                    "radius), its match threshold and the memory the index takes.")
+    _add_config(bank_stats)
     rm = bank_sub.add_parser("remove", help="remove one hash from a bank, or a whole bank",
                              description="Remove one entry (--type and --value) or, with --all, the whole bank. A "
                                          "running fedimod drops removed entries from its index within seconds.")
@@ -215,6 +221,8 @@ async def _bank(config: Config, args: argparse.Namespace) -> int:
                 return await _bank_export(store, args)
             case "list":
                 return await _bank_list(store)
+            case "stats":
+                return await _bank_stats(store, config)
             case "remove":
                 return await _bank_remove(store, args)
             case "enable" | "disable":
@@ -287,6 +295,35 @@ async def _bank_list(store: SQLiteStore) -> int:
     for bank, kind, enabled, signal_type, category, count in rows:
         state = "enabled" if enabled else "disabled"
         print(f"{bank:20} {kind:6} {state:9} {signal_type:8} {category:8} {count}")
+    return 0
+
+
+async def _bank_stats(store: SQLiteStore, config: Config) -> int:
+    from collections import Counter
+
+    from fedimod.match import BankIndex
+
+    per_bank: Counter[tuple[str, str, bool, str]] = Counter()
+    for bank, kind, enabled, signal_type, _category, count in await store.bank_stats():
+        per_bank[(bank, kind, enabled, signal_type)] += count
+    if not per_bank:
+        print("no banks; add one with 'fedimod bank import FILE'")
+        return 0
+    print(f"{'bank':20} {'kind':6} {'state':9} {'type':8} entries")
+    for (bank, kind, enabled, signal_type), count in sorted(per_bank.items()):
+        print(f"{bank:20} {kind:6} {'enabled' if enabled else 'disabled':9} {signal_type:8} {count}")
+    entries = await store.bank_entries()
+    index = await asyncio.to_thread(BankIndex, entries, config.banks.thresholds)
+    print(f"\nindex of {len(index)} active entries (what `fedimod run` matches against):")
+    for info in index.describe():
+        size = f"{info.bytes / 2**20:.1f} MiB" if info.bytes >= 2**20 else f"{info.bytes / 1024:.1f} KiB"
+        if not info.chunks:
+            print(f"  {info.signal_type:8} {info.entries} entries, exact lookup, ~{size}")
+            continue
+        bits = "/".join(str(b) for b in info.chunk_bits)
+        print(f"  {info.signal_type:8} {info.entries} entries within {info.threshold} bits: {info.chunks} chunks of "
+              f"{bits} bits probed at radius {info.radius} ({info.unindexed} not yet indexed, scanned linearly), "
+              f"{size}")
     return 0
 
 

@@ -166,3 +166,27 @@ def test_export_into_a_missing_directory_and_run_on_a_corrupted_store_say_what_i
                             text=True, timeout=60, env=dict(os.environ, FEDIMOD_TOKEN="x"), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot use store {tmp_path / 's.sqlite3'}: file is not a database" in result.stderr
+
+
+def test_bank_stats_shows_entries_per_bank_and_type_and_the_index_plan(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import random
+
+    config = write_config(tmp_path)
+    rng = random.Random(3)
+    lines = [f"pdq {rng.getrandbits(256):064x} csam" for _ in range(5000)]
+    lines += [f"md5 {rng.getrandbits(128):032x} spam" for _ in range(7)]
+    (tmp_path / "bank.txt").write_text("\n".join(lines) + "\n")
+    assert main(["bank", "import", str(tmp_path / "bank.txt"), "--bank", "hub", "-c", str(config)]) == 0
+    (tmp_path / "allow.txt").write_text(f"pdq {rng.getrandbits(256):064x} other\n")
+    assert main(["bank", "import", str(tmp_path / "allow.txt"), "--bank", "ok", "--allowlist", "-c", str(config)]) == 0
+    assert main(["bank", "disable", "--bank", "ok", "-c", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["bank", "stats", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "hub                  block  enabled   md5      7" in out
+    assert "hub                  block  enabled   pdq      5000" in out
+    assert "ok                   allow  disabled  pdq      1" in out
+    assert "index of 5007 active entries" in out  # the disabled allowlist is not matched against
+    assert "pdq      5000 entries within 31 bits: 16 chunks of 16 bits probed at radius 1" in out
+    assert "md5      7 entries, exact lookup" in out

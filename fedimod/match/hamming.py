@@ -304,6 +304,15 @@ class MultiIndexHamming:
         return [list(zip(out_pos[i, :counts[i]].tolist(), out_dist[i, :counts[i]].tolist(), strict=True))
                 for i in range(q)]
 
+    @property
+    def plan(self) -> ChunkPlan:
+        return self._plan
+
+    @property
+    def unindexed(self) -> int:
+        """Positions added since the last reindex: scanned linearly by each query."""
+        return self._size - self._indexed
+
     def words_at(self, position: int) -> U64:
         row: U64 = self._words[position]
         return row

@@ -11,8 +11,10 @@ finds an entry's position by binary search instead of a per-entry dict.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +24,7 @@ from fedimod.models import BankEntry, Category, Match, Signal
 from fedimod.signals import REGISTRY
 
 _CATEGORIES = tuple(Category)
+_EXACT_ENTRY_BYTES = 260
 
 
 class _Interner:
@@ -75,6 +78,20 @@ class _Meta:
         return self.size * (8 + 2 + 2 + 1 + 1)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexStats:
+    """One signal type's part of the index. `chunks == 0`: an exact (dict) lookup."""
+
+    signal_type: str
+    entries: int
+    bytes: int
+    threshold: int = 0
+    chunks: int = 0
+    chunk_bits: tuple[int, ...] = ()
+    radius: int = 0
+    unindexed: int = 0
+
+
 class BankIndex:
     def __init__(self, entries: Iterable[BankEntry] = (), thresholds: Mapping[str, int] | None = None) -> None:
         self.thresholds = {name: st.default_threshold for name, st in REGISTRY.items()}
@@ -94,6 +111,23 @@ class BankIndex:
     def nbytes(self) -> int:
         """Memory held by the perceptual indexes and their metadata (digest dicts not counted)."""
         return sum(h.nbytes for h in self._hamming.values()) + sum(m.nbytes for m in self._meta.values())
+
+    def describe(self) -> list[IndexStats]:
+        """Per signal type: entries, how they are looked up, and the memory that takes."""
+        out = []
+        for signal_type, structure in sorted(self._hamming.items()):
+            plan = structure.plan
+            out.append(IndexStats(
+                signal_type=signal_type, entries=len(structure), threshold=structure.threshold,
+                bytes=structure.nbytes + self._meta[signal_type].nbytes, chunks=len(plan.lengths),
+                chunk_bits=tuple(sorted({int(b) for b in plan.lengths})), radius=plan.radius,
+                unindexed=structure.unindexed))
+        for signal_type, table in sorted(self._exact.items()):
+            entries = sum(len(v) for v in table.values())
+            # A dict slot, the int key and a BankEntry record per entry (an estimate, not a measurement).
+            out.append(IndexStats(signal_type=signal_type, entries=entries,
+                                  bytes=sys.getsizeof(table) + entries * _EXACT_ENTRY_BYTES))
+        return out
 
     def hamming(self, signal_type: str) -> MultiIndexHamming:
         """The structure behind one perceptual type (for batch queries and benchmarks)."""
