@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "errors of failed jobs), media hashed, matches and reports by state.")
     _add_config(status)
 
+    doctor = sub.add_parser("doctor", help="check everything `run` needs, and say how to fix what fails",
+                            description="A preflight to run before `fedimod run`: the token, its scopes and the "
+                                        "account's role, the public timeline, the bot account's own filters (which "
+                                        "Mastodon applies to its stream), WebSocket and SSE streaming, the webhook "
+                                        "listener and secret, the ops endpoint, the store, the banks and the hash "
+                                        "pool. Only harmless calls are made. Exit 0 only if every check passes.")
+    _add_config(doctor)
     cli_hash.register(sub)
     cli_moderation.register(sub, _add_config)
 
@@ -158,6 +165,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             return asyncio.run(_status(config))
         case "hash":
             return cli_hash.run(args)
+        case "doctor":
+            from fedimod.doctor import render, run_checks
+
+            config = load_config(args.config, require_token=False)
+            checks = asyncio.run(run_checks(config))
+            print(f"fedimod doctor: {config.instance.base_url}\n" + render(checks), end="")
+            return 0 if all(c.ok for c in checks) else 1
         case "sandbox":
             return asyncio.run(_sandbox(args.port))
     result = cli_moderation.dispatch(args)

@@ -79,6 +79,7 @@ def _bool(value: str | None, default: bool = False) -> bool:
 @dataclass(slots=True, eq=False)
 class _Subscriber:
     channels: dict[str, tuple[str, ...]]  # channel → the `stream` array sent with its frames
+    viewer: int | None = None  # the token's account: its blocks, mutes, domain blocks and languages apply
     queue: asyncio.Queue[tuple[str, str, str] | None] = field(default_factory=asyncio.Queue)
 
 
@@ -335,10 +336,15 @@ class Sandbox:
         channels += [f"hashtag:{t}" for t in status.tags]
         if account.domain is None:
             channels += [f"hashtag:local:{t}" for t in status.tags]
-        self._publish(channels, event, payload)
+        self._publish(channels, event, payload, author=account)
 
-    def _publish(self, channels: list[str], event: str, payload: str) -> None:
+    def _publish(self, channels: list[str], event: str, payload: str, *,
+                 author: SandboxAccount | None = None) -> None:
         for sub in list(self._subscribers):
+            # The streaming server filters updates (never deletes) by the viewer's own settings.
+            viewer = self.accounts.get(sub.viewer) if sub.viewer is not None else None
+            if author is not None and viewer is not None and viewer.hides(author, "en"):
+                continue
             for channel in channels:
                 if channel in sub.channels:
                     sub.queue.put_nowait((event, channel, payload))
@@ -357,6 +363,9 @@ class Sandbox:
             ("GET", "/api/v1/statuses/{id}", self._get_status),
             ("DELETE", "/api/v1/statuses/{id}", self._delete_status),
             ("GET", "/api/v1/timelines/public", self._timeline_public),
+            ("GET", "/api/v1/blocks", self._own_blocks),
+            ("GET", "/api/v1/mutes", self._own_mutes),
+            ("GET", "/api/v1/domain_blocks", self._own_domain_blocks),
             ("POST", "/api/v1/reports", self._post_report),
             ("GET", "/api/v1/admin/reports", self._admin_reports),
             ("GET", "/api/v1/admin/reports/{id}", self._admin_report),
@@ -608,6 +617,18 @@ class Sandbox:
             self._publish(channels, "delete", str(status.id))
         return web.json_response(body)
 
+    async def _own_blocks(self, request: web.Request) -> web.StreamResponse:
+        account = self._user(request, "read:blocks")
+        return web.json_response([account_json(self.base_url, self.accounts[i]) for i in sorted(account.blocked)])
+
+    async def _own_mutes(self, request: web.Request) -> web.StreamResponse:
+        account = self._user(request, "read:mutes")
+        return web.json_response([account_json(self.base_url, self.accounts[i]) for i in sorted(account.muted)])
+
+    async def _own_domain_blocks(self, request: web.Request) -> web.StreamResponse:
+        account = self._user(request, "read:blocks")
+        return web.json_response(sorted(account.domain_blocks))
+
     async def _timeline_public(self, request: web.Request) -> web.StreamResponse:
         token = self._token(request)
         if token is not None and not token.allows("read:statuses"):
@@ -615,10 +636,12 @@ class Sandbox:
         q = request.query
         local, remote, only_media = _bool(q.get("local")), _bool(q.get("remote")), _bool(q.get("only_media"))
         limit = _limit(q.get("limit"), default=20, maximum=40)
+        viewer = self.accounts.get(token.account_id) if token is not None and token.account_id else None
         items = []
         for status in self.statuses.values():
             author = self.accounts[status.account_id]
-            if (status.visibility != "public" or status.deleted or author.suspended or author.silenced
+            if (viewer is not None and viewer.hides(author, "en")) or (
+                    status.visibility != "public" or status.deleted or author.suspended or author.silenced
                     or (status.in_reply_to_account_id not in (None, status.account_id))
                     or (local and author.domain is not None) or (remote and author.domain is None)
                     or (only_media and not status.media_ids)):
@@ -835,7 +858,7 @@ class Sandbox:
                                                "Cache-Control": "private, no-store"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        sub = _Subscriber(channels={channel: (channel,)})
+        sub = _Subscriber(channels={channel: (channel,)}, viewer=token.account_id)
         self._subscribers.add(sub)
         try:
             await response.write(b":)\n")
@@ -877,7 +900,7 @@ class Sandbox:
                                 headers={"X-Error-Message": token, "Connection": "close"})
         ws = web.WebSocketResponse(heartbeat=self.ws_ping_s)
         await ws.prepare(request)
-        sub = _Subscriber(channels={})
+        sub = _Subscriber(channels={}, viewer=token.account_id)
         self._subscribers.add(sub)
 
         async def subscribe(message: dict[str, Any]) -> None:

@@ -50,6 +50,17 @@ class SandboxAccount:
     sensitized: bool = False
     disabled: bool = False
     statuses_count: int = 0
+    # The account's own filters, which Mastodon applies to what it streams and lists *to* it.
+    blocked: set[int] = field(default_factory=set)
+    muted: set[int] = field(default_factory=set)
+    domain_blocks: set[str] = field(default_factory=set)
+    chosen_languages: tuple[str, ...] | None = None
+
+    def hides(self, author: SandboxAccount, language: str | None) -> bool:
+        """Whether this account's own blocks, mutes, domain blocks or languages drop a post by `author`."""
+        return (author.id in self.blocked or author.id in self.muted
+                or (author.domain is not None and author.domain in self.domain_blocks)
+                or (self.chosen_languages is not None and language not in self.chosen_languages))
 
     @property
     def acct(self) -> str:
