@@ -56,7 +56,6 @@ UNHASHED_TYPES = {
 }
 IDLE_POLL_S = 1.0
 ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable")
-STORE_PROBE_S = 5.0
 INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
 
@@ -121,7 +120,7 @@ class Pipeline:
 
     async def snapshot(self) -> Snapshot:
         """Everything /metrics and /readyz report: counters in memory, and the store's figures as the
-        last probe found them (at most `STORE_PROBE_S` old; see `StoreProbe`)."""
+        last probe found them (at most `[ops] probe_interval_s` old; see `StoreProbe`)."""
         probe = self._probe
         counts = probe.counts or StoreCounts(posts=0, jobs_by_state={}, media_hashed=0, matches=0, matched_posts=0,
                                              reports_by_state={}, bank_entries=0)
@@ -157,7 +156,7 @@ class Pipeline:
                               "store_writable" if result.writable else "store_unwritable", error=result.error)
                 self._probe = result
                 self._probed.set()
-                await asyncio.sleep(STORE_PROBE_S)
+                await asyncio.sleep(self._config.ops.probe_interval_s)
         finally:
             await probe.close()
 
@@ -268,6 +267,7 @@ class Pipeline:
             return
         incremental = (
             previous is not None and previous.banks == state.banks
+            and previous.imports_published == state.imports_published
             and (previous.next_expiry is None or time.time() < previous.next_expiry)
             and state.max_entry_id - previous.max_entry_id <= INCREMENTAL_LIMIT
         )

@@ -110,6 +110,9 @@ class OpsConfig:
 
     host: str | None = "127.0.0.1"
     port: int = 9464
+    # How often the store is probed for writability and its figures read, on a connection of its
+    # own: /readyz and /metrics serve the last probe, so scrapes never touch the pipeline's store.
+    probe_interval_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,10 +339,11 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         if not 0 <= value <= bits // 4:
             raise ConfigError(bk.key(key), f"must be between 0 and {bits // 4} (a quarter of the hash); got {value}")
 
-    op = top.table("ops", frozenset({"listen"}))
-    ops = OpsConfig(host=None)
+    op = top.table("ops", frozenset({"listen", "probe_interval_s"}))
+    probe_interval_s = op.positive("probe_interval_s", _default(OpsConfig, "probe_interval_s"))
+    ops = OpsConfig(host=None, probe_interval_s=probe_interval_s)
     if address := _listen(op, "127.0.0.1:9464"):
-        ops = OpsConfig(host=address[0], port=address[1])
+        ops = OpsConfig(host=address[0], port=address[1], probe_interval_s=probe_interval_s)
 
     wh = top.table("webhooks", frozenset({"listen", "path", "secret_env"}))
     webhooks = WebhookConfig()

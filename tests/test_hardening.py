@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -198,3 +199,74 @@ async def test_a_5xx_answer_to_the_websocket_upgrade_is_an_outage_not_a_reason_t
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     assert ingester.stats.transport == "websocket"
+
+
+def write_bank(path: Path, rows: int, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    path.write_text("".join(f"pdq {rng.getrandbits(256):064x} csam\n" for _ in range(rows)))
+
+
+def raw_counts(db: Path) -> tuple[int, int]:
+    """(entries readers see, rows in the table)."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        visible = conn.execute("SELECT COUNT(*) FROM bank_entries WHERE import_id IS NULL OR import_id IN "
+                               "(SELECT id FROM bank_imports WHERE state = 'done')").fetchone()[0]
+        total = conn.execute("SELECT COUNT(*) FROM bank_entries").fetchone()[0]
+    return int(visible), int(total)
+
+
+def takes_write_lock(db: Path, timeout_s: float) -> bool:
+    with contextlib.closing(sqlite3.connect(db, timeout=timeout_s, isolation_level=None)) as conn:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        conn.execute("ROLLBACK")
+    return True
+
+
+@pytest.mark.slow
+async def test_a_big_import_beside_a_running_bot_neither_stops_it_nor_shows_half_a_file(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    config_file = tmp_path / "bank.toml"
+    config_file.write_text(f'[instance]\nbase_url = "{sandbox.base_url}"\n[store]\npath = "{db}"\n')
+    user, _ = sandbox.create_account("mallory")
+    big = tmp_path / "big.txt"
+    write_bank(big, 400_000, seed=1)
+    before, _ = raw_counts(db)
+
+    async def import_(path: Path) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fedimod", "bank", "import", str(path), "--bank", "big", "-c", str(config_file),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+    async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
+        # Killed half-way: readers never see its rows.
+        victim = await import_(big)
+        await wait_until(lambda: raw_counts(db)[1] > before + 20_000, timeout_s=60, what="the import staging rows")
+        victim.kill()
+        await victim.wait()
+        assert raw_counts(db)[0] == before
+        # The next import cleans up what the dead one left, and the bot reports posts all along.
+        importer = await import_(big)
+        posted, got_in = [], 0
+        while importer.returncode is None:
+            posted.append(sandbox.post_status(user.id, "during import", media=[altered_copy(BANNED, 0.4)]).id)
+            staged = raw_counts(db)[1] - before
+            if 0 < staged < 400_000:  # mid-import: another writer still gets the lock within a second
+                got_in += await asyncio.to_thread(takes_write_lock, db, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(importer.wait(), 0.3)
+        out, err = await importer.communicate()
+        assert importer.returncode == 0, err.decode()
+        assert "imported 400000 new entries" in out.decode()
+        assert got_in >= 2
+        await wait_until(lambda: len(sandbox.reports) == len(posted), timeout_s=30, what="every post reported")
+        await wait_until(lambda: pipeline.indexed_entries == before + 400_000, timeout_s=30,
+                         what="the bot's index to take the import")
+    assert raw_counts(db) == (before + 400_000, before + 400_000)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -222,7 +224,27 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 5: staged bank imports. A big import writes its rows in short batches tagged with its import
+    # id, invisible until one small transaction marks the import done: all or nothing, without
+    # holding the write lock for the whole file while a bot works beside it.
+    """
+    CREATE TABLE bank_imports (
+        id INTEGER PRIMARY KEY,
+        bank TEXT NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    ALTER TABLE bank_entries ADD COLUMN import_id INTEGER;
+    CREATE INDEX bank_entries_by_import ON bank_entries (import_id) WHERE import_id IS NOT NULL;
+    """,
 )
+
+# Entries of an import still staging (or abandoned) are invisible to every reader.
+_VISIBLE = "(e.import_id IS NULL OR e.import_id IN (SELECT id FROM bank_imports WHERE state = 'done'))"
+_STAGE_BATCH = 5000
 
 _JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
                 "account_acct")
@@ -244,6 +266,16 @@ def _statements(script: str) -> Iterator[str]:
         raise StoreError(f"incomplete statement in migration: {pending[:80]!r}")
 
 _BEGIN_ATTEMPTS = 5
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -280,6 +312,7 @@ class BankState:
     max_entry_id: int
     removal_seq: int
     next_expiry: int | None
+    imports_published: int = 0  # a staged import's rows appear at once, below ids already seen
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -742,37 +775,74 @@ class SQLiteStore(ActionStoreMixin):
         self, bank: str, rows: Iterable[BankRow], *, kind: BankKind = BankKind.BLOCK, now: float | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Add entries in one transaction (all or nothing); returns how many were new."""
+        """Add entries all or nothing; returns how many were new.
+
+        The rows are written in short transactions of `_STAGE_BATCH`, invisible until a last small
+        transaction publishes them, so a bot running on the same store is never held up for long.
+        An import that fails or is interrupted is rolled back; one whose process died is cleaned up
+        by the next import.
+        """
         added_at = int(time.time() if now is None else now)
-        added = 0
-        done = 0
+        await self._abandon_dead_imports()
         async with self._transaction():
             await self._ensure_bank(bank, kind)
+            cursor = await self._conn.execute(
+                "INSERT INTO bank_imports (bank, state, pid, host, started_at) VALUES (?, 'staging', ?, ?, ?)",
+                (bank, os.getpid(), socket.gethostname(), time.time()))
+            import_id = cursor.lastrowid
+        added = done = 0
+        try:
             batch: list[tuple[object, ...]] = []
-
-            async def flush() -> int:
-                before = self._conn.total_changes
-                await self._conn.executemany(
-                    "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
-                    "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-                return self._conn.total_changes - before
-
             for row in rows:
                 batch.append((bank, row.signal_type, signal_type_named(row.signal_type).format(row.value),
                               row.category.value, row.source or "local",
-                              row.added_at if row.added_at is not None else added_at, row.expires_at))
-                if len(batch) >= 5000:
-                    added += await flush()
+                              row.added_at if row.added_at is not None else added_at, row.expires_at, import_id))
+                if len(batch) >= _STAGE_BATCH:
+                    added += await self._stage(batch)
                     done += len(batch)
                     batch.clear()
                     if on_progress is not None:
                         on_progress(done)
             if batch:
-                added += await flush()
+                added += await self._stage(batch)
                 done += len(batch)
                 if on_progress is not None:
                     on_progress(done)
+            async with self._transaction():
+                await self._conn.execute("UPDATE bank_imports SET state = 'done', finished_at = ? WHERE id = ?",
+                                         (time.time(), import_id))
+        except BaseException:
+            await asyncio.shield(self._abandon_import(import_id))
+            raise
         return added
+
+    async def _stage(self, batch: list[tuple[object, ...]]) -> int:
+        async with self._transaction():
+            before = self._conn.total_changes
+            await self._conn.executemany(
+                "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
+                "expires_at, import_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            return self._conn.total_changes - before
+
+    async def _abandon_import(self, import_id: int | None) -> None:
+        """Delete an unfinished import's rows, in short transactions, then mark it abandoned."""
+        while True:
+            async with self._transaction():
+                cursor = await self._conn.execute(
+                    "DELETE FROM bank_entries WHERE id IN (SELECT id FROM bank_entries WHERE import_id = ? LIMIT ?)",
+                    (import_id, _STAGE_BATCH))
+            if cursor.rowcount < _STAGE_BATCH:
+                break
+        async with self._transaction():
+            await self._conn.execute("UPDATE bank_imports SET state = 'abandoned', finished_at = ? WHERE id = ?",
+                                     (time.time(), import_id))
+
+    async def _abandon_dead_imports(self) -> None:
+        host = socket.gethostname()
+        for import_id, pid in await self._all(
+                "SELECT id, pid FROM bank_imports WHERE state = 'staging' AND host = ?", (host,)):
+            if not _process_alive(int(pid)):
+                await self._abandon_import(int(import_id))
 
     async def remove_bank_entries(
         self, bank: str, *, signal_type: str | None = None, value: int | None = None, now: float | None = None
@@ -814,6 +884,7 @@ class SQLiteStore(ActionStoreMixin):
         if bank is not None:
             where.append("e.bank = ?")
             params.append(bank)
+        where.append(_VISIBLE)
         if active_only:
             where.append("b.enabled = 1 AND (e.expires_at IS NULL OR e.expires_at > ?)")
             params.append(now_s)
@@ -840,17 +911,19 @@ class SQLiteStore(ActionStoreMixin):
         now_s = int(time.time() if now is None else now)
         banks = await self._all("SELECT name, kind, enabled FROM banks ORDER BY name")
         top = await self._one("SELECT COALESCE(MAX(id), 0) FROM bank_entries")
+        published = await self._one("SELECT COUNT(*) FROM bank_imports WHERE state = 'done'")
         removal = await self._one("SELECT COALESCE(MAX(seq), 0) FROM bank_removals")
         expiry = await self._one("SELECT MIN(expires_at) FROM bank_entries WHERE expires_at > ?", (now_s,))
         return BankState(
             banks=tuple((r[0], r[1], bool(r[2])) for r in banks), max_entry_id=int(top[0]),
             removal_seq=int(removal[0]), next_expiry=None if expiry[0] is None else int(expiry[0]),
+            imports_published=int(published[0]),
         )
 
     async def bank_stats(self) -> list[tuple[str, str, bool, str, str, int]]:
         rows = await self._all(
             "SELECT b.name, b.kind, b.enabled, e.signal_type, e.category, COUNT(e.id) FROM banks b "
-            "LEFT JOIN bank_entries e ON e.bank = b.name "
+            f"LEFT JOIN bank_entries e ON e.bank = b.name AND {_VISIBLE} "
             "GROUP BY b.name, e.signal_type, e.category ORDER BY b.name, e.signal_type, e.category"
         )
         return [(r[0], r[1], bool(r[2]), r[3] or "-", r[4] or "-", r[5]) for r in rows]
@@ -868,7 +941,7 @@ class SQLiteStore(ActionStoreMixin):
         hashed = await self._one("SELECT COUNT(DISTINCT job_id) FROM job_signals")
         matches = await self._one("SELECT COUNT(*), COUNT(DISTINCT status_id) FROM matches")
         reports = await self._all("SELECT state, COUNT(*) FROM reports GROUP BY state")
-        entries = await self._one("SELECT COUNT(*) FROM bank_entries")
+        entries = await self._one(f"SELECT COUNT(*) FROM bank_entries e WHERE {_VISIBLE}")
         assert posts is not None and hashed is not None and matches is not None and entries is not None
         return StoreCounts(
             posts=posts[0],
