@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,6 +19,7 @@ import pytest
 
 from fedimod.act.report import report_key
 from fedimod.app import open_pipeline
+from fedimod.config import OpsConfig, WatchdogConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ingest import StreamIngester
 from fedimod.models import Account, Attachment, Post
@@ -270,3 +274,61 @@ async def test_a_big_import_beside_a_running_bot_neither_stops_it_nor_shows_half
         await wait_until(lambda: pipeline.indexed_entries == before + 400_000, timeout_s=30,
                          what="the bot's index to take the import")
     assert raw_counts(db) == (before + 400_000, before + 400_000)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "16m") -> Iterator[Path]:
+    """A tmpfs of `size` at `path`: a disk the test can fill (needs root, as CI has)."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root); the full-disk test cannot run here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+    return filler
+
+
+async def test_a_full_disk_fails_readiness_raises_an_alert_and_the_bot_resumes_when_space_returns(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        db = disk / "f.sqlite3"
+        await bank_images(db, [jpeg_bytes(BANNED)])
+        user, _ = sandbox.create_account("mallory")
+        config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0,
+                                                                              probe_interval_s=0.2),
+                         watchdog=WatchdogConfig(interval_s=0.2))
+        async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
+            ready = f"http://127.0.0.1:{pipeline.ops_port}/readyz"
+
+            async def readiness() -> tuple[int, str]:
+                async with http.get(ready) as resp:
+                    return resp.status, await resp.text()
+
+            first = sandbox.post_status(user.id, "before", media=[altered_copy(BANNED, 0.4)])
+            await wait_until(lambda: len(sandbox.reports) == 1, what="the first report")
+            assert pipeline.watchdog.active == {}
+            # Past the second gap fill after subscribing: from here only the intake can save these posts.
+            await wait_until(lambda: pipeline.ingester.stats.gap_fills >= 2, what="the second gap fill")
+            filler = fill(disk)
+            during = [sandbox.post_status(user.id, "while full", media=[altered_copy(BANNED, 0.4)])
+                      for _ in range(3)]
+            await wait_until(lambda: "store_unwritable" in pipeline.watchdog.active, what="the alert")
+            status, text = await readiness()
+            assert status == 503 and "store_writable" in text
+            filler.unlink()
+            await wait_until(lambda: "store_unwritable" not in pipeline.watchdog.active, what="the alert cleared")
+            assert (await readiness())[0] == 200
+            await wait_until(lambda: len(sandbox.reports) == 4, timeout_s=30, what="the posts made while full")
+    reported = sorted(s for r in sandbox.reports for s in r.status_ids)
+    assert reported == sorted([first.id] + [p.id for p in during])

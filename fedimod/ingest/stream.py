@@ -81,6 +81,7 @@ class IngestStats:
     malformed: int = 0
     reconnects: int = 0
     gap_filled: int = 0
+    gap_fills: int = 0  # timeline reads after a (re)connect, the second one after subscribing included
     swept: int = 0
     connected: bool = False
     last_frame_at: float | None = None
@@ -475,6 +476,7 @@ class StreamIngester:
 
     async def _gap_fill(self, start: str) -> None:
         """Page each configured stream's timeline forward from `start` (min_id paging, oldest first)."""
+        self.stats.gap_fills += 1
         for stream in self._streams:
             since = start
             params = dict(_TIMELINE_PARAMS[stream], limit=str(PAGE_LIMIT), min_id=since)
