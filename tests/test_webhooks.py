@@ -53,6 +53,7 @@ async def test_wrong_or_missing_signature_gets_401_is_counted_and_nothing_is_pro
     db, user = await banked_store(tmp_path, sandbox)
     async with running(with_webhooks(make_config(sandbox, bot_token, db)), sandbox) as pipeline:
         url = receiver_url(pipeline)
+        sandbox.webhook_retries = 0  # Mastodon retries a 401; one delivery is what this test counts
         sandbox.add_webhook(url, "not-the-shared-secret")
         status = sandbox.post_status(user.id, "x", visibility="unlisted", media=[altered_copy(BANNED, 0.5)])
         await wait_until(lambda: sandbox.webhook_deliveries == [("status.created", 401)], what="the delivery")
@@ -115,3 +116,23 @@ async def test_garbled_signatures_get_401_and_a_signed_body_nested_too_deep_gets
         assert await _raw_post(port, path, deep, signature(SECRET.encode(), deep).encode()) == 400
         rejected = dict(pipeline.webhooks.stats.rejected)
     assert rejected == {"signature": 3, "malformed": 1}
+
+
+async def test_a_webhook_the_receiver_could_not_take_is_delivered_again_and_reported_once(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, user = await banked_store(tmp_path, sandbox)
+    config = with_webhooks(make_config(sandbox, bot_token, db))
+    async with running(config, sandbox) as pipeline:
+        url = receiver_url(pipeline)
+    # The bot is down: the first delivery is refused, and Mastodon delivers it again later.
+    sandbox.add_webhook(url, SECRET)
+    sandbox.webhook_retry_s = 1.0
+    status = sandbox.post_status(user.id, "unlisted, é and <b>", visibility="unlisted",
+                                 media=[altered_copy(BANNED, 0.5)])
+    await wait_until(lambda: ("status.created", 0) in sandbox.webhook_deliveries, what="the refused delivery")
+    port = int(url.split(":")[2].split("/")[0])
+    config = replace(config, webhooks=replace(config.webhooks, port=port))
+    async with running(config, sandbox):
+        await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=30, what="the report from the redelivery")
+    assert sandbox.reports[0].status_ids == [status.id]
+    assert [s for e, s in sandbox.webhook_deliveries if e == "status.created"][-1] == 200

@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlencode
 
@@ -108,6 +109,8 @@ class Sandbox:
         # Admin webhooks: (url, secret, events); each delivery is recorded as (event, HTTP status).
         self.webhooks: list[tuple[str, str, frozenset[str]]] = []
         self.webhook_deliveries: list[tuple[str, int]] = []
+        self.webhook_retries = 4  # Mastodon: 16, over about two days
+        self.webhook_retry_s = 0.5
         self._deliveries: set[asyncio.Task[None]] = set()
         self._webhook_client: aiohttp.ClientSession | None = None
         self.media_requests: list[int] = []
@@ -209,7 +212,10 @@ class Sandbox:
         self.webhooks.append((url, secret, frozenset(events)))
 
     def _emit(self, event: str, obj: dict[str, Any]) -> None:
-        body = json.dumps({"event": event, "created_at": iso(time.time()), "object": obj}).encode()
+        # Compact JSON with UTF-8 as it is, as Mastodon's serializer writes it: a receiver that
+        # re-serialises before checking the HMAC fails here as it would against Mastodon.
+        body = json.dumps({"event": event, "created_at": iso(time.time()), "object": obj},
+                          separators=(",", ":"), ensure_ascii=False).encode()
         for url, secret, events in self.webhooks:
             if event in events:
                 task = asyncio.get_running_loop().create_task(self._deliver(url, secret, event, body))
@@ -217,17 +223,26 @@ class Sandbox:
                 task.add_done_callback(self._deliveries.discard)
 
     async def _deliver(self, url: str, secret: str, event: str, body: bytes) -> None:
+        """Deliver, and deliver again as Sidekiq retries (MASTODON_API.md §2): on 5xx other than 501,
+        401, 408, 429 and connection errors; never on other 4xx. Backoff `webhook_retry_s · 2^n`."""
         if self._webhook_client is None:
             self._webhook_client = aiohttp.ClientSession()
         digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         headers = {"Content-Type": "application/json", "X-Hub-Signature": f"sha256={digest}",
-                   "User-Agent": "Mastodon/4.5.0 (sandbox)"}
-        try:
-            async with self._webhook_client.post(url, data=body, headers=headers,
-                                                 timeout=aiohttp.ClientTimeout(total=30)) as response:
-                self.webhook_deliveries.append((event, response.status))
-        except (aiohttp.ClientError, TimeoutError):
-            self.webhook_deliveries.append((event, 0))
+                   "User-Agent": "Mastodon/4.5.0 (sandbox)", "Accept-Encoding": "gzip",
+                   "Date": formatdate(usegmt=True)}
+        for attempt in range(self.webhook_retries + 1):
+            try:
+                async with self._webhook_client.post(url, data=body, headers=headers,
+                                                     timeout=aiohttp.ClientTimeout(total=30)) as response:
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            self.webhook_deliveries.append((event, status))
+            retried = status == 0 or (status >= 500 and status != 501) or status in (401, 408, 429)
+            if 200 <= status < 300 or not retried:
+                return
+            await asyncio.sleep(self.webhook_retry_s * 2 ** attempt)
 
     def outage(self, status: int = 502) -> None:
         """The instance goes down behind its proxy: open streams drop, every request gets `status`."""
