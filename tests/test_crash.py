@@ -40,6 +40,9 @@ allow_hosts = ["127.0.0.1"]
 concurrency = 2
 hash_processes = 1
 retry_delay_s = 0.2
+
+[ops]
+listen = "127.0.0.1:0"
 """)
     return path
 
@@ -201,3 +204,58 @@ async def test_kill_mid_run_while_posts_stream_in_then_restart_misses_none_and_r
     assert missing == []
     assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted(banned_posts)
     assert len(banned_posts) >= 20
+
+
+def with_suspend_rule(config: Path) -> Path:
+    config.write_text(config.read_text() + '\n[[policy.rules]]\nname = "csam-suspend"\naction = "suspend"\n'
+                                           'categories = ["csam"]\n')
+    return config
+
+
+async def test_kill_between_the_action_reaching_the_instance_and_its_answer_reconciles_not_repeats(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config, db, log = await prepare(tmp_path, sandbox)
+    with_suspend_rule(config)
+    user, _ = sandbox.create_account("mallory")
+    sandbox.action_response_gate.clear()  # the instance suspends, but its answer never comes
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        sandbox.post_status(user.id, "x", media=[altered_copy(BANNED, 0.5)])
+        await wait_until(lambda: len(sandbox.account_actions) == 1, what="the suspension reached the instance")
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    sandbox.action_response_gate.set()
+    async with bot_process(config, bot_token, log) as proc:
+        async def reconciled() -> bool:
+            async with SQLiteStore.open(db) as store:
+                return [a.state.value for a in await store.actions()] == ["done"]
+        await wait_until(reconciled, timeout_s=30, what=f"the action reconciled; log: {log}")
+        await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    assert [a.type for a in sandbox.account_actions] == ["suspend"]
+    assert '"result": "reconciled"' in log.read_text() or "action_applied" in log.read_text()
+
+
+async def test_kill_before_the_action_reached_the_instance_sends_it_after_restart(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    config, db, log = await prepare(tmp_path, sandbox)
+    with_suspend_rule(config)
+    user, _ = sandbox.create_account("mallory")
+    sandbox.action_request_gate.clear()  # the request is in flight; the instance has not acted
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        sandbox.post_status(user.id, "x", media=[altered_copy(BANNED, 0.5)])
+        await wait_until(lambda: sandbox.action_requests_held == 1, what="the action request in flight")
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    sandbox.action_request_gate.set()
+    await asyncio.sleep(0.2)
+    assert sandbox.account_actions == [] and not sandbox.accounts[user.id].suspended
+    async with SQLiteStore.open(db) as store:
+        assert [(a.state.value, a.attempts) for a in await store.actions()] == [("pending", 1)]
+    async with bot_process(config, bot_token, log):
+        await wait_until(lambda: len(sandbox.account_actions) == 1, timeout_s=30,
+                         what=f"the action sent after the restart; log: {log}")
+        await asyncio.sleep(1.0)
+    assert [a.type for a in sandbox.account_actions] == ["suspend"] and sandbox.accounts[user.id].suspended

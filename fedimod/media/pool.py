@@ -134,6 +134,7 @@ class _Worker:
 
     @property
     def exit_description(self) -> str:
+        self.process.join(2)  # EOF on the pipe can come a moment before the exit status
         code = self.process.exitcode
         if code is None:
             return "no answer"

@@ -120,6 +120,13 @@ class Sandbox:
         # Cleared: a report is recorded, but its response is held (a client "crashes" before the answer).
         self.report_response_gate = asyncio.Event()
         self.report_response_gate.set()
+        # Cleared: an account action request waits before it is applied (held counts them) / it is
+        # applied but its answer is held. Either way a client killed meanwhile sees no answer.
+        self.action_request_gate = asyncio.Event()
+        self.action_request_gate.set()
+        self.action_requests_held = 0
+        self.action_response_gate = asyncio.Event()
+        self.action_response_gate.set()
         self.fail_api_with: int | None = None
         self.block_websocket = False  # answer upgrades as a proxy that drops the Upgrade header would
         # Mastodon's streaming server registers a WebSocket subscription only after a database query
@@ -158,6 +165,8 @@ class Sandbox:
             await self._webhook_client.close()
         self.media_gate.set()
         self.report_response_gate.set()
+        self.action_request_gate.set()
+        self.action_response_gate.set()
         self.drop_streams()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -806,6 +815,11 @@ class Sandbox:
             report = self._report(params["report_id"])
         if action != "none" and ROLE_POSITION[actor.role] <= ROLE_POSITION[target.role]:
             raise ApiError(403, "This action is not allowed")
+        self.action_requests_held += not self.action_request_gate.is_set()
+        await self.action_request_gate.wait()
+        if request.transport is None or request.transport.is_closing():
+            # The client went away before the instance acted: the call never took effect.
+            raise web.HTTPServiceUnavailable()
         if action == "disable":
             if target.domain is not None:
                 raise ApiError(403, "This action is not allowed")
@@ -829,6 +843,7 @@ class Sandbox:
             send_email_notification=_bool(params.get("send_email_notification"), default=True),
             by_account_id=actor.id, at=now,
         ))
+        await self.action_response_gate.wait()
         return web.json_response({})
 
     async def _admin_account_undo(self, request: web.Request) -> web.StreamResponse:
