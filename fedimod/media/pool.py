@@ -117,6 +117,7 @@ class _Worker:
                 else:
                     return "done", value, frames
         except (EOFError, OSError):
+            self.process.join(2)  # EOF on the pipe can come a moment before the exit status
             return "lost", None, frames
 
     def kill(self) -> None:
@@ -134,7 +135,6 @@ class _Worker:
 
     @property
     def exit_description(self) -> str:
-        self.process.join(2)  # EOF on the pipe can come a moment before the exit status
         code = self.process.exitcode
         if code is None:
             return "no answer"
