@@ -131,3 +131,46 @@ def test_memory_per_pdq_hash_is_reported_and_bounded() -> None:
 def test_words_round_trip() -> None:
     value = random.Random(7).getrandbits(256)
     assert words_to_int(ints_to_words([value], 256)[0]) == value
+
+
+def chunk_bits(plan: ChunkPlan, bits: int, c: int) -> list[int]:
+    """The integer bit positions that chunk `c` cuts out (chunks count from the most significant bit)."""
+    start, length = int(plan.starts[c]), int(plan.lengths[c])
+    return [bits - 1 - g for g in range(start, start + length)]
+
+
+@pytest.mark.parametrize(("bits", "radius", "chunks"), [(64, 1, 4), (256, 1, 16), (64, 2, 4), (256, 2, 11)])
+def test_every_probe_position_of_every_chunk_finds_a_neighbour_only_that_chunk_can_find(
+    bits: int, radius: int, chunks: int
+) -> None:
+    """Neighbours at exactly the threshold whose differences leave a single chunk within the probe
+    radius, the differing bits in that chunk at every position of it; the bank is big enough for
+    the lookup tables to be built, so the tables, not the linear tail, must find them."""
+    threshold = chunks * (radius + 1) - 1  # the largest the pigeonhole allows for this plan
+    plan = ChunkPlan.with_radius(bits, threshold, radius)
+    assert len(plan.lengths) == chunks and plan.radius == radius
+    rng = random.Random(bits * 10 + radius)
+    query = rng.getrandbits(bits)
+    planted = []
+    for c in range(chunks):
+        own = chunk_bits(plan, bits, c)
+        for a in range(len(own)):
+            # One differing bit at position a (the one-bit probes) and, at radius 2, also a pair
+            # from a (the two-bit probes), each alone in its chunk within the probe radius.
+            for near in ([own[a]],) if radius == 1 else ([own[a]], [own[a], own[(a + 1) % len(own)]]):
+                value = query
+                for other in range(chunks):  # radius + 1 differences in every other chunk: beyond its probes
+                    if other != c:
+                        for bit in rng.sample(chunk_bits(plan, bits, other), radius + 1):
+                            value ^= 1 << bit
+                for bit in near:
+                    value ^= 1 << bit
+                assert hamming_distance(query, value) <= threshold
+                planted.append(value)
+    decoys = [rng.getrandbits(bits) for _ in range(6000)]
+    index = MultiIndexHamming(bits, threshold, plan=plan)
+    index.add(ints_to_words(decoys + planted, bits))
+    assert index.unindexed == 0  # above the reindex threshold: everything is in the tables
+    found = {pos for pos, _d in index.query(ints_to_words([query], bits)[0])}
+    missed = [i for i in range(len(planted)) if len(decoys) + i not in found]
+    assert missed == [], f"{len(missed)} of {len(planted)} planted neighbours missed"
