@@ -184,8 +184,16 @@ async def test_kill_mid_run_while_posts_stream_in_then_restart_misses_none_and_r
     async with bot_process(config, bot_token, log) as proc:
         await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
         await post_for(2.0)
+        burst = len(media_posts)
+        for n in range(burst, burst + 120):  # a burst the bot cannot have finished when the kill comes
+            media_posts.append(sandbox.post_status(user.id, f"burst {n}", media=[innocent[n % 3]]).id)
+        await asyncio.sleep(0.1)
         proc.send_signal(signal.SIGKILL)  # with posts queued, jobs leased and reports in flight
         assert await proc.wait() == -signal.SIGKILL
+    async with SQLiteStore.open(db) as store:
+        at_kill = await store.counts()
+    # Killed mid-work: what was posted had not all been hashed (else the restart proves nothing).
+    assert len(media_posts) > burst and at_kill.jobs_by_state.get("done", 0) < len(media_posts)
     await post_for(1.0)  # the bot is down: these reach it only through the gap fill
     async with bot_process(config, bot_token, log) as proc:
         async def all_done() -> bool:

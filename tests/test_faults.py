@@ -45,6 +45,7 @@ async def test_2000_posts_with_50_stream_drops_miss_nothing_and_act_once(
     rng = random.Random(7)
     media_posts: list[int] = []
     banned_posts: list[int] = []
+    drops_on_open_streams = 0
     async with running(make_config(sandbox, bot_token, db), sandbox):
         for n in range(2000):
             kind = rng.random()
@@ -57,7 +58,9 @@ async def test_2000_posts_with_50_stream_drops_miss_nothing_and_act_once(
             else:
                 sandbox.post_status(user.id, f"post {n}")
             if n % 40 == 39:
-                sandbox.drop_streams()  # 50 drops over the run
+                # 50 drops over the run, each of a live subscription (wait for the reconnect first).
+                await wait_until(lambda: sandbox.is_subscribed("public:media"), what="the stream back")
+                drops_on_open_streams += sandbox.drop_streams() > 0
             await asyncio.sleep(0.002)
 
         async def all_recorded() -> bool:
@@ -74,6 +77,7 @@ async def test_2000_posts_with_50_stream_drops_miss_nothing_and_act_once(
     reported = sorted(s for r in sandbox.reports for s in r.status_ids)
     assert reported == sorted(banned_posts)  # 0 duplicates, 0 false reports
     assert len(banned_posts) >= 10
+    assert drops_on_open_streams == 50
 
 
 async def test_refused_websocket_falls_back_to_sse_and_back_again(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -199,6 +200,15 @@ def test_any_sse_lines_give_events_or_our_typed_error(lines: list[str]) -> None:
     decoder = SSEDecoder()
     for line in lines:
         try:
-            decoder.feed(line)
-        except StreamEventError:
-            pass
+            event = decoder.feed(line)
+        except StreamEventError as exc:
+            assert str(exc)
+            continue
+        assert event is None or event.event
+    # Whatever came before, the decoder is still usable: after a blank line the next event decodes.
+    with contextlib.suppress(StreamEventError):
+        decoder.feed("")
+    decoder.feed("event: delete")
+    decoder.feed("data: 42")
+    event = decoder.feed("")
+    assert event is not None and event.deleted_id == "42"

@@ -61,6 +61,7 @@ RATE_LIMIT = 300
 RATE_WINDOW_S = 300
 _FALSE = {"false", "0", "f", "F", "FALSE", "off", "OFF", "False"}
 _TAG = re.compile(r"(?:^|\s)#(\w+)")
+_MENTION = re.compile(r"(?:^|\s)@([\w.-]+(?:@[\w.-]+)?)")
 
 
 class ApiError(Exception):
@@ -267,10 +268,11 @@ class Sandbox:
         self._throttle_retry_after = retry_after_s
         self._throttle_prefix = path_prefix
 
-    def drop_streams(self) -> None:
-        """Close every open streaming connection, as a restart of the streaming server would."""
+    def drop_streams(self) -> int:
+        """Close every open streaming connection, as a restart of the streaming server would; how many."""
         for sub in list(self._subscribers):
             sub.queue.put_nowait(None)
+        return len(self._subscribers)
 
     def inject_frame(self, raw: str, channel: str = "public") -> None:
         """Send `raw` verbatim to every WebSocket/SSE subscriber of `channel` (malformed-event tests)."""
@@ -311,7 +313,8 @@ class Sandbox:
             "reblog": None,
             "account": account_json(base, account),
             "media_attachments": [media_json(base, self.media[m], account) for m in status.media_ids],
-            "mentions": [],
+            "mentions": [{"id": str(a.id), "username": a.username, "acct": a.acct,
+                          "url": f"{base}/@{a.acct}"} for a in (self.accounts[i] for i in status.mentioned_ids)],
             "tags": [{"name": t, "url": f"{base}/tags/{t}"} for t in status.tags],
             "emojis": [],
             "card": None,
@@ -335,6 +338,8 @@ class Sandbox:
             created_at=created_at if created_at is not None else now, in_reply_to_id=in_reply_to_id,
             in_reply_to_account_id=reply_account, sensitive=sensitive, spoiler_text=spoiler_text,
             tags=tuple(t.lower() for t in _TAG.findall(text)),
+            mentioned_ids=tuple(a.id for name in _MENTION.findall(text) for a in self.accounts.values()
+                                if a.acct.lower() == name.lower()),
         )
         self.statuses[status.id] = status
         account.statuses_count += 1

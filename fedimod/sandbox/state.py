@@ -111,6 +111,7 @@ class SandboxStatus:
     edited_at: float | None = None
     deleted: bool = False
     tags: tuple[str, ...] = ()
+    mentioned_ids: tuple[int, ...] = ()  # accounts named as @acct in the text that exist here
 
 
 @dataclass(slots=True)
