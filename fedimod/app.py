@@ -52,7 +52,7 @@ VIDEO_TYPES = frozenset({"video", "gifv"})
 # Mastodon serves these too; they are recorded as skipped, with the reason.
 UNHASHED_TYPES = {
     "audio": "audio carries no image signal",
-    "unknown": "the instance has no copy of this media (type unknown)",
+    "unknown": "the instance has no copy of this media (type unknown) and names no origin (remote_url)",
 }
 IDLE_POLL_S = 1.0
 ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable")
@@ -389,13 +389,16 @@ class Pipeline:
         return time.time() + delay * random.uniform(0.8, 1.2)
 
     async def _process(self, job: MediaJob) -> None:
-        if job.media_type not in HASHABLE_TYPES:
+        # `unknown`: a remote file the instance could not take. Its origin may still serve it, and
+        # that is where abuse material the instance refused is found: fetch it, the bytes decide.
+        fetch_unknown = job.media_type == "unknown" and job.remote_url is not None
+        if job.media_type not in HASHABLE_TYPES and not fetch_unknown:
             reason = UNHASHED_TYPES.get(job.media_type, f"media type {job.media_type!r} is not hashed")
             await self._store.fail_job(job, f"skipped: {reason}", retry_at=None, final_state=JobState.SKIPPED)
             log_event(logger, logging.INFO, "job_skipped", job_id=job.id, status_id=job.status_id,
                       media_type=job.media_type, reason=reason)
             return
-        url = job.media_url or job.remote_url
+        url = media_source(job)
         if url is None:
             # Mastodon sends url null while it is still processing the upload (MASTODON_API.md §4.2).
             await self._fail(job, "no media URL yet (still processing on the instance)", permanent=False)
@@ -519,6 +522,17 @@ async def _resources(config: Config) -> AsyncIterator[Pipeline]:
             request_timeout_s=config.instance.request_timeout_s, budget=budget_for(config),
         )
         yield Pipeline(config=config, store=store, fetcher=fetcher, hasher=hasher, actions=actions, session=session)
+
+
+def media_source(job: MediaJob) -> str | None:
+    """Where to download an attachment: the instance's own copy when it has one; the origin
+    (`remote_url`) when the instance only offers its `/media_proxy/` (throttled to 30 requests per
+    10 minutes, MASTODON_API.md §4.2) or has no copy at all (type `unknown`, or `url` still null)."""
+    url = job.media_url
+    if job.remote_url is not None and (url is None or job.media_type == "unknown"
+                                       or "/media_proxy/" in urlsplit(url).path):
+        return job.remote_url
+    return url
 
 
 def budget_for(config: Config) -> RateBudget:

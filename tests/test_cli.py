@@ -190,3 +190,24 @@ def test_bank_stats_shows_entries_per_bank_and_type_and_the_index_plan(
     assert "index of 5007 active entries" in out  # the disabled allowlist is not matched against
     assert "pdq      5000 entries within 31 bits: 16 chunks of 16 bits probed at radius 1" in out
     assert "md5      7 entries, exact lookup" in out
+
+
+def test_fedimod_hash_records_each_bad_input_and_carries_on(tmp_path: Path) -> None:
+    from tests import hostile
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for n, (name, data, _type) in enumerate(hostile.special() + hostile.mutants(60, seed=5)):
+        (corpus / f"{n:03d}-{name}").write_bytes(data)
+    (corpus / "zzz-good.jpg").write_bytes(jpeg_bytes(generate_image(12)))
+    result = subprocess.run([sys.executable, "-m", "fedimod", "hash", str(corpus), "--timeout", "10"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == len(list(corpus.iterdir()))  # one record per file, in order, none lost
+    assert records[-1]["path"].endswith("zzz-good.jpg") and len(records[-1]["pdq"]) == 64
+    by_name = {Path(r["path"]).name.split("-", 1)[1]: r for r in records}
+    assert by_name["dimension_bomb"]["error"].startswith("too_many_pixels")
+    assert by_name["not_an_image"]["error"].startswith("unsupported_format")
+    assert "truncated" in by_name["truncated_gif"]["unhashable"] and by_name["truncated_gif"]["frames"] >= 2
+    assert "Traceback" not in result.stderr

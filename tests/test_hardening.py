@@ -332,3 +332,19 @@ async def test_a_full_disk_fails_readiness_raises_an_alert_and_the_bot_resumes_w
             await wait_until(lambda: len(sandbox.reports) == 4, timeout_s=30, what="the posts made while full")
     reported = sorted(s for r in sandbox.reports for s in r.status_ids)
     assert reported == sorted([first.id] + [p.id for p in during])
+
+
+async def test_a_revoked_token_ends_the_stream_and_the_bot_says_the_token_is_refused(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline, aiohttp.ClientSession() as http:
+        async with http.get(f"{sandbox.base_url}/api/v1/streaming/nope",
+                            headers={"Authorization": f"Bearer {bot_token}"}) as resp:
+            assert resp.status == 400 and await resp.json() == {"error": "Unknown channel requested"}
+        sandbox.revoke_token(bot_token)
+        await wait_until(lambda: not pipeline.ingester.stats.connected, what="the stream ended")
+        await wait_until(lambda: any(getattr(r, "event", "") == "stream_refused" and getattr(r, "status", 0) == 401
+                                     for r in caplog.records), what="the refusal logged")
+        assert not sandbox.is_subscribed("public:media")

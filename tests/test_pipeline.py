@@ -321,3 +321,55 @@ async def test_late_federated_post_that_never_streams_is_found_by_the_sweep(
         await wait_until(lambda: len(sandbox.reports) == 1, what="the late post reported")
         assert pipeline.ingester.stats.frames == 1  # only the live post came over the stream
     assert sandbox.reports[0].status_ids == [late.id]
+
+
+async def test_media_the_instance_only_proxies_or_could_not_take_is_fetched_from_its_origin_and_reported(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, _user = await banked_store(tmp_path, sandbox)
+    remote, _ = sandbox.create_account("seller", domain="far.example")
+    async with running(make_config(sandbox, bot_token, db), sandbox):
+        proxied = sandbox.post_status(remote.id, "not cached", media=[altered_copy(BANNED, 0.4)],
+                                      media_state="proxied")
+        unknown = sandbox.post_status(remote.id, "refused by the instance", media=[altered_copy(BANNED, 0.5)],
+                                      media_state="unknown")
+        await wait_until(lambda: len(sandbox.reports) == 2, what="both reported")
+    assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted([proxied.id, unknown.id])
+    assert sandbox.media_proxy_requests == []  # the throttled proxy is never what it downloads from
+    status = sandbox.status_json(unknown)
+    assert status["media_attachments"][0]["type"] == "unknown"
+    assert status["media_attachments"][0]["url"].endswith("/original")
+
+
+async def test_an_edit_that_adds_a_banned_image_is_reported_and_a_second_edit_is_not_reported_again(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, user = await banked_store(tmp_path, sandbox)
+    async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
+        status = sandbox.post_status(user.id, "innocent", media=[jpeg_bytes(generate_image(77))])
+        await wait_until(lambda: pipeline.stats.media_hashed == 1, what="the innocent image hashed")
+        assert sandbox.reports == []
+        sandbox.edit_status(status.id, "now with something else", media=[altered_copy(BANNED, 0.4)])
+        await wait_until(lambda: len(sandbox.reports) == 1, what="the edit reported")
+        sandbox.edit_status(status.id, "and more", media=[altered_copy(BANNED, 0.6)])
+        await wait_until(lambda: pipeline.stats.media_hashed == 3, what="the second edit's image hashed")
+        await asyncio.sleep(0.5)
+    assert [r.status_ids for r in sandbox.reports] == [[status.id]]  # one report for the post, not per edit
+    async with SQLiteStore.open(db) as store:
+        assert (await store.counts()).jobs_by_state == {"done": 3}
+
+
+async def test_scrapes_of_metrics_and_readyz_never_write_to_the_store(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    db, _user = await banked_store(tmp_path, sandbox)
+    config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0,
+                                                                          probe_interval_s=30))
+    async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{pipeline.ops_port}"
+        seen = set()
+        for n in range(40):  # eight scrapers' worth of requests in a moment
+            async with http.get(f"{base}/{'metrics' if n % 2 else 'readyz'}") as resp:
+                assert resp.status == 200
+            with sqlite3.connect(db) as conn:
+                seen.add(conn.execute("SELECT value FROM meta WHERE key = 'ops_probe'").fetchone())
+    assert len(seen) == 1  # one probe (at start-up, on its own connection), not one write per scrape

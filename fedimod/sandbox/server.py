@@ -59,6 +59,8 @@ ACTION_TYPES = ("none", "disable", "sensitive", "silence", "suspend")
 REPORT_CATEGORIES = ("spam", "legal", "violation", "other")
 RATE_LIMIT = 300
 RATE_WINDOW_S = 300
+PAGING_LIMIT, PAGING_WINDOW_S = 300, 900
+REPORTS_LIMIT, REPORTS_WINDOW_S = 400, 86_400
 _FALSE = {"false", "0", "f", "F", "FALSE", "off", "OFF", "False"}
 _TAG = re.compile(r"(?:^|\s)#(\w+)")
 _MENTION = re.compile(r"(?:^|\s)@([\w.-]+(?:@[\w.-]+)?)")
@@ -82,6 +84,7 @@ def _bool(value: str | None, default: bool = False) -> bool:
 class _Subscriber:
     channels: dict[str, tuple[str, ...]]  # channel → the `stream` array sent with its frames
     viewer: int | None = None  # the token's account: its blocks, mutes, domain blocks and languages apply
+    token: str = ""
     queue: asyncio.Queue[tuple[str, str, str] | None] = field(default_factory=asyncio.Queue)
 
 
@@ -95,6 +98,8 @@ class Sandbox:
         self.sse_heartbeat_s = sse_heartbeat_s
         self.ws_ping_s = ws_ping_s
         self.rate_limit = rate_limit
+        self.paging_limit = PAGING_LIMIT
+        self.reports_limit = REPORTS_LIMIT
         self.ids = Snowflake()
         self.accounts: dict[int, SandboxAccount] = {}
         self.tokens: dict[str, SandboxToken] = {}
@@ -115,6 +120,8 @@ class Sandbox:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._webhook_client: aiohttp.ClientSession | None = None
         self.media_requests: list[int] = []
+        self.media_proxy_requests: list[int] = []
+        self._proxy_rate: dict[str, tuple[int, int]] = {}
         self.request_log: list[tuple[str, str]] = []
         self.media_gate = asyncio.Event()
         self.media_gate.set()
@@ -192,7 +199,8 @@ class Sandbox:
         return token
 
     def add_media(self, account_id: int, data: bytes, *, content_type: str = "image/jpeg",
-                  filename: str = "image.jpg", description: str | None = None) -> SandboxMedia:
+                  filename: str = "image.jpg", description: str | None = None, state: str = "stored",
+                  ) -> SandboxMedia:
         media_type = content_type.split("/", 1)[0]
         kind = {"image": "image", "video": "video", "audio": "audio"}.get(media_type, "unknown")
         if content_type == "image/gif":
@@ -202,17 +210,18 @@ class Sandbox:
             width, height = _image_size(data)
         media = SandboxMedia(id=self.ids.now(), account_id=account_id, type=kind, data=data,
                              content_type=content_type, filename=filename, description=description,
-                             width=width, height=height)
+                             width=width, height=height, state=state)
         self.media[media.id] = media
         return media
 
     def post_status(self, account_id: int, text: str, *, media: Iterable[bytes] = (), visibility: str = "public",
                     created_at: float | None = None, in_reply_to_id: int | None = None,
-                    content_type: str = "image/jpeg") -> SandboxStatus:
+                    content_type: str = "image/jpeg", media_state: str = "stored") -> SandboxStatus:
         """Post as an account (local, or remote as if federated in), publishing to the streams.
 
         Every attachment has `content_type`, which sets its Mastodon type (image, gifv, video)."""
-        media_ids = [self.add_media(account_id, data, content_type=content_type).id for data in media]
+        media_ids = [self.add_media(account_id, data, content_type=content_type, state=media_state).id
+                     for data in media]
         return self._create_status(account_id, text, visibility=visibility, media_ids=media_ids,
                                    created_at=created_at, in_reply_to_id=in_reply_to_id)
 
@@ -267,6 +276,19 @@ class Sandbox:
         self._throttle_calls = calls
         self._throttle_retry_after = retry_after_s
         self._throttle_prefix = path_prefix
+
+    def revoke_token(self, token: str) -> None:
+        """Revoke a token, as the user or an admin can: its open streams end at once."""
+        self.tokens.pop(token, None)
+        for sub in list(self._subscribers):
+            if sub.token == token:
+                sub.queue.put_nowait(None)
+
+    def _end_streams_of(self, account_id: int) -> None:
+        """A suspended or disabled account's streams end (its tokens stop working)."""
+        for sub in list(self._subscribers):
+            if sub.viewer == account_id:
+                sub.queue.put_nowait(None)
 
     def drop_streams(self) -> int:
         """Close every open streaming connection, as a restart of the streaming server would; how many."""
@@ -391,6 +413,7 @@ class Sandbox:
             ("POST", "/api/v1/statuses", self._post_status),
             ("GET", "/api/v1/statuses/{id}", self._get_status),
             ("DELETE", "/api/v1/statuses/{id}", self._delete_status),
+            ("PUT", "/api/v1/statuses/{id}", self._put_status),
             ("GET", "/api/v1/timelines/public", self._timeline_public),
             ("GET", "/api/v1/blocks", self._own_blocks),
             ("GET", "/api/v1/mutes", self._own_mutes),
@@ -407,7 +430,10 @@ class Sandbox:
             ("GET", "/api/v1/streaming/health", self._streaming_health),
             ("GET", "/api/v1/streaming/{channel:public(/local|/remote)?}", self._sse),
             ("GET", "/api/v1/streaming", self._websocket),
+            ("GET", "/api/v1/streaming/{unknown:.+}", self._unknown_channel),
             ("GET", "/system/media_attachments/files/{id}/{style}/{name}", self._media_file),
+            ("GET", "/media_proxy/{id}/{style}", self._media_proxy),
+            ("GET", "/_origin/{domain}/{id}/{name}", self._media_file),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -453,18 +479,36 @@ class Sandbox:
         return response
 
     def _rate_limit(self, request: web.Request) -> dict[str, str]:
+        """Mastodon's throttles (MASTODON_API.md §3.0): every API call 300 / 5 min per token; paging
+        requests (`page`, `min_id`, `max_id`, `since_id`) also 300 / 15 min; `POST /api/v1/reports`
+        also 400 / 24 h, whose figures its answer carries. Otherwise the most limited one is shown."""
         key = _token_text(request) or (request.remote or "?")
-        window = int(time.time()) // RATE_WINDOW_S
-        start, used = self._rate.get(key, (window, 0))
-        if start != window:
-            start, used = window, 0
-        used += 1
-        self._rate[key] = (start, used)
-        reset = datetime.fromtimestamp((window + 1) * RATE_WINDOW_S, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        headers = {"X-RateLimit-Limit": str(self.rate_limit),
-                   "X-RateLimit-Remaining": str(max(0, self.rate_limit - used)),
-                   "X-RateLimit-Reset": reset}
-        if used > self.rate_limit:
+        now = time.time()
+        throttles = [("api", self.rate_limit, RATE_WINDOW_S)]
+        if any(name in request.query for name in ("page", "min_id", "max_id", "since_id")):
+            throttles.append(("paging", self.paging_limit, PAGING_WINDOW_S))
+        reports = request.method == "POST" and request.path.rstrip("/") == "/api/v1/reports"
+        if reports:
+            throttles.append(("reports", self.reports_limit, REPORTS_WINDOW_S))
+        shown: tuple[int, int, float] | None = None  # (limit, remaining, reset)
+        exceeded = False
+        for family, limit, window_s in throttles:
+            window = int(now // window_s)
+            start, used = self._rate.get(f"{family}:{key}", (window, 0))
+            if start != window:
+                start, used = window, 0
+            used += 1
+            self._rate[f"{family}:{key}"] = (start, used)
+            remaining = max(0, limit - used)
+            exceeded |= used > limit
+            figures = (limit, remaining, (window + 1) * window_s)
+            if (reports and family == "reports") or (not reports and (shown is None or remaining < shown[1])):
+                shown = figures
+        assert shown is not None
+        headers = {"X-RateLimit-Limit": str(shown[0]), "X-RateLimit-Remaining": str(shown[1]),
+                   "X-RateLimit-Reset": datetime.fromtimestamp(shown[2], UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        if exceeded:
+            headers["X-RateLimit-Remaining"] = "0"
             raise web.HTTPTooManyRequests(text=json.dumps({"error": "Too many requests"}),
                                           content_type="application/json", headers=headers)
         return headers
@@ -613,12 +657,50 @@ class Sandbox:
         if visibility not in ("public", "unlisted", "private", "direct"):
             raise ApiError(422, "Validation failed: Visibility is not included in the list")
         reply = params.get("in_reply_to_id")
+        if reply and (not str(reply).isdigit() or int(reply) not in self.statuses
+                      or not self._visible(self.statuses[int(reply)], account)):
+            raise ApiError(404, "Record not found")  # Mastodon: Status.find on the thread
         status = self._create_status(
             account.id, text, visibility=visibility, media_ids=media_ids,
             in_reply_to_id=int(reply) if reply else None, sensitive=_bool(params.get("sensitive")),
             spoiler_text=params.get("spoiler_text", ""),
         )
         return web.json_response(self.status_json(status))
+
+    def edit_status(self, status_id: int, text: str, *, media: Iterable[bytes] = (), keep_media: bool = True,
+                    content_type: str = "image/jpeg") -> SandboxStatus:
+        """Edit as the author would: new text, attachments added (or replaced); fans out `status.update`."""
+        status = self.statuses[status_id]
+        new = [self.add_media(status.account_id, data, content_type=content_type).id for data in media]
+        return self._apply_edit(status, text, (status.media_ids if keep_media else []) + new)
+
+    def _apply_edit(self, status: SandboxStatus, text: str, media_ids: list[int]) -> SandboxStatus:
+        status.text, status.media_ids, status.edited_at = text, media_ids, time.time()
+        status.tags = tuple(t.lower() for t in _TAG.findall(text))
+        # Mastodon fans an edit out with update: true, so streams carry `status.update`.
+        self._fan_out(status, "status.update", json.dumps(self.status_json(status)))
+        if self.accounts[status.account_id].domain is None:
+            self._emit("status.updated", self.status_json(status))
+        return status
+
+    async def _put_status(self, request: web.Request) -> web.StreamResponse:
+        account = self._user(request, "write:statuses")
+        status = self._find(self.statuses, request.match_info["id"])
+        if status.account_id != account.id or status.deleted:
+            raise ApiError(404, "Record not found")
+        params = await self._params(request)
+        media_ids = []
+        for raw in params.getall("media_ids[]", []):
+            media = self._find(self.media, raw)
+            if media.account_id != account.id:
+                raise ApiError(422, "Validation failed: Media attachments are invalid")
+            media_ids.append(media.id)
+        if len(media_ids) > 4:
+            raise ApiError(422, "Validation failed: Media attachments are too many")
+        text = params.get("status", status.text)
+        if not text and not media_ids:
+            raise ApiError(422, "Validation failed: Text can't be blank")
+        return web.json_response(self.status_json(self._apply_edit(status, text, media_ids)))
 
     def _visible(self, status: SandboxStatus, viewer: SandboxAccount | None) -> bool:
         author = self.accounts[status.account_id]
@@ -680,6 +762,21 @@ class Sandbox:
         response = web.json_response([self.status_json(s) for s in page])
         _link(response, request, page, full_only_next=False)
         return response
+
+    async def _media_proxy(self, request: web.Request) -> web.StreamResponse:
+        """Mastodon fetches the file from its origin and redirects to it; throttled to 30 per 10 min
+        per IP, so a scanner should prefer `remote_url` (MASTODON_API.md §4.2)."""
+        media = self._find(self.media, request.match_info["id"])
+        self.media_proxy_requests.append(media.id)
+        window = int(time.time() // 600)
+        start, used = self._proxy_rate.get(request.remote or "?", (window, 0))
+        used = used + 1 if start == window else 1
+        self._proxy_rate[request.remote or "?"] = (window, used)
+        if used > 30:
+            raise ApiError(429, "Too many requests")
+        if media.state == "unknown":
+            raise ApiError(404, "Record not found")  # the instance still cannot take it
+        raise web.HTTPFound(f"{self.base_url}/system/media_attachments/files/{media.id}/original/{media.filename}")
 
     async def _media_file(self, request: web.Request) -> web.StreamResponse:
         media = self._find(self.media, request.match_info["id"])
@@ -835,6 +932,8 @@ class Sandbox:
             target.silenced = True
         elif action == "suspend":
             target.suspended = True
+        if action in ("suspend", "disable"):
+            self._end_streams_of(target.id)
         now = time.time()
         # type=none resolves only the given report; any other type resolves all open reports on the target.
         for open_report in self.reports:
@@ -880,6 +979,9 @@ class Sandbox:
             return "Invalid access token"
         return token
 
+    async def _unknown_channel(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "Unknown channel requested"}, status=400)
+
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         token = self._stream_token(request)
         if isinstance(token, str):
@@ -893,7 +995,7 @@ class Sandbox:
                                                "Cache-Control": "private, no-store"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        sub = _Subscriber(channels={channel: (channel,)}, viewer=token.account_id)
+        sub = _Subscriber(channels={channel: (channel,)}, viewer=token.account_id, token=token.token)
         self._subscribers.add(sub)
         try:
             await response.write(b":)\n")
@@ -935,7 +1037,7 @@ class Sandbox:
                                 headers={"X-Error-Message": token, "Connection": "close"})
         ws = web.WebSocketResponse(heartbeat=self.ws_ping_s)
         await ws.prepare(request)
-        sub = _Subscriber(channels={}, viewer=token.account_id)
+        sub = _Subscriber(channels={}, viewer=token.account_id, token=token.token)
         self._subscribers.add(sub)
 
         async def subscribe(message: dict[str, Any]) -> None:

@@ -94,6 +94,13 @@ class SandboxMedia:
     description: str | None
     width: int | None = None
     height: int | None = None
+    # How the instance holds the file (MASTODON_API.md §4.2): "stored" (a local or cached copy),
+    # "processing" (url null), "proxied" (not cached: url is /media_proxy/, remote_url the origin)
+    # or "unknown" (a remote file the instance could not take: type unknown, only remote_url).
+    state: str = "stored"
+
+
+MEDIA_STATES = ("stored", "processing", "proxied", "unknown")
 
 
 @dataclass(slots=True)
@@ -182,17 +189,24 @@ def account_json(base: str, account: SandboxAccount) -> dict[str, Any]:
 
 
 def media_json(base: str, media: SandboxMedia, account: SandboxAccount) -> dict[str, Any]:
-    url = f"{base}/system/media_attachments/files/{media.id}/original/{media.filename}"
+    url: str | None = f"{base}/system/media_attachments/files/{media.id}/original/{media.filename}"
+    if media.state == "processing":
+        url = None
+    elif media.state in ("proxied", "unknown"):
+        url = f"{base}/media_proxy/{media.id}/original"
+    # Remote originals are served by the sandbox too, under /_origin/<domain>/, so they can be fetched.
+    remote = None if account.domain is None else f"{base}/_origin/{account.domain}/{media.id}/{media.filename}"
     meta: dict[str, Any] = {}
     if media.width and media.height:
         meta = {"original": {"width": media.width, "height": media.height,
                              "size": f"{media.width}x{media.height}", "aspect": media.width / media.height}}
     return {
         "id": str(media.id),
-        "type": media.type,
+        "type": "unknown" if media.state == "unknown" else media.type,
         "url": url,
-        "preview_url": f"{base}/system/media_attachments/files/{media.id}/small/{media.filename}",
-        "remote_url": None if account.domain is None else f"https://{account.domain}/media/{media.filename}",
+        "preview_url": None if url is None else f"{base}/system/media_attachments/files/{media.id}/small/"
+                                                f"{media.filename}",
+        "remote_url": remote,
         "preview_remote_url": None,
         "text_url": None,
         "meta": meta,
