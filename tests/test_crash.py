@@ -267,3 +267,26 @@ async def test_kill_before_the_action_reached_the_instance_sends_it_after_restar
                          what=f"the action sent after the restart; log: {log}")
         await asyncio.sleep(1.0)
     assert [a.type for a in sandbox.account_actions] == ["suspend"] and sandbox.accounts[user.id].suspended
+
+
+async def test_sigterm_exits_within_the_grace_period_while_a_long_hash_runs(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path
+) -> None:
+    from tests import hostile
+    from tests.test_hostile_media import _alive, _descendants
+
+    config, _db, log = await prepare(tmp_path, sandbox)
+    text = config.read_text().replace('allow_hosts = ["127.0.0.1"]', 'allow_hosts = ["127.0.0.1"]\n'
+                                      "hash_timeout_s = 120.0\nmax_decoded_pixels = 10000000000000")
+    config.write_text(text.replace("retry_delay_s = 0.2", "retry_delay_s = 0.2\nshutdown_grace_s = 1.0"))
+    user, _ = sandbox.create_account("mallory")
+    async with bot_process(config, bot_token, log) as proc:
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), what=f"bot subscribed; log: {log}")
+        status = sandbox.post_status(user.id, "bomb", media=[hostile.frame_bomb()], content_type="image/gif")
+        await wait_until(lambda: status.media_ids[0] in sandbox.media_requests, what="the download")
+        await asyncio.sleep(1.5)  # well into the 100 s of decoding this file would take
+        children = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0, log.read_text()[-2000:]
+    await wait_until(lambda: not any(_alive(pid) for pid in children), timeout_s=10,
+                     what="the hash worker gone with the bot")
