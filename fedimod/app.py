@@ -55,6 +55,7 @@ UNHASHED_TYPES = {
     "unknown": "the instance has no copy of this media (type unknown) and names no origin (remote_url)",
 }
 IDLE_POLL_S = 1.0
+DEAD_LETTER_CHECK_S = 10.0
 ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable")
 INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
@@ -98,6 +99,7 @@ class Pipeline:
                                  notifiers=self._notifiers())
         self.webhooks: WebhookReceiver | None = None
         self._finishers: list[asyncio.Task[None]] = []
+        self._next_dead_letter_check = 0.0
         self._probe = ProbeResult(writable=True)  # until the first probe says otherwise
         self._probed = asyncio.Event()
         self.intake = PostIntake(store.record_posts, self._post_recorded)
@@ -365,17 +367,26 @@ class Pipeline:
             except FedimodError as exc:
                 log_event(logger, logging.WARNING, "lease_renew_failed", job_id=job.id, error=str(exc))
 
+    async def _dead_letter_exhausted(self) -> None:
+        """Give up on jobs claimed `max_attempts` times without finishing (they killed the process, or
+        their worker). Such jobs appear at start-up and when a lease runs out, so this runs then and
+        every `DEAD_LETTER_CHECK_S`, not on every claim (it is a write)."""
+        now = time.monotonic()
+        if now < self._next_dead_letter_check:
+            return
+        self._next_dead_letter_check = now + DEAD_LETTER_CHECK_S
+        for job_id, status_id, attempts in await self._store.dead_letter_exhausted(self._config.workers.max_attempts):
+            self.stats.job_errors["gave_up"] += 1
+            log_event(logger, logging.ERROR, "job_dead_lettered", job_id=job_id, status_id=status_id,
+                      attempts=attempts, msg="claimed max_attempts times without finishing; given up")
+
     async def _next_job(self) -> MediaJob | None:
         """A job to run: workers share one lease of up to `concurrency` jobs, so a busy pipeline
         pays one store transaction per batch of claims, not one per job."""
         if not self._claimed:
             async with self._claim_lock:
                 if not self._claimed:
-                    for job_id, status_id, attempts in await self._store.dead_letter_exhausted(
-                            self._config.workers.max_attempts):
-                        self.stats.job_errors["gave_up"] += 1
-                        log_event(logger, logging.ERROR, "job_dead_lettered", job_id=job_id, status_id=status_id,
-                                  attempts=attempts, msg="claimed max_attempts times without finishing; given up")
+                    await self._dead_letter_exhausted()
                     self._claimed.extend(await self._store.claim_jobs(
                         self._config.workers.concurrency, self._config.workers.lease_s))
                     if len(self._claimed) > 1:
