@@ -348,3 +348,28 @@ async def test_a_revoked_token_ends_the_stream_and_the_bot_says_the_token_is_ref
         await wait_until(lambda: any(getattr(r, "event", "") == "stream_refused" and getattr(r, "status", 0) == 401
                                      for r in caplog.records), what="the refusal logged")
         assert not sandbox.is_subscribed("public:media")
+
+
+@pytest.mark.parametrize("body", [b'[{"id": ' + b"9" * 5000 + b"}]", b"[" * 100_000 + b"]" * 100_000,
+                                  '[{"id": "1\\ud800", "account": {}}]'.encode(), b"\xff\xfe not json"])
+async def test_a_hostile_timeline_page_is_a_counted_malformed_page_and_the_bot_goes_on(
+    sandbox: Sandbox, bot_token: str, tmp_path: Path, body: bytes
+) -> None:
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    user, _ = sandbox.create_account("mallory")
+    sandbox.timeline_body = body
+    async with open_pipeline(make_config(sandbox, bot_token, db)) as pipeline:
+        task = asyncio.create_task(pipeline.run())
+        try:
+            await wait_until(lambda: pipeline.ingester.stats.malformed >= 2, what="malformed pages counted")
+            assert not task.done() and pipeline.stats.stage_restarts == {}
+            sandbox.timeline_body = None
+            await wait_until(lambda: sandbox.is_subscribed("public:media"), timeout_s=30, what="subscribed")
+            status = sandbox.post_status(user.id, "x", media=[altered_copy(BANNED, 0.4)])
+            await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=20, what="the report")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert sandbox.reports[0].status_ids == [status.id]

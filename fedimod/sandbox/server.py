@@ -140,6 +140,7 @@ class Sandbox:
         # Mastodon's streaming server registers a WebSocket subscription only after a database query
         # of its own (the account's blocks, mutes, languages) and never acknowledges it.
         self.subscribe_delay_s = 0.0
+        self.timeline_body: bytes | None = None  # set: every timeline page answers these bytes
         self.fail_streaming_with: int | None = None  # the proxy's answer while the streaming server is down
         self.fail_all_with: int | None = None  # an outage: every request (API, streaming, media) fails
         self.fail_media: dict[int, int] = {}  # media id → HTTP status its file answers with
@@ -741,6 +742,8 @@ class Sandbox:
         return web.json_response(sorted(account.domain_blocks))
 
     async def _timeline_public(self, request: web.Request) -> web.StreamResponse:
+        if self.timeline_body is not None:  # a hostile or broken instance (tests)
+            return web.Response(body=self.timeline_body, content_type="application/json")
         token = self._token(request)
         if token is not None and not token.allows("read:statuses"):
             raise ApiError(403, "This action is outside the authorized scopes")
