@@ -351,7 +351,7 @@ async def test_a_revoked_token_ends_the_stream_and_the_bot_says_the_token_is_ref
 
 
 @pytest.mark.parametrize("body", [b'[{"id": ' + b"9" * 5000 + b"}]", b"[" * 100_000 + b"]" * 100_000,
-                                  '[{"id": "1\\ud800", "account": {}}]'.encode(), b"\xff\xfe not json"])
+                                  b'[{"id": "1\\ud800", "account": {}}]', b"\xff\xfe not json"])
 async def test_a_hostile_timeline_page_is_a_counted_malformed_page_and_the_bot_goes_on(
     sandbox: Sandbox, bot_token: str, tmp_path: Path, body: bytes
 ) -> None:
