@@ -23,12 +23,19 @@ from fedimod.config import OpsConfig, WatchdogConfig
 from fedimod.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ingest import StreamIngester
 from fedimod.models import Account, Attachment, Post
-from fedimod.sandbox import Sandbox
+from fedimod.sandbox import Sandbox, SandboxAccount
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
 from tests.test_crash import bot_process, write_config
 
 BANNED = generate_image(404)
+
+
+async def banked(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, SandboxAccount]:
+    """A store with BANNED banked, and an account to post from."""
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    return db, sandbox.create_account("mallory")[0]
 
 
 def post(n: int) -> Post:
@@ -117,9 +124,7 @@ def timeline_calls(sandbox: Sandbox) -> int:
 async def test_a_post_dated_in_the_future_does_not_poison_the_gap_fill_cursor(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [jpeg_bytes(BANNED)])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked(tmp_path, sandbox)
     liar, _ = sandbox.create_account("liar", domain="clock.example")
     async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
         future = sandbox.post_status(liar.id, "from tomorrow", media=[jpeg_bytes(generate_image(5))],
@@ -139,9 +144,7 @@ async def test_a_post_dated_in_the_future_does_not_poison_the_gap_fill_cursor(
 async def test_a_cold_start_persists_its_starting_point_before_any_post(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [jpeg_bytes(BANNED)])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked(tmp_path, sandbox)
     sandbox.post_status(user.id, "before fedimod", media=[jpeg_bytes(generate_image(6))])
     config = make_config(sandbox, bot_token, db)
     async with running(config, sandbox):
@@ -157,9 +160,7 @@ async def test_a_cold_start_persists_its_starting_point_before_any_post(
 async def test_a_post_published_before_the_streaming_server_registers_the_subscription_is_gap_filled(
     sandbox: Sandbox, bot_token: str, tmp_path: Path
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [jpeg_bytes(BANNED)])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked(tmp_path, sandbox)
     sandbox.subscribe_delay_s = 1.5
     async with open_pipeline(make_config(sandbox, bot_token, db)) as pipeline:
         before = timeline_calls(sandbox)
@@ -355,9 +356,7 @@ async def test_a_revoked_token_ends_the_stream_and_the_bot_says_the_token_is_ref
 async def test_a_hostile_timeline_page_is_a_counted_malformed_page_and_the_bot_goes_on(
     sandbox: Sandbox, bot_token: str, tmp_path: Path, body: bytes
 ) -> None:
-    db = tmp_path / "f.sqlite3"
-    await bank_images(db, [jpeg_bytes(BANNED)])
-    user, _ = sandbox.create_account("mallory")
+    db, user = await banked(tmp_path, sandbox)
     sandbox.timeline_body = body
     async with open_pipeline(make_config(sandbox, bot_token, db)) as pipeline:
         task = asyncio.create_task(pipeline.run())
