@@ -101,7 +101,6 @@ class Pipeline:
         self._finishers: list[asyncio.Task[None]] = []
         self._next_dead_letter_check = 0.0
         self._probe = ProbeResult(writable=True)  # until the first probe says otherwise
-        self._probed = asyncio.Event()
         self.intake = PostIntake(store.record_posts, self._post_recorded)
         self.ingester = StreamIngester(
             session=session,
@@ -157,7 +156,6 @@ class Pipeline:
                     log_event(logger, logging.INFO if result.writable else logging.ERROR,
                               "store_writable" if result.writable else "store_unwritable", error=result.error)
                 self._probe = result
-                self._probed.set()
                 await asyncio.sleep(self._config.ops.probe_interval_s)
         finally:
             await probe.close()
