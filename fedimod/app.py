@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,7 +30,7 @@ from fedimod.act.policy import Evidence, Policy
 from fedimod.act.ratelimit import RateBudget
 from fedimod.act.report import plan
 from fedimod.config import Config
-from fedimod.errors import FedimodError, MediaRejected
+from fedimod.errors import FedimodError, MediaRejected, StreamEventError
 from fedimod.ingest import StreamIngester
 from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
@@ -409,6 +409,9 @@ class Pipeline:
             return
         url = media_source(job)
         if url is None:
+            job = await self._refreshed_urls(job)
+            url = media_source(job)
+        if url is None:
             # Mastodon sends url null while it is still processing the upload (MASTODON_API.md §4.2).
             await self._fail(job, "no media URL yet (still processing on the instance)", permanent=False)
             return
@@ -449,6 +452,21 @@ class Pipeline:
                       value=REGISTRY[match.signal_type].format(match.entry.value))
         if completed.new_report or completed.new_action:
             self._reports_due.set()
+
+    async def _refreshed_urls(self, job: MediaJob) -> MediaJob:
+        """Ask the instance for the attachment's URLs again: Mastodon serves `url: null` while it
+        processes an upload, and sends no event when processing ends."""
+        try:
+            post = await self.ingester.fetch_status(job.status_id)
+        except (aiohttp.ClientError, TimeoutError, StreamEventError) as exc:
+            log_event(logger, logging.WARNING, "status_refresh_failed", job_id=job.id, status_id=job.status_id,
+                      error=f"{type(exc).__name__}: {exc}")
+            return job
+        attachment = next((a for a in post.attachments if a.id == job.attachment_id), None) if post else None
+        if attachment is None or (attachment.url is None and attachment.remote_url is None):
+            return job
+        await self._store.set_job_urls(job.id, attachment.url, attachment.remote_url)
+        return replace(job, media_url=attachment.url, remote_url=attachment.remote_url)
 
     def _decide(self, job: MediaJob, signals: tuple[Signal, ...], matches: list[Match]) -> JobOutcome:
         """Policy over the blocking matches; an allowlisted hash (a known-benign picture) suppresses

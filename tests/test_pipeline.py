@@ -373,3 +373,22 @@ async def test_scrapes_of_metrics_and_readyz_never_write_to_the_store(
             with sqlite3.connect(db) as conn:
                 seen.add(conn.execute("SELECT value FROM meta WHERE key = 'ops_probe'").fetchone())
     assert len(seen) == 1  # one probe (at start-up, on its own connection), not one write per scrape
+
+
+async def test_media_still_processing_is_fetched_once_the_instance_has_processed_it(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db, user = await banked_store(tmp_path, sandbox)
+    async with running(make_config(sandbox, bot_token, db), sandbox):
+        status = sandbox.post_status(user.id, "a video, still processing", media=[altered_copy(BANNED, 0.4)],
+                                     media_state="processing")
+        assert sandbox.status_json(status)["media_attachments"][0]["url"] is None
+
+        async def first_attempt_failed() -> bool:
+            async with SQLiteStore.open(db) as store:
+                rows = await store.status_media(str(status.id))
+            return bool(rows) and "no media URL yet" in (rows[0]["error"] or "")
+
+        await wait_until(first_attempt_failed, what="the attempt while processing")
+        sandbox.media[status.media_ids[0]].state = "stored"  # processing done: no event says so
+        await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=20, what="the report after processing")
+    assert sandbox.reports[0].status_ids == [status.id]

@@ -210,6 +210,18 @@ class StreamIngester:
             streaming = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, "", "", ""))
         return streaming.rstrip("/") + "/api/v1/streaming"
 
+    async def fetch_status(self, status_id: str) -> Post | None:
+        """The status as the instance serves it now (`GET /api/v1/statuses/:id`); None when it is gone
+        or not visible to the bot (404). Raises `StreamEventError` for a malformed answer."""
+        async with self._session.get(f"{self._base_url}/api/v1/statuses/{status_id}", headers=self._auth,
+                                     timeout=self._timeout) as resp:
+            if resp.status == 404:
+                return None
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status,
+                                                  message="status lookup refused")
+            return parse_status(loads(await resp.read(), "status"))
+
     async def newest_on_instance(self) -> str | None:
         """The newest status id on the configured streams' timelines (None when all are empty)."""
         heads = [await self._timeline_head(stream) for stream in self._streams]

@@ -592,6 +592,12 @@ class SQLiteStore(ActionStoreMixin):
             for job in rows
         ]
 
+    async def set_job_urls(self, job_id: int, media_url: str | None, remote_url: str | None) -> None:
+        """Record the URLs an attachment has now (a video's `url` is null until it is processed)."""
+        async with self._transaction():
+            await self._conn.execute("UPDATE jobs SET media_url = ?, remote_url = ? WHERE id = ?",
+                                     (media_url, remote_url, job_id))
+
     async def renew_leases(self, job_ids: Sequence[int], lease_s: float, now: float | None = None) -> int:
         """Extend the leases of jobs still in flight, so a long hash is never claimed a second time."""
         if not job_ids:
