@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -41,7 +42,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedimod.media import HashPool
-from fedimod.media.hashing import hash_media, pdq_bits_to_int
+from fedimod.media.hashing import hash_media
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
           "rocket", "stereo_motorcycle", "retina", "clock")
@@ -49,6 +50,11 @@ SIZES = ((1280, 960), (400, 300))
 TYPES = ("pdq", "phash", "md5")  # what the naive baseline computes
 GOAL_RATIO = 3.0
 MAX_MEDIAN_COST_BITS = 2
+
+
+def pdq_bits_to_int(bits: Any) -> int:
+    """`pdqhash.compute`'s bit vector (most significant first) as fedimod's integer."""
+    return int.from_bytes(np.packbits(np.asarray(bits).astype(np.uint8)).tobytes(), "big")
 
 
 def log(message: str) -> None:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiosqlite
 
-from fedimod.app import open_pipeline
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ops.transparency import percentile
+from fedimod.pipeline.service import open_pipeline
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
 from tests.helpers import BOT_SCOPES, bank_images, make_config

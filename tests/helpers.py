@@ -9,39 +9,35 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fedimod.app import Pipeline, open_pipeline
-from fedimod.config import (
-    BanksConfig,
-    Config,
-    InstanceConfig,
-    MediaConfig,
-    PolicyConfig,
-    ReportConfig,
-    StoreConfig,
-    WorkerConfig,
-)
+from fedimod.act.policy import PolicySettings
+from fedimod.act.report import ReportSettings
 from fedimod.match import parse_bank_lines
+from fedimod.match.index import BankSettings
 from fedimod.media import hash_media
+from fedimod.media.settings import MediaSettings
 from fedimod.models import BankKind
+from fedimod.pipeline.service import Pipeline, open_pipeline
+from fedimod.pipeline.settings import Config, InstanceSettings, WorkerSettings
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
+from fedimod.store.sqlite import StoreSettings
 
 BOT_SCOPES = ("read", "write:reports", "admin:read:reports", "admin:write:reports", "admin:read:accounts",
               "admin:write:accounts")
 
 
-def make_config(sandbox: Sandbox, token: str, db: Path, *, policy: PolicyConfig | None = None,
+def make_config(sandbox: Sandbox, token: str, db: Path, *, policy: PolicySettings | None = None,
                 **report: Any) -> Config:
     return Config(
-        instance=InstanceConfig(base_url=sandbox.base_url, token_env="TEST_TOKEN", token=token,
+        instance=InstanceSettings(base_url=sandbox.base_url, token_env="TEST_TOKEN", token=token,
                                 streams=("public:media",), reconnect_max_s=0.5),
-        store=StoreConfig(path=db),
-        media=MediaConfig(allow_hosts=("127.0.0.1",), timeout_s=10),
-        workers=WorkerConfig(concurrency=2, hash_processes=1, retry_delay_s=0.2, max_attempts=3),
-        report=ReportConfig(**report),
-        banks=BanksConfig(refresh_s=0.2),
-        policy=policy or PolicyConfig(),
+        store=StoreSettings(path=db),
+        media=MediaSettings(allow_hosts=("127.0.0.1",), timeout_s=10),
+        workers=WorkerSettings(concurrency=2, hash_processes=1, retry_delay_s=0.2, max_attempts=3),
+        report=ReportSettings(**report),
+        banks=BankSettings(refresh_s=0.2),
+        policy=policy or PolicySettings(),
     )
 
 
@@ -95,3 +91,15 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def hamming_distance(a: int, b: int) -> int:
+    """The oracle the index tests compare with: bits that differ."""
+    return (a ^ b).bit_count()
+
+
+def pdq_bits_to_int(bits: Any) -> int:
+    """`pdqhash.compute`'s bit vector (most significant first) as fedimod's integer: the reference."""
+    import numpy as np
+
+    return int.from_bytes(np.packbits(np.asarray(bits).astype(np.uint8)).tobytes(), "big")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedimod.act.policy import Rule
-from fedimod.config import PolicyConfig
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.act.policy import PolicySettings, Rule
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import ActionState, ActionType, BankKind, Category, ReviewState
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
@@ -25,7 +24,7 @@ def rule(name: str, action: ActionType, category: Category, **options: object) -
     return Rule(name=name, action=action, categories=frozenset({category}), **options)  # type: ignore[arg-type]
 
 
-LADDER = PolicyConfig(rules=(
+LADDER = PolicySettings(rules=(
     rule("ncii-sensitive", ActionType.SENSITIVE, Category.NCII),
     rule("spam-silence", ActionType.SILENCE, Category.SPAM, notify=True, forward=True),
     rule("csam-suspend", ActionType.SUSPEND, Category.CSAM),
@@ -165,7 +164,7 @@ async def test_retraction_lists_and_reverses_the_actions_it_caused(
         sandbox: Sandbox, bot_token: str, tmp_path: Path, reverse: bool, how: str) -> None:
     db = await banked(tmp_path)
     user = sandbox.create_account("mallory")[0]
-    policy = PolicyConfig(rules=LADDER.rules, reverse_on_retraction=reverse)
+    policy = PolicySettings(rules=LADDER.rules, reverse_on_retraction=reverse)
     async with running(make_config(sandbox, bot_token, db, policy=policy), sandbox):
         sandbox.post_status(user.id, "spam", media=[altered_copy(SPAM_IMAGE, 0.5)])
         await wait_until(lambda: len(sandbox.account_actions) == 1, what="the silence")
@@ -200,7 +199,7 @@ async def test_retraction_keeps_an_action_that_another_match_still_justifies(
     db = await banked(tmp_path)
     await bank_images(db, [jpeg_bytes(SPAM_IMAGE)], category="spam", bank="second-opinion")
     user = sandbox.create_account("mallory")[0]
-    policy = PolicyConfig(rules=LADDER.rules, reverse_on_retraction=True)
+    policy = PolicySettings(rules=LADDER.rules, reverse_on_retraction=True)
     async with running(make_config(sandbox, bot_token, db, policy=policy), sandbox) as pipeline:
         sandbox.post_status(user.id, "spam", media=[altered_copy(SPAM_IMAGE, 0.5)])
         await wait_until(lambda: len(sandbox.account_actions) == 1, what="the silence")
@@ -212,8 +211,8 @@ async def test_retraction_keeps_an_action_that_another_match_still_justifies(
     assert not [e for e in await audit(db) if e["event"] == "retraction"]
 
 
-def provisional_policy(review_s: float) -> PolicyConfig:
-    return PolicyConfig(rules=(rule("spam-silence", ActionType.SILENCE, Category.SPAM, provisional=True,
+def provisional_policy(review_s: float) -> PolicySettings:
+    return PolicySettings(rules=(rule("spam-silence", ActionType.SILENCE, Category.SPAM, provisional=True,
                                     review_s=review_s),), review_poll_s=0.2)
 
 

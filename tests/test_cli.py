@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from fedimod.cli import main
-from fedimod.demo import generate_image, jpeg_bytes
+from fedimod.cli.demo import generate_image, jpeg_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [[], ["run"], ["demo"], ["bank"], ["bank", "import"], ["bank", "list"], ["status"], ["hash"], ["sandbox"]]

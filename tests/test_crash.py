@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, wait_until

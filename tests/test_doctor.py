@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedimod.cli import main
-from fedimod.demo import jpeg_bytes
+from fedimod.cli.demo import jpeg_bytes
 from fedimod.sandbox import Sandbox
 from tests.helpers import BOT_SCOPES, bank_images
 from tests.test_pipeline import BANNED

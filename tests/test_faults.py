@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ingest import StreamIngester
 from fedimod.models import Post
 from fedimod.sandbox import Sandbox

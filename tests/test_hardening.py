@@ -18,11 +18,12 @@ import aiohttp
 import pytest
 
 from fedimod.act.report import report_key
-from fedimod.app import open_pipeline
-from fedimod.config import OpsConfig, WatchdogConfig
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ingest import StreamIngester
 from fedimod.models import Account, Attachment, Post
+from fedimod.ops.server import OpsSettings
+from fedimod.ops.watchdog import WatchdogSettings
+from fedimod.pipeline.service import open_pipeline
 from fedimod.sandbox import Sandbox, SandboxAccount
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
@@ -306,9 +307,9 @@ async def test_a_full_disk_fails_readiness_raises_an_alert_and_the_bot_resumes_w
         db = disk / "f.sqlite3"
         await bank_images(db, [jpeg_bytes(BANNED)])
         user, _ = sandbox.create_account("mallory")
-        config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0,
+        config = replace(make_config(sandbox, bot_token, db), ops=OpsSettings(host="127.0.0.1", port=0,
                                                                               probe_interval_s=0.2),
-                         watchdog=WatchdogConfig(interval_s=0.2))
+                         watchdog=WatchdogSettings(interval_s=0.2))
         async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
             ready = f"http://127.0.0.1:{pipeline.ops_port}/readyz"
 

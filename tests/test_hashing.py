@@ -21,8 +21,9 @@ from skimage import data as samples
 
 from fedimod.errors import RejectReason
 from fedimod.media.fetch import sniff_format
-from fedimod.media.hashing import HashResult, frame_indices, hash_media, pdq_bits_to_int
+from fedimod.media.hashing import HashResult, frame_indices, hash_media
 from fedimod.signals import PDQ, PHASH
+from tests.helpers import pdq_bits_to_int
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
           "rocket", "stereo_motorcycle", "retina", "clock")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.errors import RejectReason
 from fedimod.media import HashPool, hash_media
 from fedimod.sandbox import Sandbox

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from fedimod.match import BankIndex
 from fedimod.match.hamming import ChunkPlan, MultiIndexHamming, ints_to_words, words_to_int
 from fedimod.models import BankEntry, Category, Signal
-from fedimod.signals import REGISTRY, hamming_distance
+from fedimod.signals import REGISTRY
+from tests.helpers import hamming_distance
 
 
 def flip(value: int, bits: int, count: int, rng: random.Random) -> int:

@@ -14,13 +14,13 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fedimod.config import MediaConfig
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.errors import MediaRejected, RejectReason
 from fedimod.media import HashPool, MediaFetcher, hash_media
 from fedimod.media.fetch import is_public_address
-from fedimod.media.hashing import pdq_bits_to_int
-from fedimod.signals import PDQ, hamming_distance
+from fedimod.media.settings import MediaSettings
+from fedimod.signals import PDQ
+from tests.helpers import hamming_distance, pdq_bits_to_int
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -147,7 +147,7 @@ async def media_server() -> AsyncIterator[str]:
 
 
 async def fetch(url: str, **config: object) -> bytes:
-    async with MediaFetcher(MediaConfig(**config)) as fetcher:  # type: ignore[arg-type]
+    async with MediaFetcher(MediaSettings(**config)) as fetcher:  # type: ignore[arg-type]
         return await fetcher.fetch(url)
 
 

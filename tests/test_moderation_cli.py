@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedimod.act.policy import PolicySettings
 from fedimod.cli import main
-from fedimod.config import PolicyConfig
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import ActionType, Category
 from fedimod.sandbox import Sandbox
 from fedimod.sandbox.state import SandboxStatus
@@ -55,7 +55,7 @@ allow_hosts = ["127.0.0.1"]
     return path
 
 
-async def scenario(sandbox: Sandbox, token: str, tmp_path: Path, policy: PolicyConfig = LADDER) -> Scenario:
+async def scenario(sandbox: Sandbox, token: str, tmp_path: Path, policy: PolicySettings = LADDER) -> Scenario:
     """Three matching posts (one per category) and one innocent post, acted on by a real run."""
     db = await banked(tmp_path)
     posters = {"ncii": NCII_IMAGE, "spam": SPAM_IMAGE, "csam": CSAM_IMAGE}
@@ -132,7 +132,7 @@ async def test_review_reject_undoes_a_provisional_action_and_confirm_then_refuse
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDIMOD_TEST_TOKEN", bot_token)
     hold = rule("hold", ActionType.SILENCE, Category.SPAM, provisional=True, review_s=3600.0)
-    policy = PolicyConfig(rules=(hold, *LADDER.rules))
+    policy = PolicySettings(rules=(hold, *LADDER.rules))
     s = await scenario(sandbox, bot_token, tmp_path, policy)
     spam_account = sandbox.statuses[s.statuses["spam"].id].account_id
     code, out, _ = await cli(capsys, "review", "list", "-c", str(s.config))

@@ -12,10 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fedimod.cli import _status, main
-from fedimod.config import OpsConfig
-from fedimod.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli import main
+from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
+from fedimod.cli.main import _status
 from fedimod.models import BankKind
+from fedimod.ops.server import OpsSettings
 from fedimod.sandbox import Sandbox, SandboxAccount
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
@@ -227,10 +228,10 @@ async def test_ops_endpoint_reports_health_readiness_and_metrics(
     sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db, user = await banked_store(tmp_path, sandbox)
-    config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0))
+    config = replace(make_config(sandbox, bot_token, db), ops=OpsSettings(host="127.0.0.1", port=0))
     async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{pipeline.ops_port}"
-        live_config = replace(config, ops=OpsConfig(host="127.0.0.1", port=pipeline.ops_port or 0))
+        live_config = replace(config, ops=OpsSettings(host="127.0.0.1", port=pipeline.ops_port or 0))
         sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
         sandbox.inject_frame("garbage", channel="public:media")
         await wait_until(lambda: len(sandbox.reports) == 1, what="a report")
@@ -362,7 +363,7 @@ async def test_scrapes_of_metrics_and_readyz_never_write_to_the_store(
     import sqlite3
 
     db, _user = await banked_store(tmp_path, sandbox)
-    config = replace(make_config(sandbox, bot_token, db), ops=OpsConfig(host="127.0.0.1", port=0,
+    config = replace(make_config(sandbox, bot_token, db), ops=OpsSettings(host="127.0.0.1", port=0,
                                                                           probe_interval_s=30))
     async with running(config, sandbox) as pipeline, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{pipeline.ops_port}"

@@ -20,7 +20,7 @@ def match(category: str = "csam", source: str = "local", signal: str = "pdq", di
 
 
 def evidence(*matches: Match, quality: int | None = 90, local: bool = True) -> Evidence:
-    return Evidence(matches=matches, pdq_quality=quality, is_local=local)
+    return Evidence(matches=matches, quality=quality, is_local=local)
 
 
 TRUST = TrustMap({"local": Trust.TRUSTED, "hub": Trust.KNOWN}, Trust.UNKNOWN)

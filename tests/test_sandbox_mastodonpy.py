@@ -16,7 +16,7 @@ import aiohttp
 import mastodon
 import pytest
 
-from fedimod.demo import generate_image, jpeg_bytes
+from fedimod.cli.demo import generate_image, jpeg_bytes
 from fedimod.sandbox import Sandbox
 from tests.helpers import wait_until
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from fedimod.errors import BankFileError, HashParseError
 from fedimod.match import BankIndex, parse_bank_lines
 from fedimod.models import BankEntry, Category, Signal
-from fedimod.signals import REGISTRY, SIGNAL_TYPES, _build_registry, hamming_distance, signal_type_named
+from fedimod.signals import REGISTRY, SIGNAL_TYPES, build_registry, signal_type_named
+from tests.helpers import hamming_distance
 
 PDQ_HEX = "f" * 32 + "0" * 31 + "1"
 
@@ -40,7 +41,7 @@ def test_garbage_gives_a_value_or_our_typed_error(signal_type, text: str) -> Non
 
 def test_registry_rejects_a_duplicate_name_and_unknown_names() -> None:
     with pytest.raises(Exception, match="registered twice"):
-        _build_registry((REGISTRY["pdq"], REGISTRY["pdq"]))
+        build_registry((REGISTRY["pdq"], REGISTRY["pdq"]))
     with pytest.raises(HashParseError, match="unknown signal type"):
         signal_type_named("tmk")
 

@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
-from fedimod.config import WatchdogConfig
 from fedimod.ops.server import Snapshot
-from fedimod.ops.watchdog import Watchdog
+from fedimod.ops.watchdog import Watchdog, WatchdogSettings
 from fedimod.supervise import supervise
 
 
@@ -48,7 +47,7 @@ async def test_the_watchdog_raises_stage_failing_while_restarts_keep_coming_and_
                         posts_accepted=0, gap_filled=0, media_hashed=0, matches=0, reports_filed=0,
                         stage_restarts=dict(restarts))
 
-    watchdog = Watchdog(settings=WatchdogConfig(interval_s=1), snapshot=snapshot, newest_ids=None)
+    watchdog = Watchdog(settings=WatchdogSettings(interval_s=1), snapshot=snapshot, newest_ids=None)
     await watchdog.check()
     assert watchdog.active == {}
     restarts["ingest"] = 3

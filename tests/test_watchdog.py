@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fedimod.config import WatchdogConfig
-from fedimod.demo import altered_copy
+from fedimod.cli.demo import altered_copy
 from fedimod.ops.server import Snapshot
-from fedimod.ops.watchdog import Watchdog
+from fedimod.ops.watchdog import Watchdog, WatchdogSettings
 from fedimod.sandbox import Sandbox
 from tests.helpers import BOT_SCOPES, make_config, running, wait_until
 from tests.test_pipeline import BANNED, banked_store
@@ -43,7 +42,7 @@ async def test_stalled_hashing_raises_an_alert_that_clears_itself(
     admin = sandbox.create_account("admin", role="owner")[0]
     bot, token = sandbox.create_account("fedimod", role="moderator", scopes=(*BOT_SCOPES, "write:statuses"))
     db, user = await banked_store(tmp_path, sandbox)
-    config = replace(make_config(sandbox, token, db), watchdog=WatchdogConfig(
+    config = replace(make_config(sandbox, token, db), watchdog=WatchdogSettings(
         interval_s=0.2, stall_s=1.0, notify_account="admin", notify_url=url))
     async with running(config, sandbox) as pipeline:
         sandbox.media_gate.clear()  # downloads hang: the job waits, hashing stalls
@@ -83,7 +82,7 @@ async def test_error_rate_and_ingest_stall_raise_and_clear() -> None:
     async def note(name: str, active: bool, _message: str) -> None:
         notes.append((name, active))
 
-    dog = Watchdog(settings=WatchdogConfig(stall_s=60, max_error_rate=0.5, min_attempts=10), snapshot=snap,
+    dog = Watchdog(settings=WatchdogSettings(stall_s=60, max_error_rate=0.5, min_attempts=10), snapshot=snap,
                    newest_ids=newest, notifiers=[note], clock=lambda: now[0])
     await dog.check()  # first look: the instance is ahead, but not for long yet
     state["snap"] = snapshot(media_hashed=2, job_errors={"timeout": 18})

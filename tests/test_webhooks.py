@@ -9,10 +9,10 @@ from pathlib import Path
 
 import aiohttp
 
-from fedimod.app import Pipeline
-from fedimod.config import Config, WebhookConfig
-from fedimod.demo import altered_copy
-from fedimod.ingest.webhook import signature
+from fedimod.cli.demo import altered_copy
+from fedimod.ingest.webhook import WebhookSettings, signature
+from fedimod.pipeline.service import Pipeline
+from fedimod.pipeline.settings import Config
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
 from tests.helpers import make_config, running, wait_until
@@ -22,7 +22,7 @@ SECRET = "0123456789abcdef0123"
 
 
 def with_webhooks(config: Config) -> Config:
-    return replace(config, webhooks=WebhookConfig(host="127.0.0.1", port=0, secret=SECRET))
+    return replace(config, webhooks=WebhookSettings(host="127.0.0.1", port=0, secret=SECRET))
 
 
 def receiver_url(pipeline: Pipeline) -> str:

@@ -26,13 +26,14 @@ import mastodon
 import requests
 
 from fedimod.act.ratelimit import Priority, RateBudget, family_of
+from fedimod.act.report import REPORT_CATEGORIES as _CATEGORIES
 from fedimod.errors import MastodonAPIError
 from fedimod.logs import log_event
 from fedimod.models import ActionType, ReportRequest
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-REPORT_CATEGORIES = frozenset({"spam", "legal", "violation", "other"})
+REPORT_CATEGORIES = frozenset(_CATEGORIES)
 
 
 def _translate(endpoint: str, exc: mastodon.MastodonError) -> MastodonAPIError:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedimod.models import ActionType, Category, Match, Trust
+from fedimod.signals import REGISTRY
 
 SCOPES = ("any", "local", "remote")
 
@@ -27,7 +28,7 @@ class Rule:
     trust: frozenset[Trust] | None = None
     min_sources: int = 1
     max_distance: int | None = None
-    min_quality: int | None = None  # PDQ matches only; other signal types carry no quality
+    min_quality: int | None = None  # matches of the type that scores quality (PDQ); others carry none
     scope: str = "any"
     forward: bool | None = None  # None: [report].forward
     notify: bool = False  # Mastodon's send_email_notification, for account actions on local users
@@ -46,9 +47,9 @@ class Rule:
             return f"signal {match.signal_type} not in {_names(self.signal_types)}"
         if self.max_distance is not None and match.distance > self.max_distance:
             return f"distance {match.distance} > {self.max_distance}"
-        if (self.min_quality is not None and match.signal_type == "pdq"
+        if (self.min_quality is not None and REGISTRY[match.signal_type].reports_quality
                 and (quality is None or quality < self.min_quality)):
-            return f"pdq quality {quality} < {self.min_quality}"
+            return f"{match.signal_type} quality {quality} < {self.min_quality}"
         level = trust_of.level(entry.source)
         if self.trust is not None and level not in self.trust:
             return f"source {entry.source} is {level.value}, rule wants {_names(self.trust)}"
@@ -60,8 +61,8 @@ class Rule:
             return False, "post is from a remote account; rule is for local ones", []
         if self.scope == "remote" and evidence.is_local:
             return False, "post is from a local account; rule is for remote ones", []
-        kept = self.qualifying(evidence.matches, evidence.pdq_quality, trust_of)
-        rejected = sorted({r for m in evidence.matches if (r := self._reject_reason(m, evidence.pdq_quality,
+        kept = self.qualifying(evidence.matches, evidence.quality, trust_of)
+        rejected = sorted({r for m in evidence.matches if (r := self._reject_reason(m, evidence.quality,
                                                                                   trust_of))})
         if not kept:
             return False, "no qualifying match: " + "; ".join(rejected), []
@@ -95,7 +96,7 @@ class Evidence:
     reaches the policy), its PDQ quality and whether the post's account is local."""
 
     matches: tuple[Match, ...]
-    pdq_quality: int | None
+    quality: int | None
     is_local: bool
 
 
@@ -131,3 +132,16 @@ class Policy:
 
 # What ships: everything is reported for a human to review; nothing is automatic beyond that.
 DEFAULT_RULES = (Rule(name="review", action=ActionType.REPORT),)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicySettings:
+    """`[policy]`."""
+
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    trust: TrustMap = field(default_factory=TrustMap)
+    # When a bank entry is retracted or allowlisted, undo (unsilence, unsuspend, unsensitive) the
+    # account actions it caused that no other current match justifies. Off: they are only flagged.
+    reverse_on_retraction: bool = False
+    # How often provisional actions are checked for a moderator's decision or an expired deadline.
+    review_poll_s: float = 30.0

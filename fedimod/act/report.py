@@ -14,11 +14,43 @@ the key as `ref …`, which is how a restarted fedimod recognises a report it al
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fedimod.act.policy import Decision
 from fedimod.models import AccountActionRequest, ActionType, AuditEvent, Match, MediaJob, ReportRequest, Signal
-from fedimod.signals import REGISTRY
+from fedimod.signals import QUALITY_TYPE, REGISTRY, quality_of
 from fedimod.store.actions import cause_detail
+
+# Where the audit log and incident exports carry the quality score (`pdq_quality`).
+QUALITY_KEY = f"{QUALITY_TYPE.name}_quality"
+# Mastodon's report categories (`POST /api/v1/reports`); `legal` is what hash matches of illegal media are.
+REPORT_CATEGORIES = ("legal", "spam", "violation", "other")
+# The fields a comment template may use, with sample values to check a template against.
+COMMENT_FIELDS = {
+    "rule": "review",
+    "action": "report",
+    "bank": "local",
+    "category": "csam",
+    "signal_type": QUALITY_TYPE.name,
+    "distance": 3,
+    "threshold": 31,
+    "matches": 1,
+    "key": "k",
+}
+DEFAULT_COMMENT = (
+    "fedimod hash match ({action}, rule {rule}): {signal_type} distance {distance}/{threshold} to an entry in bank "
+    "'{bank}' (category {category}); {matches} match(es). No media attached. ref {key}"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportSettings:
+    """`[report]`."""
+
+    category: str = "legal"
+    forward: bool = False
+    comment_template: str = DEFAULT_COMMENT
+    dry_run: bool = False
 
 
 def report_key(instance: str, status_id: str) -> str:
@@ -85,7 +117,7 @@ def plan(
             "job_id": job.id, "attachment_id": job.attachment_id, "account": job.account_acct,
             "status_url": job.status_url, "local": job.is_local,
             "hashes": {s.signal_type: REGISTRY[s.signal_type].format(s.value) for s in signals},
-            "pdq_quality": next((s.quality for s in signals if s.signal_type == "pdq"), None),
+            QUALITY_KEY: quality_of(signals),
             "matches": cause_detail(matches), "causes": [c["entry_id"] for c in cause_detail(decision.causes)],
             "action_key": account_action.idempotency_key if account_action else None,
             "provisional": bool(account_action and account_action.provisional),

@@ -41,6 +41,17 @@ class WebhookStats:
     rejected: Counter[str] = field(default_factory=Counter)  # by reason: signature, malformed, store
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings:
+    """`[webhooks]`: the admin webhook receiver; host None disables it."""
+
+    host: str | None = None
+    port: int = 9465
+    path: str = "/webhooks/mastodon"
+    secret_env: str = "FEDIMOD_WEBHOOK_SECRET"
+    secret: str = field(default="", repr=False)
+
+
 def signature(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 

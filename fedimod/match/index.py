@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -78,6 +78,19 @@ class _Meta:
         return self.size * (8 + 2 + 2 + 1 + 1)
 
 
+def default_thresholds() -> dict[str, int]:
+    return {name: st.default_threshold for name, st in REGISTRY.items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankSettings:
+    """`[banks]`: how often the index follows the store, and the match threshold per perceptual
+    type (`pdq_threshold = 31` …; the digests match only exactly)."""
+
+    refresh_s: float = 5.0
+    thresholds: Mapping[str, int] = field(default_factory=default_thresholds)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IndexStats:
     """One signal type's part of the index. `chunks == 0`: an exact (dict) lookup."""
@@ -94,7 +107,7 @@ class IndexStats:
 
 class BankIndex:
     def __init__(self, entries: Iterable[BankEntry] = (), thresholds: Mapping[str, int] | None = None) -> None:
-        self.thresholds = {name: st.default_threshold for name, st in REGISTRY.items()}
+        self.thresholds = default_thresholds()
         self.thresholds.update(thresholds or {})
         self._banks = _Interner()
         self._sources = _Interner()

@@ -20,8 +20,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from fedimod.config import MediaConfig
 from fedimod.errors import MediaRejected, RejectReason
+from fedimod.media.settings import MediaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class GuardedResolver(AbstractResolver):
 class MediaFetcher:
     """Downloads one URL into memory under the configured caps. Own one per process; close it."""
 
-    def __init__(self, config: MediaConfig) -> None:
+    def __init__(self, config: MediaSettings) -> None:
         self._config = config
         self._allow_hosts = frozenset(config.allow_hosts)
         self._session: aiohttp.ClientSession | None = None

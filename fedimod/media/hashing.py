@@ -13,32 +13,24 @@ bytes becomes part of the result, frame by frame: `hash_media` never raises for 
   missing codec, a broken stream) the result says *unhashable* with the reason, and the digests
   are still computed: a video is never skipped in silence.
 
-PDQ comes from `fedimod.media.pdq` (equal to `pdqhash.compute` on the same pixels; see there) fed
-with Pillow's RGB→F conversion, which is the reference's float luma. pHash is `imagehash.phash`.
-The PDQ integer holds bit k (row-major over the 16×16 DCT) at 2**k, which is the order
-ThreatExchange's hex form uses.
+Which signals a frame or the bytes yield is the registry's business (`fedimod.signals`): each
+type computes itself from a decoded RGB frame or from the bytes; this module only decodes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import imagehash
-import numpy as np
-import numpy.typing as npt
 import pillow_heif
 from PIL import ExifTags, Image, ImageOps
 
 from fedimod.errors import MediaRejected, RejectReason
 from fedimod.media.fetch import SNIFF_BYTES, VIDEO_FORMATS, sniff_format
-from fedimod.media.pdq import pdq_from_luma
 from fedimod.models import Signal
-from fedimod.signals import REGISTRY
+from fedimod.signals import REGISTRY, Capability, types_with
 
 pillow_heif.register_heif_opener()  # HEIC through libheif; AVIF is built into Pillow 11.3+.
 
@@ -75,12 +67,6 @@ class HashResult:
     def raise_if_rejected(self) -> None:
         if self.reject_reason is not None:
             raise MediaRejected(self.reject_reason, self.reject_message)
-
-
-def pdq_bits_to_int(bits: npt.NDArray[np.integer[Any]]) -> int:
-    """`pdqhash.compute`'s bit vector (most significant first) as fedimod's integer (the reference
-    the tests and the benchmark compare with)."""
-    return int.from_bytes(np.packbits(bits.astype(np.uint8)).tobytes(), "big")
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -204,24 +190,9 @@ def _video_frames(data: bytes, max_pixels: int, max_frames: int, max_decoded_pix
         raise _Damaged(f"video could not be decoded: {_describe(exc)}") from exc
 
 
-def _frame_signals(frame: Image.Image, types: Collection[str]) -> list[Signal]:
-    signals = []
-    if "pdq" in types:
-        value, quality = pdq_from_luma(np.asarray(frame.convert("F")))
-        signals.append(Signal(signal_type="pdq", value=value, quality=quality))
-    if "phash" in types:
-        signals.append(Signal(signal_type="phash", value=int(str(imagehash.phash(frame)), 16)))
-    return signals
-
-
 def digest_signals(data: bytes, types: Collection[str] = ALL_TYPES) -> list[Signal]:
-    """The exact-match digests of the bytes (MD5, SHA-256), as requested by `types`."""
-    signals = []
-    if "md5" in types:
-        signals.append(Signal(signal_type="md5", value=int.from_bytes(hashlib.md5(data).digest(), "big")))
-    if "sha256" in types:
-        signals.append(Signal(signal_type="sha256", value=int.from_bytes(hashlib.sha256(data).digest(), "big")))
-    return signals
+    """The signals of the bytes themselves (the digests), as requested by `types`."""
+    return [signal_type.digest(data) for signal_type in types_with(Capability.BYTES, types)]
 
 
 FrameSink = Callable[[list[Signal]], None]
@@ -243,7 +214,8 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
     signals: list[Signal] = []
     width = height = frames = 0
     unhashable = ""
-    if {"pdq", "phash"} & set(types):
+    frame_types = types_with(Capability.FRAME, types)
+    if frame_types:
         source = (_video_frames(data, max_pixels, max_frames, max_decoded_pixels) if fmt in VIDEO_FORMATS
                   else _image_frames(data, fmt, max_pixels, max_frames, max_decoded_pixels))
         try:
@@ -251,7 +223,7 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
                 if frames == 0:
                     width, height = frame.size
                 frames += 1
-                fresh = [s for s in _frame_signals(frame, types) if s not in signals]
+                fresh = [s for s in (t.hash_frame(frame) for t in frame_types) if s not in signals]
                 signals.extend(fresh)
                 if on_frame is not None and fresh:
                     on_frame(fresh)

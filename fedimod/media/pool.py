@@ -48,6 +48,7 @@ from fedimod.media.hashing import (
     hash_media,
 )
 from fedimod.models import Signal
+from fedimod.signals import Capability, types_with
 
 logger = logging.getLogger(__name__)
 
@@ -262,5 +263,11 @@ class HashPool:
         """What is known of an item whose worker never answered: the frames it streamed, and the digests."""
         digests = await asyncio.to_thread(digest_signals, data, types)
         result = HashResult(signals=(*frames, *digests), format=sniff_format(data[:SNIFF_BYTES]) or "",
-                            frames=sum(1 for s in frames if s.signal_type == "pdq"), unhashable=reason)
+                            frames=_frames_in(frames, types), unhashable=reason)
         return replace(result, worker_lost=worker_lost)
+
+
+def _frames_in(signals: list[Signal], types: Collection[str]) -> int:
+    """How many distinct frames the streamed signals describe: one value of the first frame type each."""
+    first = next(iter(types_with(Capability.FRAME, types)), None)
+    return 0 if first is None else sum(1 for s in signals if s.signal_type == first.name)

@@ -59,6 +59,17 @@ class Snapshot:
     alerts: Mapping[str, bool] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpsSettings:
+    """`[ops]`: where /healthz, /readyz and /metrics listen; host None disables the endpoint."""
+
+    host: str | None = "127.0.0.1"
+    port: int = 9464
+    # How often the store is probed for writability and its figures read, on a connection of its
+    # own: /readyz and /metrics serve the last probe, so scrapes never touch the pipeline's store.
+    probe_interval_s: float = 5.0
+
+
 SnapshotSource = Callable[[], Awaitable[Snapshot]]
 
 

@@ -20,8 +20,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
-from fedimod.config import WatchdogConfig
 from fedimod.logs import log_event
 from fedimod.ops.server import Snapshot
 
@@ -31,12 +31,24 @@ Notifier = Callable[[str, bool, str], Awaitable[None]]  # (alert name, active, m
 NewestIds = Callable[[], Awaitable[tuple[str | None, str | None]]]  # (instance's newest, ours)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchdogSettings:
+    """`[watchdog]`."""
+
+    interval_s: float = 30.0
+    stall_s: float = 300.0
+    max_error_rate: float = field(default=0.5, metadata={"max": 1, "why": "is a fraction of attempts, at most 1"})
+    min_attempts: int = 20
+    notify_account: str = ""  # acct to send a direct message to ("" : none)
+    notify_url: str = ""  # URL to POST a JSON alert to ("" : none)
+
+
 def _id_key(status_id: str) -> tuple[int, str]:
     return len(status_id), status_id
 
 
 class Watchdog:
-    def __init__(self, *, settings: WatchdogConfig, snapshot: Callable[[], Awaitable[Snapshot]],
+    def __init__(self, *, settings: WatchdogSettings, snapshot: Callable[[], Awaitable[Snapshot]],
                  newest_ids: NewestIds | None, notifiers: Sequence[Notifier] = (),
                  clock: Callable[[], float] = time.time) -> None:
         self._settings = settings

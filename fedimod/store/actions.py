@@ -26,7 +26,7 @@ from fedimod.models import (
     ReportState,
     ReviewState,
 )
-from fedimod.signals import signal_type_named
+from fedimod.signals import QUALITY_TYPE, signal_type_named
 
 _ACTION_COLUMNS = (
     "a.id, a.idempotency_key, a.account_id, a.status_id, a.action, a.rule, a.report_key, a.notify, a.text, "
@@ -320,7 +320,8 @@ class ActionStoreMixin:
                 "SELECT signal_type, value, quality FROM job_signals WHERE job_id = ? ORDER BY signal_type", (job_id,))
             out.append({"attachment_id": attachment_id, "media_type": media_type, "state": state, "error": error,
                         "hashes": {t: v for t, v, _q in signals},
-                        "pdq_quality": next((q for t, _v, q in signals if t == "pdq"), None)})
+                        f"{QUALITY_TYPE.name}_quality": next(
+                            (q for t, _v, q in signals if t == QUALITY_TYPE.name), None)})
         return out
 
     async def reports_for(self, status_id: str) -> list[dict[str, Any]]:

@@ -283,6 +283,13 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSettings:
+    """`[store]`."""
+
+    path: Path = Path("fedimod.sqlite3")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobOutcome:
     """What one finished job produced: its hashes, its matches and the report they call for."""
 

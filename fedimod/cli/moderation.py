@@ -117,9 +117,9 @@ def _write(text: str, output: Path | None) -> None:
 
 def _sample_evidence(spec: str) -> tuple[str, Any]:
     from fedimod.act.policy import Evidence
-    from fedimod.signals import signal_type_named
+    from fedimod.signals import QUALITY_TYPE, REGISTRY, signal_type_named
 
-    fields = {"category": "csam", "signal": "pdq", "distance": "0", "quality": "100", "sources": "local",
+    fields = {"category": "csam", "signal": QUALITY_TYPE.name, "distance": "0", "quality": "100", "sources": "local",
               "scope": "local"}
     for part in filter(None, spec.split(",")):
         key, sep, value = part.partition("=")
@@ -138,7 +138,7 @@ def _sample_evidence(spec: str) -> tuple[str, Any]:
         Match(entry=BankEntry(id=i, bank="sample", signal_type=signal, value=0, category=category, source=source),
               signal_type=signal, distance=distance, threshold=max(distance, 31))
         for i, source in enumerate(fields["sources"].split("+"), start=1))
-    evidence = Evidence(matches=matches, pdq_quality=quality if signal == "pdq" else None,
+    evidence = Evidence(matches=matches, quality=quality if REGISTRY[signal].reports_quality else None,
                         is_local=fields["scope"] == "local")
     label = ", ".join(f"{k}={v}" for k, v in fields.items())
     return label, evidence
@@ -252,7 +252,7 @@ async def _review(config: Config, args: argparse.Namespace) -> int:
             return 0
         from fedimod.act import MastodonActions
         from fedimod.act.executor import ActionExecutor
-        from fedimod.app import budget_for
+        from fedimod.pipeline.service import budget_for
 
         actions = MastodonActions(base_url=config.instance.base_url, token=config.instance.token,
                                   request_timeout_s=config.instance.request_timeout_s, budget=budget_for(config))

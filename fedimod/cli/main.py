@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedimod import __version__, cli_hash, cli_moderation
+from fedimod import __version__
+from fedimod.cli import bank, hashing, moderation
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
 
 if TYPE_CHECKING:
-    from fedimod.app import Pipeline
-    from fedimod.store import SQLiteStore
+    from fedimod.pipeline.service import Pipeline
 
 logger = logging.getLogger("fedimod.cli")
 FORMAT_NAMES = ("plain", "te_csv", "jsonl")
@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "listener and secret, the ops endpoint, the store, the banks and the hash "
                                         "pool. Only harmless calls are made. Exit 0 only if every check passes.")
     _add_config(doctor)
-    cli_hash.register(sub)
-    cli_moderation.register(sub, _add_config)
+    hashing.register(sub)
+    moderation.register(sub, _add_config)
 
     sandbox = sub.add_parser("sandbox", help="run the bundled test instance on 127.0.0.1",
                              description="Serve the Mastodon-compatible sandbox instance until interrupted; prints "
@@ -152,29 +152,31 @@ def _dispatch(args: argparse.Namespace) -> int:
                 config = _with_dry_run(config)
             return asyncio.run(_run(config))
         case "demo":
-            from fedimod.demo import run_demo  # the demo alone may start the sandbox
+            from fedimod.cli.demo import run_demo  # the demo alone may start the sandbox
 
             setup_logging("INFO" if args.verbose else "CRITICAL")
             return asyncio.run(run_demo(posts=args.posts, out=lambda line: print(line, flush=True)))
         case "bank":
             config = load_config(args.config, require_token=False)
             setup_logging(config.log_level)
-            return asyncio.run(_bank(config, args))
+            return asyncio.run(bank.run(config, args))
         case "status":
             config = load_config(args.config, require_token=False)
             return asyncio.run(_status(config))
         case "hash":
-            return cli_hash.run(args)
+            return hashing.run(args)
         case "doctor":
-            from fedimod.doctor import render, run_checks
+            from fedimod.cli.doctor import render, run_checks
 
             config = load_config(args.config, require_token=False)
             checks = asyncio.run(run_checks(config))
             print(f"fedimod doctor: {config.instance.base_url}\n" + render(checks), end="")
             return 0 if all(c.ok for c in checks) else 1
         case "sandbox":
-            return asyncio.run(_sandbox(args.port))
-    result = cli_moderation.dispatch(args)
+            from fedimod.cli.sandbox import serve
+
+            return asyncio.run(serve(args.port))
+    result = moderation.dispatch(args)
     if result is not None:
         return result
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
@@ -187,7 +189,7 @@ def _with_dry_run(config: Config) -> Config:
 
 
 async def _run(config: Config) -> int:
-    from fedimod.app import open_pipeline
+    from fedimod.pipeline.service import open_pipeline
 
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -222,142 +224,6 @@ async def _run(config: Config) -> int:
         raise FedimodError(f"cannot start: {exc.strerror or exc} ({where})") from exc
     log_event(logger, logging.INFO, "shutdown_complete")
     return 0
-
-
-async def _bank(config: Config, args: argparse.Namespace) -> int:
-    from fedimod.store import SQLiteStore
-
-    async with SQLiteStore.open(config.store.path) as store:
-        match args.bank_command:
-            case "import":
-                return await _bank_import(store, args)
-            case "export":
-                return await _bank_export(store, args)
-            case "list":
-                return await _bank_list(store)
-            case "stats":
-                return await _bank_stats(store, config)
-            case "remove":
-                return await _bank_remove(store, args)
-            case "enable" | "disable":
-                if not await store.set_bank_enabled(args.bank, args.bank_command == "enable"):
-                    print(f"fedimod: error: no bank named '{args.bank}'", file=sys.stderr)
-                    return 2
-                print(f"bank '{args.bank}' {args.bank_command}d")
-                return 0
-    raise AssertionError(args.bank_command)
-
-
-async def _bank_import(store: SQLiteStore, args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from tqdm import tqdm
-
-    from fedimod.match import guess_format, parse_bank_file
-    from fedimod.models import BankKind
-
-    fmt = args.format or guess_format(str(args.file))
-    if str(args.file) == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = await asyncio.to_thread(args.file.read_text, encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"fedimod: error: cannot read {args.file}: {exc}", file=sys.stderr)
-            return 2
-    lines = text.splitlines()
-    kind = BankKind.ALLOW if args.allowlist else BankKind.BLOCK
-    # The bar shows only on a terminal and only for files big enough to wait for.
-    show = len(lines) > 20_000
-    with tqdm(total=len(lines), desc="checking", unit=" rows", disable=not show or None, file=sys.stderr) as bar:
-        rows = await asyncio.to_thread(parse_bank_file, lines, fmt, lambda n: bar.update(n - bar.n))
-    mismatched = [r for r in rows if r.is_allowlist is not None and r.is_allowlist != args.allowlist]
-    if mismatched:
-        where = "an allowlist (--allowlist)" if mismatched[0].is_allowlist else "a block bank (no --allowlist)"
-        lines_ = ", ".join(str(r.line) for r in mismatched[:10])
-        print(f"fedimod: error: lines {lines_}: rows marked for {where}; nothing imported", file=sys.stderr)
-        return 2
-    if args.source:
-        rows = [replace(r, source=args.source) for r in rows]
-    with tqdm(total=len(rows), desc="importing", unit=" rows", disable=not show or None, file=sys.stderr) as bar:
-        added = await store.add_bank_entries(args.bank, rows, kind=kind, on_progress=lambda n: bar.update(n - bar.n))
-    print(f"imported {added} new entries into {kind.value} bank '{args.bank}' ({len(rows) - added} already present)")
-    return 0
-
-
-async def _bank_export(store: SQLiteStore, args: argparse.Namespace) -> int:
-    from fedimod.match import FORMATS
-
-    entries = await store.bank_entries(bank=args.bank, active_only=False)
-    lines = "".join(line + "\n" for line in FORMATS[args.format].render(entries))
-    if args.output is None:
-        sys.stdout.write(lines)
-    else:
-        try:
-            await asyncio.to_thread(args.output.write_text, lines, encoding="utf-8")
-        except OSError as exc:
-            print(f"fedimod: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
-        print(f"exported {len(entries)} entries of bank '{args.bank}' to {args.output}", file=sys.stderr)
-    return 0
-
-
-async def _bank_list(store: SQLiteStore) -> int:
-    rows = await store.bank_stats()
-    if not rows:
-        print("no banks; add one with 'fedimod bank import FILE'")
-    for bank, kind, enabled, signal_type, category, count in rows:
-        state = "enabled" if enabled else "disabled"
-        print(f"{bank:20} {kind:6} {state:9} {signal_type:8} {category:8} {count}")
-    return 0
-
-
-async def _bank_stats(store: SQLiteStore, config: Config) -> int:
-    from collections import Counter
-
-    from fedimod.match import BankIndex
-
-    per_bank: Counter[tuple[str, str, bool, str]] = Counter()
-    for bank, kind, enabled, signal_type, _category, count in await store.bank_stats():
-        per_bank[(bank, kind, enabled, signal_type)] += count
-    if not per_bank:
-        print("no banks; add one with 'fedimod bank import FILE'")
-        return 0
-    print(f"{'bank':20} {'kind':6} {'state':9} {'type':8} entries")
-    for (bank, kind, enabled, signal_type), count in sorted(per_bank.items()):
-        print(f"{bank:20} {kind:6} {'enabled' if enabled else 'disabled':9} {signal_type:8} {count}")
-    entries = await store.bank_entries()
-    index = await asyncio.to_thread(BankIndex, entries, config.banks.thresholds)
-    print(f"\nindex of {len(index)} active entries (what `fedimod run` matches against):")
-    for info in index.describe():
-        size = f"{info.bytes / 2**20:.1f} MiB" if info.bytes >= 2**20 else f"{info.bytes / 1024:.1f} KiB"
-        if not info.chunks:
-            print(f"  {info.signal_type:8} {info.entries} entries, exact lookup, ~{size}")
-            continue
-        bits = "/".join(str(b) for b in info.chunk_bits)
-        print(f"  {info.signal_type:8} {info.entries} entries within {info.threshold} bits: {info.chunks} chunks of "
-              f"{bits} bits probed at radius {info.radius} ({info.unindexed} not yet indexed, scanned linearly), "
-              f"{size}")
-    return 0
-
-
-async def _bank_remove(store: SQLiteStore, args: argparse.Namespace) -> int:
-    from fedimod.signals import signal_type_named
-
-    if args.all == bool(args.signal_type or args.value):
-        print("fedimod: error: give either --all or both --type and --value", file=sys.stderr)
-        return 2
-    if args.all:
-        removed = await store.remove_bank_entries(args.bank)
-    else:
-        if not (args.signal_type and args.value):
-            print("fedimod: error: --type and --value go together", file=sys.stderr)
-            return 2
-        signal_type = signal_type_named(args.signal_type)
-        removed = await store.remove_bank_entries(args.bank, signal_type=signal_type.name,
-                                                  value=signal_type.parse(args.value))
-    print(f"removed {removed} entries from bank '{args.bank}'")
-    return 0 if removed else 1
 
 
 async def _status(config: Config) -> int:
@@ -412,18 +278,3 @@ async def _live_status(config: Config) -> list[str]:
         f"lag            {value('fedimod_lag_seconds'):.1f} s (oldest job waiting to be hashed)",
         "alerts         " + (", ".join(alerts) if alerts else "none"),
     ]
-
-
-async def _sandbox(port: int) -> int:
-    from fedimod.sandbox import Sandbox
-
-    async with Sandbox(port=port) as sandbox:
-        _admin, admin_token = sandbox.create_account(
-            "admin", role="owner", scopes=("read", "write", "follow", "admin:read", "admin:write"))
-        _user, user_token = sandbox.create_account("alice")
-        print(f"sandbox instance at {sandbox.base_url}")
-        print(f"admin token (read write admin:read admin:write): {admin_token}")
-        print(f"user token (read write follow): {user_token}")
-        print("Ctrl-C to stop", flush=True)
-        await asyncio.Event().wait()
-    return 0

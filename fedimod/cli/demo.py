@@ -20,14 +20,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fedimod.app import open_pipeline
-from fedimod.config import Config, InstanceConfig, MediaConfig, ReportConfig, StoreConfig, WorkerConfig
+from fedimod.act.report import ReportSettings
 from fedimod.match import parse_bank_lines
 from fedimod.media import hash_media
+from fedimod.media.settings import MediaSettings
 from fedimod.models import Category
+from fedimod.pipeline.service import open_pipeline
+from fedimod.pipeline.settings import Config, InstanceSettings, WorkerSettings
 from fedimod.sandbox import Sandbox
-from fedimod.signals import REGISTRY
+from fedimod.signals import MD5, PDQ, REGISTRY
 from fedimod.store import SQLiteStore, StoreCounts
+from fedimod.store.sqlite import StoreSettings
 
 
 def generate_image(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
@@ -63,7 +66,7 @@ def bank_lines(originals: list[bytes], category: Category) -> list[str]:
     for data in originals:
         result = hash_media(data)
         for signal in result.signals:
-            if signal.signal_type in ("pdq", "md5"):
+            if signal.signal_type in (PDQ.name, MD5.name):  # one perceptual hash, one digest
                 text = REGISTRY[signal.signal_type].format(signal.value)
                 lines.append(f"{signal.signal_type} {text} {category.value}")
     return lines
@@ -121,12 +124,12 @@ async def run_demo(*, posts: int = 40, seed: int = 7, rate_per_s: float = 20.0, 
             users.append(sandbox.create_account("dave", domain="remote.example")[0])
             out(f"demo: sandbox instance at {sandbox.base_url}")
             config = Config(
-                instance=InstanceConfig(base_url=sandbox.base_url, token_env="(demo)", token=token,
+                instance=InstanceSettings(base_url=sandbox.base_url, token_env="(demo)", token=token,
                                         streams=("public:media",), reconnect_max_s=2.0),
-                store=StoreConfig(path=db),
-                media=MediaConfig(allow_hosts=("127.0.0.1",)),
-                workers=WorkerConfig(concurrency=4, hash_processes=2, retry_delay_s=0.5),
-                report=ReportConfig(),
+                store=StoreSettings(path=db),
+                media=MediaSettings(allow_hosts=("127.0.0.1",)),
+                workers=WorkerSettings(concurrency=4, hash_processes=2, retry_delay_s=0.5),
+                report=ReportSettings(),
             )
             expected: set[str] = set()
             async with open_pipeline(config) as pipeline:

@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fedimod.config import MediaConfig
     from fedimod.media import HashPool, MediaFetcher
+    from fedimod.media.settings import MediaSettings
 
     items = list(expand(args.inputs))
-    media = MediaConfig(allow_hosts=tuple(args.allow_host))
+    media = MediaSettings(allow_hosts=tuple(args.allow_host))
     failures = 0
     async with MediaFetcher(media) as fetcher, HashPool(
             processes=args.processes, max_pixels=media.max_pixels, max_frames=args.max_frames,
@@ -154,9 +154,12 @@ def _read(path: Path, max_bytes: int) -> bytes:
 def _text(record: dict[str, Any]) -> str:
     if "error" in record:
         return f"{record['path']}\tERROR {record['error']}"
-    fields = [f"{name}={record[name]}" for name in REGISTRY if name in record]
-    if "pdq_quality" in record:
-        fields.insert(1, f"quality={record['pdq_quality']}")
+    fields = []
+    for name in REGISTRY:
+        if name in record:
+            fields.append(f"{name}={record[name]}")
+            if f"{name}_quality" in record:
+                fields.append(f"quality={record[f'{name}_quality']}")
     extra = f"\tframes={record['frames']}" if record.get("frames", 1) != 1 else ""
     unhashable = f"\tunhashable: {record['unhashable']}" if "unhashable" in record else ""
     return f"{record['path']}\t{record['format']}\t" + " ".join(fields) + extra + unhashable

@@ -27,6 +27,7 @@ import aiohttp
 from fedimod.config import Config
 from fedimod.errors import FedimodError, StreamEventError
 from fedimod.ingest.parse import loads
+from fedimod.signals import REGISTRY
 
 SCOPE_ERROR = "outside the authorized scopes"
 ROLE_ERROR = "not allowed"
@@ -277,14 +278,14 @@ async def _banks(config: Config) -> list[Check]:
 
 
 async def _hashing(config: Config) -> list[Check]:
-    from fedimod.demo import generate_image, jpeg_bytes
+    from fedimod.cli.demo import generate_image, jpeg_bytes
     from fedimod.media import HashPool
 
     async with HashPool(processes=1, max_pixels=config.media.max_pixels,
                         timeout_s=config.media.hash_timeout_s) as pool:
         result = await pool.hash(jpeg_bytes(generate_image(1)))
     types = sorted({s.signal_type for s in result.signals})
-    ok = result.reject_reason is None and "pdq" in types
+    ok = result.reject_reason is None and set(types) == set(REGISTRY)
     return [Check(name="hash pool", ok=ok, detail=f"hashed a sample: {', '.join(types)}" if ok else
                   f"could not hash a sample: {result.reject_message or result.unhashable}",
                   fix="" if ok else "reinstall fedimod's dependencies (Pillow, numpy, pdqhash)")]

@@ -29,7 +29,6 @@ from fedimod.act.executor import ActionExecutor
 from fedimod.act.policy import Evidence, Policy
 from fedimod.act.ratelimit import RateBudget
 from fedimod.act.report import plan
-from fedimod.config import Config
 from fedimod.errors import FedimodError, MediaRejected, StreamEventError
 from fedimod.ingest import StreamIngester
 from fedimod.ingest.intake import PostIntake
@@ -40,7 +39,8 @@ from fedimod.media import HashPool, MediaFetcher
 from fedimod.models import ActionType, AuditEvent, JobState, Match, MediaJob, Post, Signal
 from fedimod.ops import OpsServer, Snapshot
 from fedimod.ops.watchdog import Notifier, Watchdog
-from fedimod.signals import REGISTRY, signal_type_named
+from fedimod.pipeline.settings import Config
+from fedimod.signals import REGISTRY, quality_of, signal_type_named
 from fedimod.store import BankState, JobOutcome, ProbeResult, SQLiteStore, StoreCounts, StoreProbe
 from fedimod.store.lock import StoreLock
 from fedimod.supervise import supervise
@@ -306,8 +306,8 @@ class Pipeline:
 
     @staticmethod
     def _evidence(matches: list[Match], signals: list[Signal] | tuple[Signal, ...], is_local: bool) -> Evidence:
-        quality = next((s.quality for s in signals if s.signal_type == "pdq"), None)
-        return Evidence(matches=tuple(matches), pdq_quality=quality, is_local=is_local)
+        quality = quality_of(signals)
+        return Evidence(matches=tuple(matches), quality=quality, is_local=is_local)
 
     async def _bank_refresher(self) -> None:
         while True:
@@ -438,11 +438,10 @@ class Pipeline:
         matches = self._index.match(result.signals)
         outcome = self._decide(job, result.signals, matches)
         completed = await self._store.complete_job(job, outcome)
-        pdq = next((s for s in result.signals if s.signal_type == "pdq"), None)
         log_event(logger, logging.INFO, "media_hashed", job_id=job.id, status_id=job.status_id,
                   attachment_id=job.attachment_id, format=result.format, width=result.width, height=result.height,
                   frames=result.frames,
-                  pdq_quality=pdq.quality if pdq else None, matches=len(matches))
+                  quality=quality_of(result.signals), matches=len(matches))
         for match in matches:
             self.stats.matches += 1
             log_event(logger, logging.WARNING, "media_matched", job_id=job.id, status_id=job.status_id,

@@ -1,0 +1,1 @@
+"""The service: wires the stages together and runs them (see docs/architecture.md)."""

@@ -1,0 +1,102 @@
+"""What a signal type is: its name, its value space, how it is compared, and how it is computed.
+
+A value is held as an ``int`` of the type's bit length, so a Hamming distance is
+``(a ^ b).bit_count()``; the text form is lower-case hex of exactly ``bits // 4`` digits.
+
+Each type declares the one capability it needs from the media stage:
+- ``FRAME``: a decoded picture (a still image, or one frame of an animation or video) → a value,
+  computed by `hash_frame`;
+- ``BYTES``: the file's bytes → a value, computed by `digest`.
+and the index that finds its matches: ``HAMMING`` (every entry within `default_threshold` bits,
+or the configured threshold) or ``EXACT`` (equal values only).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedimod.errors import HashParseError
+from fedimod.models import Signal
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class Capability(enum.StrEnum):
+    FRAME = "frame"
+    BYTES = "bytes"
+
+
+class IndexKind(enum.StrEnum):
+    HAMMING = "hamming"
+    EXACT = "exact"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalType:
+    """One hash algorithm. Subclasses implement `hash_frame` or `digest`, by their capability.
+
+    `name` is a storage and wire key (bank files, the database, feeds): never rename one.
+    `min_quality` is set for a type whose hasher scores its own input (PDQ): a hash below it
+    carries too little picture to compare. `examples` are valid text forms, for the contract
+    tests every type runs (tests/test_signal_types.py) and for documentation.
+    """
+
+    name: str
+    bits: int
+    default_threshold: int
+    capability: Capability
+    index: IndexKind
+    min_quality: int | None = None
+    examples: tuple[str, ...] = ()
+
+    @property
+    def hex_digits(self) -> int:
+        return self.bits // 4
+
+    @property
+    def is_perceptual(self) -> bool:
+        """Near values mean near pictures: matched by Hamming distance, not equality."""
+        return self.index is IndexKind.HAMMING
+
+    @property
+    def reports_quality(self) -> bool:
+        return self.min_quality is not None
+
+    @property
+    def max_threshold(self) -> int:
+        """The largest threshold config accepts: a quarter of the bits (beyond it, noise matches)."""
+        return self.bits // 4 if self.is_perceptual else 0
+
+    def parse(self, text: str) -> int:
+        """Parse the hex text form; accepts either case and surrounding blanks, nothing else."""
+        cleaned = text.strip().lower()
+        if len(cleaned) != self.hex_digits:
+            raise HashParseError(
+                self.name, f"expected {self.hex_digits} hex digits, got {len(cleaned)} in {text[:80]!r}"
+            )
+        if not _HEX.fullmatch(cleaned):
+            raise HashParseError(self.name, f"not hexadecimal: {text[:80]!r}")
+        return int(cleaned, 16)
+
+    def format(self, value: int) -> str:
+        if value < 0 or value.bit_length() > self.bits:
+            raise HashParseError(self.name, f"value does not fit in {self.bits} bits")
+        return f"{value:0{self.hex_digits}x}"
+
+    def is_degenerate(self, value: int) -> bool:
+        """All-zero or all-one perceptual hashes come from flat images and match far too much."""
+        return self.is_perceptual and value in (0, (1 << self.bits) - 1)
+
+    def hash_frame(self, frame: Image.Image) -> Signal:
+        """This type's signal of one decoded RGB picture (`FRAME` types)."""
+        raise NotImplementedError(f"{self.name} is computed from {self.capability}, not from frames")
+
+    def digest(self, data: bytes) -> Signal:
+        """This type's signal of a file's bytes (`BYTES` types)."""
+        raise NotImplementedError(f"{self.name} is computed from {self.capability}, not from bytes")
