@@ -28,7 +28,7 @@ from fedimod.ingest.stream import TRANSPORTS
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.index import BankSettings, default_thresholds
 from fedimod.media.settings import MediaSettings
-from fedimod.models import ActionType, Category, Trust
+from fedimod.models import ACCOUNT_ACTIONS, ActionType, Category, Trust
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
 from fedimod.pipeline.settings import STREAMS, Config, InstanceSettings, WorkerSettings
@@ -313,10 +313,13 @@ def _rule(rule: _Table, index: int) -> Rule:
     comment = rule.get("comment", str, None)
     if comment is not None:
         _check_template(rule, "comment", comment)
+    if action.spec.local_only and scope != "local":
+        raise ConfigError(rule.key("scope"), f"{action} applies to local accounts only (Mastodon cannot {action} a "
+                                             "remote account); set scope = \"local\"")
     provisional = rule.get("provisional", bool, False)
     if provisional and not action.is_account_action:
-        raise ConfigError(rule.key("provisional"),
-                          f"only account actions (sensitive, silence, suspend) can be provisional, not {action}")
+        raise ConfigError(rule.key("provisional"), "only account actions "
+                          f"({', '.join(a.value for a in ACCOUNT_ACTIONS)}) can be provisional, not {action}")
     max_distance = rule.get("max_distance", int, None)
     if max_distance is not None and max_distance < 0:
         raise ConfigError(rule.key("max_distance"), "must be 0 or more")

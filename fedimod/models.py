@@ -11,6 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 
@@ -40,33 +41,71 @@ class ReportState(enum.StrEnum):
 
 
 class ActionType(enum.StrEnum):
-    """The policy ladder, mildest first. Stable names: they are config, storage and audit keys.
+    """What a policy rule can call for. Stable names: they are config, storage and audit keys.
 
     `log` records only; `report` files a report naming the post (how one post is taken down);
-    the rest are account actions, each applied with the report it answers.
+    the rest are account actions, each applied with the report it answers. Their order on the
+    ladder, and how Mastodon applies and undoes each, is the `ACTIONS` table's.
     """
 
     LOG = "log"
     REPORT = "report"
     SENSITIVE = "sensitive"
     SILENCE = "silence"
+    DISABLE = "disable"
     SUSPEND = "suspend"
 
     @property
+    def spec(self) -> ActionSpec:
+        return ACTIONS[self]
+
+    @property
     def rank(self) -> int:
-        return _LADDER.index(self)
+        return ACTIONS[self].rank
 
     @property
     def is_account_action(self) -> bool:
-        return self.rank >= _LADDER.index(ActionType.SENSITIVE)
+        return ACTIONS[self].admin_type is not None
 
     @property
     def undo_endpoint(self) -> str:
         """The admin endpoint that reverses this account action (`unsilence` …)."""
-        return {"sensitive": "unsensitive", "silence": "unsilence", "suspend": "unsuspend"}[self.value]
+        undo = ACTIONS[self].undo
+        if undo is None:
+            raise ValueError(f"{self} is not an account action; nothing to undo")
+        return undo
 
 
-_LADDER: tuple[ActionType, ...] = tuple(ActionType)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActionSpec:
+    """One rung of the ladder, as Mastodon's admin API applies it.
+
+    `admin_type` is the `type` of `POST /api/v1/admin/accounts/:id/action`; `undo` the one-shot
+    endpoint that reverses it (`POST …/:id/{undo}`); `flag` the `Admin::Account` field that shows it
+    in force (how a restarted bot sees an action it sent before a crash). `local_only`: Mastodon
+    can apply it only to local accounts (`disable` acts on the user's login; for a remote account
+    Mastodon answers 500), so fedimod refuses it for remote ones.
+    """
+
+    rank: int
+    admin_type: str | None = None
+    undo: str | None = None
+    flag: str | None = None
+    local_only: bool = False
+
+
+# Milder first. `disable` (no more logins, the posts stay) ranks above `silence` and below
+# `suspend` (the account and its posts gone): a disabled local user cannot post, so a later
+# silence adds nothing, while a suspension still does.
+ACTIONS: Mapping[ActionType, ActionSpec] = MappingProxyType({
+    ActionType.LOG: ActionSpec(rank=0),
+    ActionType.REPORT: ActionSpec(rank=1),
+    ActionType.SENSITIVE: ActionSpec(rank=2, admin_type="sensitive", undo="unsensitive", flag="sensitized"),
+    ActionType.SILENCE: ActionSpec(rank=3, admin_type="silence", undo="unsilence", flag="silenced"),
+    ActionType.DISABLE: ActionSpec(rank=4, admin_type="disable", undo="enable", flag="disabled", local_only=True),
+    ActionType.SUSPEND: ActionSpec(rank=5, admin_type="suspend", undo="unsuspend", flag="suspended"),
+})
+ACCOUNT_ACTIONS: tuple[ActionType, ...] = tuple(a for a in ActionType if a.is_account_action)
 
 
 class ActionState(enum.StrEnum):
@@ -139,6 +178,16 @@ class MediaJob:
     def is_local(self) -> bool:
         """Local accounts have a bare `acct` (`alice`); remote ones carry their domain."""
         return "@" not in self.account_acct
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HashedMedia:
+    """One hashed attachment of an account's post, as the store keeps it (for the retraction judge)."""
+
+    job_id: int
+    status_id: str
+    is_local: bool
+    signals: tuple[Signal, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,5 +283,25 @@ class AuditEvent:
     dry_run: bool = False
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    def but(self, **changes: Any) -> AuditEvent:
+    def evolve(self, **changes: Any) -> AuditEvent:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOutcome:
+    """What one finished job produced: its hashes, its matches and what they call for."""
+
+    signals: tuple[Signal, ...]
+    matches: tuple[Match, ...]
+    report: ReportRequest | None
+    action: AccountActionRequest | None = None
+    causes: tuple[Match, ...] = ()  # the matches that justify the report and action
+    decision: AuditEvent | None = None  # the decision, for the audit log
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completed:
+    """What recording an outcome queued that was not queued before."""
+
+    new_report: bool
+    new_action: bool

@@ -254,3 +254,32 @@ async def test_resolving_the_report_on_the_instance_confirms_a_provisional_actio
 
         await wait_until(confirmed, what="the confirmation")
     assert sandbox.account_undos == [] and sandbox.accounts[user.id].silenced
+
+
+async def test_disable_reaches_a_local_account_is_undone_by_enable_and_is_refused_for_a_remote_one(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    """`disable` comes from the ACTIONS table like every rung: applied with its report, reversed
+    through `enable` on retraction. A remote account cannot be disabled (Mastodon answers 500), so
+    the decision keeps the report and refuses the action, saying why."""
+    db = await banked(tmp_path)
+    local = sandbox.create_account("lucy")[0]
+    remote = sandbox.create_account("rob", domain="remote.example")[0]
+    # Built in code: config refuses a `disable` rule whose scope is not "local".
+    policy = PolicySettings(rules=(rule("csam-disable", ActionType.DISABLE, Category.CSAM),),
+                            reverse_on_retraction=True)
+    async with running(make_config(sandbox, bot_token, db, policy=policy), sandbox):
+        sandbox.post_status(local.id, "x", media=[altered_copy(CSAM_IMAGE, 0.5)])
+        remote_post = sandbox.post_status(remote.id, "y", media=[altered_copy(CSAM_IMAGE, 0.6)])
+        await wait_until(lambda: len(sandbox.reports) == 2 and len(sandbox.account_actions) == 1,
+                         what="two reports and one disable")
+        assert sandbox.accounts[local.id].disabled
+        async with SQLiteStore.open(db) as store:
+            for entry in [e for e in await store.bank_entries() if e.category is Category.CSAM]:
+                await store.remove_bank_entries(entry.bank, signal_type=entry.signal_type, value=entry.value)
+        await wait_until(lambda: sandbox.account_undos == [(local.id, "enable")], what="the enable")
+    assert [(a.account_id, a.type) for a in sandbox.account_actions] == [(local.id, "disable")]
+    assert not sandbox.accounts[local.id].disabled
+    assert {r.target_account_id for r in sandbox.reports} == {local.id, remote.id}
+    (refused,) = [e for e in await audit(db) if e["event"] == "decision" and e["status_id"] == str(remote_post.id)]
+    assert refused["action"] == "disable"
+    assert "disable refused: it applies to local accounts only" in str(refused["result"])

@@ -52,6 +52,7 @@ def test_shipped_example_config_loads_with_the_documented_defaults() -> None:
         (minimal(report={"comment_template": "x" * 950}), "report.comment_template", "too long"),
         (minimal(report={"dry_run": "yes"}), "report.dry_run", "expected bool"),
         (minimal(logging={"level": "LOUD"}), "logging.level", "not one of"),
+        (minimal(policy={"rules": [{"action": "disable"}]}), "policy.rules[0].scope", "local accounts only"),
         (minimal(media={"max_byte": 1}), "media.max_byte", "unknown setting"),
         (minimal(extra={"x": 1}), "extra", "unknown setting"),
     ],

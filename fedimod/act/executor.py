@@ -79,7 +79,7 @@ class ActionExecutor:
                            action=ActionType.REPORT.value)
         if self._dry_run:
             await self._store.finish_report(key, ReportState.DRY_RUN,
-                                            event=event.but(result="dry run: not sent", dry_run=True))
+                                            event=event.evolve(result="dry run: not sent", dry_run=True))
             log_event(logger, logging.WARNING, "report_dry_run", key=key, status_id=request.status_id,
                       msg="dry run: report not sent")
             return
@@ -91,7 +91,7 @@ class ActionExecutor:
                 if existing is not None:
                     await self._store.finish_report(
                         key, ReportState.SENT, remote_report_id=existing,
-                        event=event.but(result="reconciled", detail={"report_id": existing}))
+                        event=event.evolve(result="reconciled", detail={"report_id": existing}))
                     log_event(logger, logging.INFO, "report_reconciled", key=key, report_id=existing)
                     return
             await self._store.note_report_attempt(key)
@@ -104,12 +104,12 @@ class ActionExecutor:
                           retry_in_s=round(retry_at - time.time(), 1))
             else:
                 await self._store.finish_report(key, ReportState.FAILED, error=str(exc),
-                                                event=event.but(result=f"failed: {exc}"))
+                                                event=event.evolve(result=f"failed: {exc}"))
                 log_event(logger, logging.ERROR, "report_failed", key=key, status_id=request.status_id, error=str(exc))
             return
         await self._store.finish_report(
             key, ReportState.SENT, remote_report_id=remote_id,
-            event=event.but(result="sent", detail={"report_id": remote_id, "category": self._category,
+            event=event.evolve(result="sent", detail={"report_id": remote_id, "category": self._category,
                                                    "forward": forward}))
         self.stats.reports_filed += 1
         log_event(logger, logging.WARNING, "report_filed", key=key, status_id=request.status_id, report_id=remote_id)
@@ -125,15 +125,15 @@ class ActionExecutor:
                                    "provisional": request.provisional, "escalates_from": stored.escalates_from})
         if self._dry_run:
             await self._store.finish_action(key, ActionState.DRY_RUN,
-                                            event.but(result="dry run: not sent", dry_run=True))
+                                            event.evolve(result="dry run: not sent", dry_run=True))
             log_event(logger, logging.WARNING, "action_dry_run", key=key, action=request.action.value,
                       account_id=request.account_id, msg="dry run: action not sent")
             self.stats.actions[f"{request.action}:dry_run"] += 1
             return
         try:
-            if stored.attempts > 0 and (await self._actions.account_flags(request.account_id))[request.action.value]:
+            if stored.attempts > 0 and (await self._actions.account_flags(request.account_id))[request.action]:
                 # Sent before a crash: the instance shows it applied. Do not send it again.
-                await self._finish_applied(stored, event.but(result="reconciled"))
+                await self._finish_applied(stored, event.evolve(result="reconciled"))
                 return
             await self._store.note_action_attempt(key)
             await self._actions.moderate(request.account_id, request.action, report_id=stored.remote_report_id,
@@ -145,13 +145,13 @@ class ActionExecutor:
                 log_event(logger, logging.WARNING, "action_retry", key=key, error=str(exc), status=exc.status,
                           retry_in_s=round(retry_at - time.time(), 1))
             else:
-                await self._store.finish_action(key, ActionState.FAILED, event.but(result=f"failed: {exc}"),
+                await self._store.finish_action(key, ActionState.FAILED, event.evolve(result=f"failed: {exc}"),
                                                 error=str(exc))
                 self.stats.actions[f"{request.action}:failed"] += 1
                 log_event(logger, logging.ERROR, "action_failed", key=key, action=request.action.value,
                           account_id=request.account_id, error=str(exc))
             return
-        await self._finish_applied(stored, event.but(result="applied"))
+        await self._finish_applied(stored, event.evolve(result="applied"))
 
     async def _finish_applied(self, stored: StoredAction, event: AuditEvent) -> None:
         request = stored.request
@@ -191,7 +191,7 @@ class ActionExecutor:
     async def roll_back(self, stored: StoredAction, outcome: ReviewState, why: str) -> bool:
         """Undo a provisional action on the instance, then record it (once, whoever gets there first)."""
         request = stored.request
-        if (await self._actions.account_flags(request.account_id))[request.action.value]:
+        if (await self._actions.account_flags(request.account_id))[request.action]:
             await self._actions.undo(request.account_id, request.action)
         done = await self._store.set_review(
             stored.id, ReviewState.AWAITING, outcome,
@@ -227,18 +227,19 @@ class ActionExecutor:
                 detail={"action_id": stored.id, "still_justified": None if justified is None else justified.value})
             if not reverse:
                 if await self._store.flag_unjustified(
-                        request.idempotency_key, event.but(result="no longer justified; left in place (config)")):
+                        request.idempotency_key, event.evolve(result="no longer justified; left in place (config)")):
                     log_event(logger, logging.WARNING, "action_unjustified", key=request.idempotency_key,
                               msg="its bank entries were retracted; reverse_on_retraction is off")
                 continue
             try:
-                if (await self._actions.account_flags(request.account_id))[request.action.value]:
+                if (await self._actions.account_flags(request.account_id))[request.action]:
                     await self._actions.undo(request.account_id, request.action)
             except MastodonAPIError as exc:
                 log_event(logger, logging.ERROR, "reversal_failed", key=request.idempotency_key, error=str(exc))
                 continue
             if await self._store.mark_reverted(
-                    request.idempotency_key, event.but(result=f"{request.action.undo_endpoint}: no longer justified")):
+                    request.idempotency_key,
+                    event.evolve(result=f"{request.action.undo_endpoint}: no longer justified")):
                 self.stats.rollbacks += 1
                 log_event(logger, logging.WARNING, "action_reversed", key=request.idempotency_key,
                           undo=request.action.undo_endpoint)

@@ -29,7 +29,7 @@ from fedimod.act.ratelimit import Priority, RateBudget, family_of
 from fedimod.act.report import REPORT_CATEGORIES as _CATEGORIES
 from fedimod.errors import MastodonAPIError
 from fedimod.logs import log_event
-from fedimod.models import ActionType, ReportRequest
+from fedimod.models import ACCOUNT_ACTIONS, ActionType, ReportRequest
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,9 +111,10 @@ class MastodonActions:
     async def moderate(self, account_id: str, action: ActionType, *, report_id: str | None, notify: bool,
                        text: str | None) -> None:
         """`POST /api/v1/admin/accounts/:id/action`: apply an account action, answering a report."""
-        if not action.is_account_action:
+        spec = action.spec
+        if spec.admin_type is None:
             raise ValueError(f"{action} is not an account action")
-        params: dict[str, Any] = {"type": action.value, "send_email_notification": "1" if notify else "0"}
+        params: dict[str, Any] = {"type": spec.admin_type, "send_email_notification": "1" if notify else "0"}
         if report_id is not None:
             params["report_id"] = report_id
         if text:
@@ -126,12 +127,11 @@ class MastodonActions:
         method = getattr(self._api, f"admin_account_{action.undo_endpoint}")
         await self._call(f"POST /api/v1/admin/accounts/:id/{action.undo_endpoint}", lambda: method(account_id))
 
-    async def account_flags(self, account_id: str) -> dict[str, bool]:
-        """The account's moderation state: sensitive, silence and suspend (as action names)."""
+    async def account_flags(self, account_id: str) -> dict[ActionType, bool]:
+        """Which account actions are in force on the account, read from its `Admin::Account` flags."""
         account = await self._call("GET /api/v1/admin/accounts/:id", lambda: self._api.admin_account(account_id),
                                    Priority.LOOKUP)
-        return {"sensitive": bool(account.get("sensitized")), "silence": bool(account.get("silenced")),
-                "suspend": bool(account.get("suspended"))}
+        return {action: bool(account.get(action.spec.flag)) for action in ACCOUNT_ACTIONS}
 
     async def report_resolved(self, report_id: str) -> bool:
         report = await self._call("GET /api/v1/admin/reports/:id", lambda: self._api.admin_report(report_id),

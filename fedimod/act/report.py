@@ -102,7 +102,11 @@ def plan(
             rule=decision.rule_name, action=decision.action, forward=rule.forward if rule is not None else None,
         )
     account_action = None
-    if decision.action.is_account_action and rule is not None:
+    result = decision.reason
+    if decision.action.spec.local_only and not job.is_local:
+        # Mastodon applies it to local users only (for a remote account it answers 500).
+        result = f"{result}; {decision.action} refused: it applies to local accounts only, {job.account_acct} is remote"
+    elif decision.action.is_account_action and rule is not None:
         account_action = AccountActionRequest(
             idempotency_key=action_key(instance, job.account_id, decision.action), account_id=job.account_id,
             status_id=job.status_id, action=decision.action, rule=rule.name,
@@ -111,7 +115,7 @@ def plan(
         )
     event = AuditEvent(
         event="decision", key=report.idempotency_key if report else None, status_id=job.status_id,
-        account_id=job.account_id, action=decision.action.value, rule=decision.rule_name, result=decision.reason,
+        account_id=job.account_id, action=decision.action.value, rule=decision.rule_name, result=result,
         dry_run=dry_run,
         detail={
             "job_id": job.id, "attachment_id": job.attachment_id, "account": job.account_acct,

@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from fedimod.act import MastodonActions
+from fedimod.act.decide import Decider
 from fedimod.act.executor import ActionExecutor
-from fedimod.act.policy import Evidence, Policy
+from fedimod.act.policy import Policy
 from fedimod.act.ratelimit import RateBudget
-from fedimod.act.report import plan
 from fedimod.errors import FedimodError, MediaRejected, StreamEventError
 from fedimod.ingest import StreamIngester
 from fedimod.ingest.intake import PostIntake
@@ -36,12 +36,12 @@ from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
 from fedimod.match import BankIndex
 from fedimod.media import HashPool, MediaFetcher
-from fedimod.models import ActionType, AuditEvent, JobState, Match, MediaJob, Post, Signal
+from fedimod.models import ActionType, JobOutcome, JobState, Match, MediaJob, Post, Signal
 from fedimod.ops import OpsServer, Snapshot
 from fedimod.ops.watchdog import Notifier, Watchdog
 from fedimod.pipeline.settings import Config
-from fedimod.signals import REGISTRY, quality_of, signal_type_named
-from fedimod.store import BankState, JobOutcome, ProbeResult, SQLiteStore, StoreCounts, StoreProbe
+from fedimod.signals import REGISTRY, quality_of
+from fedimod.store import BankState, ProbeResult, SQLiteStore, StoreCounts, StoreProbe
 from fedimod.store.lock import StoreLock
 from fedimod.supervise import supervise
 
@@ -80,7 +80,9 @@ class Pipeline:
         self._fetcher = fetcher
         self._hasher = hasher
         self._actions = actions
-        self._policy = Policy(config.policy.rules, config.policy.trust)
+        self._decider = Decider(instance=urlsplit(config.instance.base_url).netloc,
+                                policy=Policy(config.policy.rules, config.policy.trust),
+                                template=config.report.comment_template, dry_run=config.report.dry_run)
         self.executor = ActionExecutor(store=store, actions=actions, category=config.report.category,
                                        forward=config.report.forward, dry_run=config.report.dry_run)
         self._instance = urlsplit(config.instance.base_url).netloc
@@ -293,21 +295,7 @@ class Pipeline:
 
     async def _justified_action(self, account_id: str) -> ActionType | None:
         """The strongest action that the account's hashed media justifies under the current banks."""
-        strongest: ActionType | None = None
-        for _job_id, _status_id, is_local, rows in await self._store.account_media_signals(account_id):
-            signals = [Signal(signal_type=t, value=signal_type_named(t).parse(v), quality=q) for t, v, q in rows]
-            matches = self._index.match(signals)
-            if not matches or any(m.entry.is_allowlist for m in matches):
-                continue
-            decision = self._policy.decide(self._evidence(matches, signals, is_local))
-            if strongest is None or decision.action.rank > strongest.rank:
-                strongest = decision.action
-        return strongest
-
-    @staticmethod
-    def _evidence(matches: list[Match], signals: list[Signal] | tuple[Signal, ...], is_local: bool) -> Evidence:
-        quality = quality_of(signals)
-        return Evidence(matches=tuple(matches), quality=quality, is_local=is_local)
+        return self._decider.justified(await self._store.account_media(account_id), self._index.match)
 
     async def _bank_refresher(self) -> None:
         while True:
@@ -468,29 +456,16 @@ class Pipeline:
         return replace(job, media_url=attachment.url, remote_url=attachment.remote_url)
 
     def _decide(self, job: MediaJob, signals: tuple[Signal, ...], matches: list[Match]) -> JobOutcome:
-        """Policy over the blocking matches; an allowlisted hash (a known-benign picture) suppresses
-        every action on this media, and says so in the audit log."""
-        allowed = [m for m in matches if m.entry.is_allowlist]
-        blocking = [m for m in matches if not m.entry.is_allowlist]
-        if not blocking:
-            return JobOutcome(signals=signals, matches=tuple(matches), report=None)
-        if allowed:
+        outcome = self._decider.decide(job, signals, matches)
+        event = outcome.decision
+        if event is not None and event.event == "suppressed":
             log_event(logger, logging.WARNING, "match_suppressed_by_allowlist", job_id=job.id,
-                      status_id=job.status_id, allowlist_bank=allowed[0].entry.bank,
-                      allowlist_entry_id=allowed[0].entry.id, suppressed=len(blocking))
-            event = AuditEvent(event="suppressed", status_id=job.status_id, account_id=job.account_id,
-                               action=ActionType.LOG.value, result=f"allowlisted by bank {allowed[0].entry.bank}",
-                               detail={"job_id": job.id, "allowlist_entry_id": allowed[0].entry.id,
-                                       "suppressed_entries": [m.entry.id for m in blocking]})
-            return JobOutcome(signals=signals, matches=tuple(matches), report=None, decision=event)
-        decision = self._policy.decide(self._evidence(blocking, signals, job.is_local))
-        report, action, event = plan(instance=self._instance, job=job, decision=decision, matches=blocking,
-                                     signals=signals, template=self._config.report.comment_template,
-                                     dry_run=self._config.report.dry_run)
-        log_event(logger, logging.WARNING, "policy_decision", job_id=job.id, status_id=job.status_id,
-                  rule=decision.rule_name, action=decision.action.value, reason=decision.reason)
-        return JobOutcome(signals=signals, matches=tuple(matches), report=report, action=action,
-                          causes=decision.causes, decision=event)
+                      status_id=job.status_id, allowlist_entry_id=event.detail["allowlist_entry_id"],
+                      suppressed=len(event.detail["suppressed_entries"]), result=event.result)
+        elif event is not None:
+            log_event(logger, logging.WARNING, "policy_decision", job_id=job.id, status_id=job.status_id,
+                      rule=event.rule, action=event.action, reason=event.result)
+        return outcome
 
     async def _fail(self, job: MediaJob, error: str, *, permanent: bool, reason: str = "other") -> None:
         retry_at = None if permanent else self._retry_at(job)

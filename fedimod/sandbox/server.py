@@ -927,7 +927,9 @@ class Sandbox:
             raise web.HTTPServiceUnavailable()
         if action == "disable":
             if target.domain is not None:
-                raise ApiError(403, "This action is not allowed")
+                # Mastodon disables the target's *user* (its login); a remote account has none, and
+                # the policy check on the missing user raises: the API answers 500.
+                raise ApiError(500, "Internal Server Error")
             target.disabled = True
         elif action == "sensitive":
             target.sensitized = True

@@ -3,8 +3,6 @@
 from fedimod.store.actions import StoredAction, cause_detail
 from fedimod.store.sqlite import (
     BankState,
-    Completed,
-    JobOutcome,
     PendingReport,
     ProbeResult,
     SQLiteStore,
@@ -13,7 +11,7 @@ from fedimod.store.sqlite import (
 )
 
 __all__ = [
-    "BankState", "Completed", "JobOutcome", "PendingReport", "ProbeResult", "SQLiteStore", "StoreCounts", "StoreProbe",
+    "BankState", "PendingReport", "ProbeResult", "SQLiteStore", "StoreCounts", "StoreProbe",
     "StoredAction",
     "cause_detail",
 ]

@@ -22,9 +22,11 @@ from fedimod.models import (
     ActionState,
     ActionType,
     AuditEvent,
+    HashedMedia,
     Match,
     ReportState,
     ReviewState,
+    Signal,
 )
 from fedimod.signals import QUALITY_TYPE, signal_type_named
 
@@ -125,7 +127,7 @@ class ActionStoreMixin:
         base = AuditEvent(event="covered", key=request.idempotency_key, status_id=request.status_id,
                           account_id=request.account_id, action=request.action.value, rule=request.rule)
         if strongest is not None and ActionType(strongest[0]).rank >= request.action.rank:
-            await self._append_audit(base.but(result=f"account already has {strongest[0]} ({strongest[2]})",
+            await self._append_audit(base.evolve(result=f"account already has {strongest[0]} ({strongest[2]})",
                                               detail={"standing_key": strongest[1]}), now)
             return False
         escalates_from = None if strongest is None else str(strongest[0])
@@ -138,7 +140,7 @@ class ActionStoreMixin:
              int(request.provisional), request.review_s if request.provisional else None, now),
         )
         if cursor.rowcount and escalates_from is not None:
-            await self._append_audit(base.but(event="escalation", result=f"{escalates_from} -> {request.action}",
+            await self._append_audit(base.evolve(event="escalation", result=f"{escalates_from} -> {request.action}",
                                               detail={"from_key": strongest[1] if strongest else None}), now)
         return cursor.rowcount > 0
 
@@ -242,17 +244,18 @@ class ActionStoreMixin:
             "WHERE a.state = ? ORDER BY a.id", (ActionState.DONE.value,))
         return [_action(r) for r in rows]
 
-    async def account_media_signals(self, account_id: str) -> list[tuple[int, str, bool, list[tuple[str, str, int |
-                                                                                                      None]]]]:
-        """Each hashed job of the account's posts: (job id, status id, is local, [(type, hex, quality)])."""
+    async def account_media(self, account_id: str) -> list[HashedMedia]:
+        """Each hashed attachment of the account's posts, with its signals, in job order."""
         rows = await self._all(
             "SELECT j.id, j.status_id, p.account_acct, s.signal_type, s.value, s.quality FROM jobs j "
             "JOIN posts p USING (status_id) JOIN job_signals s ON s.job_id = j.id WHERE p.account_id = ? "
-            "ORDER BY j.id", (account_id,))
-        jobs: dict[int, tuple[int, str, bool, list[tuple[str, str, int | None]]]] = {}
+            "ORDER BY j.id, s.rowid", (account_id,))
+        jobs: dict[int, tuple[str, bool, list[Signal]]] = {}
         for job_id, status_id, acct, signal_type, value, quality in rows:
-            jobs.setdefault(job_id, (job_id, status_id, "@" not in acct, []))[3].append((signal_type, value, quality))
-        return list(jobs.values())
+            signal = Signal(signal_type=signal_type, value=signal_type_named(signal_type).parse(value), quality=quality)
+            jobs.setdefault(job_id, (status_id, "@" not in acct, []))[2].append(signal)
+        return [HashedMedia(job_id=job_id, status_id=status_id, is_local=is_local, signals=tuple(signals))
+                for job_id, (status_id, is_local, signals) in jobs.items()]
 
     # -- audit log ------------------------------------------------------------------------------
 

@@ -26,19 +26,18 @@ import aiosqlite
 
 from fedimod.errors import StoreError
 from fedimod.models import (
-    AccountActionRequest,
     AuditEvent,
     BankEntry,
     BankKind,
     BankRow,
     Category,
+    Completed,
+    JobOutcome,
     JobState,
-    Match,
     MediaJob,
     Post,
     ReportRequest,
     ReportState,
-    Signal,
 )
 from fedimod.outputs import scrub_urls
 from fedimod.signals import signal_type_named
@@ -287,24 +286,6 @@ class StoreSettings:
     """`[store]`."""
 
     path: Path = Path("fedimod.sqlite3")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobOutcome:
-    """What one finished job produced: its hashes, its matches and the report they call for."""
-
-    signals: tuple[Signal, ...]
-    matches: tuple[Match, ...]
-    report: ReportRequest | None
-    action: AccountActionRequest | None = None
-    causes: tuple[Match, ...] = ()  # the matches that justify the report and action
-    decision: AuditEvent | None = None  # the policy's decision, for the audit log
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Completed:
-    new_report: bool
-    new_action: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
