@@ -81,13 +81,13 @@ async def run(rate: int, seconds: float) -> None:
                             sandbox.post_status(user.id, f"post {emitted}")
                     if time.monotonic() > next_report:
                         next_report += 5
-                        recorded = pipeline.stats.posts_accepted
+                        recorded = pipeline.intake.stats.accepted
                         log(f"  {elapsed:5.1f} s: emitted {emitted}, media posts accepted {recorded}, "
-                            f"hashed {pipeline.stats.media_hashed}, {emitted / elapsed:.0f} posts/s offered")
+                            f"hashed {pipeline.workers.stats.media_hashed}, {emitted / elapsed:.0f} posts/s offered")
                     await asyncio.sleep(0.01)
                 emission_s = time.monotonic() - started
                 recorded_during = await _posts(db)
-                while await _posts(db) < emitted or pipeline.stats.media_hashed < media:
+                while await _posts(db) < emitted or pipeline.workers.stats.media_hashed < media:
                     if time.monotonic() - started > seconds + 120:
                         log("  gave up waiting 120 s after emission ended")
                         break

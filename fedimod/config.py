@@ -33,7 +33,7 @@ from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
 from fedimod.pipeline.settings import STREAMS, Config, InstanceSettings, WorkerSettings
 from fedimod.signals import REGISTRY
-from fedimod.store.sqlite import StoreSettings
+from fedimod.store.settings import StoreSettings
 
 __all__ = ["Config", "load_config", "parse_config"]
 

@@ -5,7 +5,7 @@
     ├── StoreError                   the database could not be opened or migrated
     ├── BankFileError(line)          a bank import row was rejected
     ├── HashParseError(signal_type)  a hash's text form is not valid for its type
-    ├── StreamEventError             a streaming frame could not be parsed
+    ├── MalformedInput               a stream event, webhook body or timeline page is not what Mastodon sends
     ├── MediaRejected(reason)        a download or decode was refused (SSRF, size, format…)
     └── MastodonAPIError(status, endpoint)
                                      the instance answered an API call with an error
@@ -45,8 +45,9 @@ class HashParseError(FedimodError):
         self.signal_type = signal_type
 
 
-class StreamEventError(FedimodError):
-    pass
+class MalformedInput(FedimodError):
+    """What the instance sent is not what Mastodon sends: a stream event, a webhook body, a
+    timeline page or a status. The input is refused and counted; fedimod goes on."""
 
 
 class RejectReason(enum.StrEnum):

@@ -305,3 +305,163 @@ class Completed:
 
     new_report: bool
     new_action: bool
+
+
+# -- what the store returns (store/protocols.py) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedJob:
+    """A job given up on: failed for good, or claimed `max_attempts` times without finishing."""
+
+    job_id: int
+    status_id: str
+    attempts: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingReport:
+    request: ReportRequest
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportRecord:
+    """A report as the store keeps it (for `status`, incident exports and tests)."""
+
+    key: str
+    status_id: str
+    account_id: str
+    state: ReportState
+    remote_report_id: str | None
+    attempts: int
+    last_error: str | None
+    comment: str
+    rule: str | None
+    created_at: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredAction:
+    """An account action as stored, with the instance's id of the report it answers."""
+
+    id: int
+    request: AccountActionRequest
+    state: ActionState
+    attempts: int
+    last_error: str | None
+    escalates_from: str | None
+    review_by: float | None
+    review_state: ReviewState | None
+    created_at: float
+    done_at: float | None
+    remote_report_id: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankInfo:
+    name: str
+    kind: BankKind
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankState:
+    """What decides whether an in-memory index is current (compared for equality)."""
+
+    banks: tuple[BankInfo, ...]
+    max_entry_id: int
+    removal_seq: int
+    next_expiry: int | None
+    imports_published: int = 0  # a staged import's rows appear at once, below ids already seen
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankRemovals:
+    """Entries removed after a removal sequence number, and the sequence number now."""
+
+    entry_ids: tuple[int, ...]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankCount:
+    """Entries of one bank, signal type and category (an empty bank: one row with type None)."""
+
+    bank: str
+    kind: BankKind
+    enabled: bool
+    signal_type: str | None
+    category: Category | None
+    entries: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreCounts:
+    posts: int
+    jobs_by_state: Mapping[str, int]
+    media_hashed: int
+    matches: int
+    matched_posts: int
+    reports_by_state: Mapping[str, int]
+    bank_entries: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """What a store probe found: whether a write commits, and the table figures /metrics shows."""
+
+    writable: bool
+    error: str = ""
+    counts: StoreCounts | None = None
+    oldest_pending_created_at: float | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One stored line of the audit log: the event, when, and its row id."""
+
+    id: int
+    at: float
+    event: AuditEvent
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat JSON form `fedimod audit` and incident exports print."""
+        e = self.event
+        return {"id": self.id, "at": self.at, "event": e.event, "key": e.key, "status_id": e.status_id,
+                "account_id": e.account_id, "action": e.action, "rule": e.rule, "result": e.result,
+                "dry_run": e.dry_run, "detail": dict(e.detail)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostRecord:
+    status_id: str
+    account_id: str
+    account_acct: str
+    uri: str
+    url: str | None
+    created_at: str
+    first_seen_at: float
+    source: str
+    media_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaRecord:
+    """One attachment of a stored post: its job's state and hashes (never its bytes, never its URL)."""
+
+    job_id: int
+    attachment_id: str
+    media_type: str
+    state: JobState
+    error: str | None
+    signals: tuple[Signal, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanCounts:
+    posts: int  # posts first seen in the period
+    media_hashed: int  # media hashed in the period

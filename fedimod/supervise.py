@@ -14,7 +14,10 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from fedimod.metrics import Collector, Metric, counters
 
 logger = logging.getLogger(__name__)
 
@@ -22,13 +25,24 @@ logger = logging.getLogger(__name__)
 _STABLE_S = 60.0
 
 
-def backoff_s(failures: int, *, base_s: float, cap_s: float, jitter: float = 0.2) -> float:
-    """Capped exponential backoff with ± `jitter` spread: base, 2·base, 4·base… up to cap."""
+def backoff_s(failures: int, *, base_s: float, cap_s: float, spread: tuple[float, float] = (0.8, 1.2)) -> float:
+    """fedimod's one backoff: base, 2·base, 4·base… up to cap, times a random factor in `spread`
+    (so that many clients retrying at once do not retry in step)."""
     delay = min(cap_s, base_s * 2.0 ** min(max(failures - 1, 0), 30))
-    return delay * random.uniform(1.0 - jitter, 1.0 + jitter)
+    return delay * random.uniform(*spread)
 
 
-async def supervise(name: str, stage: Callable[[], Awaitable[None]], *, restarts: Counter[str],
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class Restarts(Collector):
+    """Stage restarts by stage name, as `fedimod_stage_restarts{stage}`."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def collect(self) -> Iterator[Metric]:
+        yield counters("fedimod_stage_restarts", "Stages restarted after an unexpected error", "stage", self.counts)
+
+
+async def supervise(name: str, stage: Callable[[], Awaitable[None]], *, restarts: Restarts,
                     base_s: float = 0.5, cap_s: float = 60.0) -> None:
     failures = 0
     while True:
@@ -42,7 +56,7 @@ async def supervise(name: str, stage: Callable[[], Awaitable[None]], *, restarts
             if time.monotonic() - started > _STABLE_S:
                 failures = 0
             failures += 1
-            restarts[name] += 1
+            restarts.counts[name] += 1
             delay = backoff_s(failures, base_s=base_s, cap_s=cap_s)
             logger.error("stage %s failed; restarting", name, exc_info=exc,
                          extra={"event": "stage_failed", "stage": name, "error": f"{type(exc).__name__}: {exc}",

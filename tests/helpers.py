@@ -21,7 +21,7 @@ from fedimod.pipeline.settings import Config, InstanceSettings, WorkerSettings
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
-from fedimod.store.sqlite import StoreSettings
+from fedimod.store.settings import StoreSettings
 
 BOT_SCOPES = ("read", "write:reports", "admin:read:reports", "admin:write:reports", "admin:read:accounts",
               "admin:write:accounts")
@@ -103,3 +103,8 @@ def pdq_bits_to_int(bits: Any) -> int:
     import numpy as np
 
     return int.from_bytes(np.packbits(np.asarray(bits).astype(np.uint8)).tobytes(), "big")
+
+
+async def job_states(store: SQLiteStore, status_id: str) -> list[tuple[str, str, str | None]]:
+    """(attachment id, state, last error) for each job of a status, in job order."""
+    return [(m.attachment_id, m.state.value, m.error) for m in await store.status_media(status_id)]

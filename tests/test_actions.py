@@ -41,7 +41,7 @@ async def banked(tmp_path: Path) -> Path:
 
 async def audit(db: Path) -> list[dict[str, object]]:
     async with SQLiteStore.open(db) as store:
-        return await store.audit_rows()
+        return [r.as_dict() for r in await store.audit_rows()]
 
 
 async def test_each_action_type_reaches_the_instance_with_its_report(
@@ -58,9 +58,10 @@ async def test_each_action_type_reaches_the_instance_with_its_report(
         await wait_until(lambda: len(sandbox.account_actions) == 3, what="three account actions")
         # The instance applies an action before it answers: wait for the bot to record the answers.
         await wait_until(lambda: sum(pipeline.executor.stats.actions.values()) == 3, what="three answers recorded")
-        snapshot = await pipeline.snapshot()
-    assert snapshot.actions == {"sensitive:done": 1, "silence:done": 1, "suspend:done": 1}
-    assert snapshot.reports_filed == 3
+        actions = pipeline.metrics.labelled("fedimod_account_actions_total")
+        filed = pipeline.metrics.value("fedimod_reports_filed_total")
+    assert actions == {("sensitive", "done"): 1, ("silence", "done"): 1, ("suspend", "done"): 1}
+    assert filed == 3
     reports = {r.target_account_id: r for r in sandbox.reports}
     assert len(sandbox.reports) == 3
     for action, (account, _image) in posters.items():
@@ -205,7 +206,7 @@ async def test_retraction_keeps_an_action_that_another_match_still_justifies(
         await wait_until(lambda: len(sandbox.account_actions) == 1, what="the silence")
         async with SQLiteStore.open(db) as store:
             await store.remove_bank_entries("test-bank")
-        await wait_until(lambda: pipeline.indexed_entries == 2, what="the index to drop test-bank")
+        await wait_until(lambda: len(pipeline.index) == 2, what="the index to drop test-bank")
         await asyncio.sleep(0.5)
     assert sandbox.account_undos == []
     assert not [e for e in await audit(db) if e["event"] == "retraction"]

@@ -15,7 +15,7 @@ import pytest
 from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
-from tests.helpers import bank_images, wait_until
+from tests.helpers import bank_images, job_states, wait_until
 
 pytestmark = pytest.mark.slow
 BANNED = generate_image(404)
@@ -88,7 +88,7 @@ async def test_kill_between_job_row_and_fetch_then_restart_reports_once(
 
     # The job row was written before the fetch began, and the kill left it in flight.
     async with SQLiteStore.open(db) as store:
-        assert await store.job_states(str(status.id)) == [(str(media_id), "leased", None)]
+        assert await job_states(store, str(status.id)) == [(str(media_id), "leased", None)]
     assert sandbox.reports == []
 
     sandbox.media_gate.set()
@@ -99,7 +99,7 @@ async def test_kill_between_job_row_and_fetch_then_restart_reports_once(
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     assert [r.status_ids for r in sandbox.reports] == [[status.id]]
     async with SQLiteStore.open(db) as store:
-        assert await store.job_states(str(status.id)) == [(str(media_id), "done", None)]
+        assert await job_states(store, str(status.id)) == [(str(media_id), "done", None)]
 
 
 async def test_kill_after_report_sent_before_recorded_does_not_file_twice(
@@ -118,13 +118,13 @@ async def test_kill_after_report_sent_before_recorded_does_not_file_twice(
 
     async with SQLiteStore.open(db) as store:
         (row,) = await store.reports()
-    assert row["state"] == "pending" and row["attempts"] == 1  # sent, but never recorded as sent
+    assert row.state == "pending" and row.attempts == 1  # sent, but never recorded as sent
 
     sandbox.report_response_gate.set()
     async with bot_process(config, bot_token, log) as proc:
         async def recorded() -> bool:
             async with SQLiteStore.open(db) as store:
-                return [r["state"] for r in await store.reports()] == ["sent"]
+                return [r.state for r in await store.reports()] == ["sent"]
 
         await wait_until(recorded, what=f"the report reconciled; log: {log}")
         proc.send_signal(signal.SIGTERM)
@@ -132,7 +132,7 @@ async def test_kill_after_report_sent_before_recorded_does_not_file_twice(
     assert len(sandbox.reports) == 1
     async with SQLiteStore.open(db) as store:
         (row,) = await store.reports()
-    assert row["remote_report_id"] == str(sandbox.reports[0].id)
+    assert row.remote_report_id == str(sandbox.reports[0].id)
     assert sandbox.reports[0].status_ids == [status.id]
     assert '"event": "report_reconciled"' in log.read_text()
 
@@ -154,7 +154,7 @@ async def test_sigterm_drains_in_flight_work_then_exits_zero(
     # The job in hand was finished and its report filed before exit.
     assert [r.status_ids for r in sandbox.reports] == [[status.id]]
     async with SQLiteStore.open(db) as store:
-        assert await store.job_states(str(status.id)) == [(str(status.media_ids[0]), "done", None)]
+        assert await job_states(store, str(status.id)) == [(str(status.media_ids[0]), "done", None)]
     assert '"event": "draining"' in log.read_text()
 
 
@@ -208,7 +208,7 @@ async def test_kill_mid_run_while_posts_stream_in_then_restart_misses_none_and_r
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     async with SQLiteStore.open(db) as store:
-        missing = [s for s in media_posts if not await store.has_post(str(s))]
+        missing = [s for s in media_posts if await store.post_record(str(s)) is None]
     assert missing == []
     assert sorted(s for r in sandbox.reports for s in r.status_ids) == sorted(banned_posts)
     assert len(banned_posts) >= 20

@@ -72,7 +72,7 @@ async def test_2000_posts_with_50_stream_drops_miss_nothing_and_act_once(
         await wait_until(lambda: len(sandbox.reports) == len(banned_posts), timeout_s=60, what="every report")
         await asyncio.sleep(0.5)
     async with SQLiteStore.open(db) as store:
-        stored = {status_id for status_id in [str(s) for s in media_posts] if await store.has_post(status_id)}
+        stored = {str(s) for s in media_posts if await store.post_record(str(s)) is not None}
     assert stored == {str(s) for s in media_posts}  # 0 missed
     reported = sorted(s for r in sandbox.reports for s in r.status_ids)
     assert reported == sorted(banned_posts)  # 0 duplicates, 0 false reports

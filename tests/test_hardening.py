@@ -20,7 +20,7 @@ import pytest
 from fedimod.act.report import report_key
 from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.ingest import StreamIngester
-from fedimod.models import Account, Attachment, Post
+from fedimod.models import Account, Attachment, FailedJob, Post
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
 from fedimod.pipeline.service import open_pipeline
@@ -54,9 +54,10 @@ async def test_a_job_whose_processing_kills_the_process_is_dead_lettered_after_m
         for _crash in range(3):  # claimed, then the process dies mid-job; the next one starts up
             assert [j.status_id for j in await store.claim_jobs(1, lease_s=60)] == ["5001"]
             await store.release_leases()
-        assert await store.dead_letter_exhausted(max_attempts=3) == [(1, "5001", 3)]
+        assert await store.dead_letter_exhausted(max_attempts=3) == [FailedJob(job_id=1, status_id="5001", attempts=3)]
         assert await store.claim_jobs(1, lease_s=60) == []
-        ((_job, status_id, attempts, error),) = await store.failed_jobs()
+        (failed,) = await store.failed_jobs()
+        status_id, attempts, error = failed.status_id, failed.attempts, failed.error
     assert (status_id, attempts) == ("5001", 3) and "never finished" in error
 
 
@@ -115,7 +116,7 @@ async def test_a_decoy_report_carrying_our_marker_is_not_taken_for_ours(
     assert len(ours) == 1 and ours[0].status_ids == [status.id]
     async with SQLiteStore.open(db) as store:
         (row,) = await store.reports()
-    assert row["state"] == "sent" and row["remote_report_id"] == str(ours[0].id)
+    assert row.state == "sent" and row.remote_report_id == str(ours[0].id)
 
 
 def timeline_calls(sandbox: Sandbox) -> int:
@@ -273,7 +274,7 @@ async def test_a_big_import_beside_a_running_bot_neither_stops_it_nor_shows_half
         assert "imported 400000 new entries" in out.decode()
         assert got_in >= 2
         await wait_until(lambda: len(sandbox.reports) == len(posted), timeout_s=30, what="every post reported")
-        await wait_until(lambda: pipeline.indexed_entries == before + 400_000, timeout_s=30,
+        await wait_until(lambda: len(pipeline.index) == before + 400_000, timeout_s=30,
                          what="the bot's index to take the import")
     assert raw_counts(db) == (before + 400_000, before + 400_000)
 
@@ -363,7 +364,7 @@ async def test_a_hostile_timeline_page_is_a_counted_malformed_page_and_the_bot_g
         task = asyncio.create_task(pipeline.run())
         try:
             await wait_until(lambda: pipeline.ingester.stats.malformed >= 2, what="malformed pages counted")
-            assert not task.done() and pipeline.stats.stage_restarts == {}
+            assert not task.done() and pipeline.restarts.counts == {}
             sandbox.timeline_body = None
             await wait_until(lambda: sandbox.is_subscribed("public:media"), timeout_s=30, what="subscribed")
             status = sandbox.post_status(user.id, "x", media=[altered_copy(BANNED, 0.4)])

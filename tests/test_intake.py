@@ -28,7 +28,7 @@ async def test_record_returns_once_committed_and_counts_new_jobs_once(tmp_path: 
         intake = PostIntake(store.record_posts, lambda p, source, jobs: seen.append((p.id, source, jobs)))
         writer = asyncio.create_task(intake.run())
         assert await intake.record(post(1, media=2), "webhook:status.created") == 2
-        assert await store.has_post("1001")  # durable before record() returned
+        assert await store.post_record("1001") is not None  # durable before record() returned
         assert await intake.record(post(1, media=2), "stream") == 0  # the same post from a second source
         await intake.close()
         await writer

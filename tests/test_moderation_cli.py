@@ -64,7 +64,7 @@ async def scenario(sandbox: Sandbox, token: str, tmp_path: Path, policy: PolicyS
                                               media=[altered_copy(image, 0.5)]) for name, image in posters.items()}
         innocent = sandbox.create_account("ivy")[0]
         statuses["innocent"] = sandbox.post_status(innocent.id, "cat", media=[jpeg_bytes(generate_image(404))])
-        await wait_until(lambda: len(sandbox.account_actions) == 3 and pipeline.stats.media_hashed == 4,
+        await wait_until(lambda: len(sandbox.account_actions) == 3 and pipeline.workers.stats.media_hashed == 4,
                          what="three actions and four media hashed")
     return Scenario(db=db, config=write_config(tmp_path, sandbox, db), statuses=statuses)
 
@@ -79,7 +79,7 @@ async def test_audit_lists_filters_by_cause_and_exports_json_and_csv(
         sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     s = await scenario(sandbox, bot_token, tmp_path)
     async with SQLiteStore.open(s.db) as store:
-        everything = await store.audit_rows()
+        everything = [r.as_dict() for r in await store.audit_rows()]
         spam_entry = next(e for e in await store.bank_entries() if e.category.value == "spam" and
                           e.signal_type == "pdq")
     code, out, _ = await cli(capsys, "audit", "-c", str(s.config), "--format", "json")
@@ -147,7 +147,7 @@ async def test_review_reject_undoes_a_provisional_action_and_confirm_then_refuse
     code, _, err = await cli(capsys, "review", "confirm", action_id, "-c", str(s.config))
     assert code == 2 and "review is rejected" in err
     async with SQLiteStore.open(s.db) as store:
-        rollbacks = [r for r in await store.audit_rows() if r["event"] == "rollback"]
+        rollbacks = [r.as_dict() for r in await store.audit_rows() if r.event.event == "rollback"]
     assert [(r["detail"]["review"], r["account_id"]) for r in rollbacks] == [("rejected", str(spam_account))]
 
 
@@ -308,7 +308,7 @@ async def test_hostile_strings_come_out_inert_in_every_output_format(
             async with SQLiteStore.open(db) as store:
                 return (await store.counts()).jobs_by_state.get("failed") == 1
         await wait_until(failed, what="the broken download given up")
-        assert pipeline.stats.matches >= 1
+        assert pipeline.workers.stats.matches >= 1
     config = write_config(tmp_path, sandbox, db)
 
     code, page, _ = await cli(capsys, "report", "--since", "1d", "--format", "html", "-c", str(config))

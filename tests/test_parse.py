@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fedimod.errors import StreamEventError
+from fedimod.errors import MalformedInput
 from fedimod.ingest import parse_status, parse_ws_frame
 from fedimod.ingest.parse import SSEDecoder
 from fedimod.ingest.stream import sse_path
@@ -71,7 +71,7 @@ def test_a_boost_is_unwrapped_to_the_boosted_status() -> None:
     ],
 )
 def test_malformed_frames_raise_stream_event_error(text: str) -> None:
-    with pytest.raises(StreamEventError):
+    with pytest.raises(MalformedInput):
         parse_ws_frame(text)
 
 
@@ -85,7 +85,7 @@ def test_malformed_frames_raise_stream_event_error(text: str) -> None:
 def test_any_input_gives_an_event_or_our_typed_error(text: str) -> None:
     try:
         event = parse_ws_frame(text)
-    except StreamEventError as exc:
+    except MalformedInput as exc:
         assert str(exc)  # a reason, for the log line
         return
     assert event.event  # an event always has its name
@@ -96,9 +96,9 @@ def test_any_input_gives_an_event_or_our_typed_error(text: str) -> None:
 
 def test_an_integer_literal_past_pythons_digit_limit_is_a_malformed_event() -> None:
     payload = json.dumps(STATUS).replace('"reblog": null', '"reblog": ' + "9" * 5000)
-    with pytest.raises(StreamEventError, match="not valid JSON"):
+    with pytest.raises(MalformedInput, match="not valid JSON"):
         parse_ws_frame(frame("update", payload))
-    with pytest.raises(StreamEventError, match="not valid JSON"):
+    with pytest.raises(MalformedInput, match="not valid JSON"):
         parse_ws_frame('{"event": "update", "stream": [' + "1" * 5000 + "]}")
 
 
@@ -108,7 +108,7 @@ def test_a_lone_surrogate_in_acct_is_cleaned_and_in_an_id_refused() -> None:
     assert post is not None and post.account.acct == "dave\ufffd@remote.example"
     post.account.acct.encode("utf-8")  # what SQLite will do with it
     bad_id = json.dumps({**STATUS, "id": "1098\ud800"})
-    with pytest.raises(StreamEventError, match="decimal id"):
+    with pytest.raises(MalformedInput, match="decimal id"):
         parse_ws_frame(frame("update", bad_id))
 
 
@@ -117,7 +117,7 @@ def test_status_and_account_ids_must_be_bounded_decimal_strings(status_id: str) 
     for where in ("status", "account"):
         status = {**STATUS, "id": status_id} if where == "status" else {
             **STATUS, "account": {**STATUS["account"], "id": status_id}}  # type: ignore[dict-item]
-        with pytest.raises(StreamEventError, match="decimal id"):
+        with pytest.raises(MalformedInput, match="decimal id"):
             parse_ws_frame(frame("update", json.dumps(status)))
 
 
@@ -127,7 +127,7 @@ def test_an_sse_event_that_never_ends_is_dropped_at_the_bound_and_the_decoder_go
     for _ in range(1000):  # 100 KB of data lines with no blank line
         assert decoder.feed("data: " + "x" * 100) is None
     assert decoder.buffered_bytes <= 10_000
-    with pytest.raises(StreamEventError, match="over 10000 bytes dropped"):
+    with pytest.raises(MalformedInput, match="over 10000 bytes dropped"):
         decoder.feed("")
     assert decoder.dropped == 1
     decoder.feed("event: delete")
@@ -148,7 +148,7 @@ def decode_sse(body: str) -> tuple[list[tuple[str, str | None]], SSEDecoder]:
 
 
 def test_sse_body_as_the_streaming_server_writes_it() -> None:
-    # The byte layout of MASTODON_API.md §1.3: ":)" first, LF only, both heartbeat forms.
+    # The byte layout of Mastodon's streaming/index.js, streamToHttp: ":)" first, LF only, both heartbeat forms.
     body = (":)\n"
             f"event: update\ndata: {json.dumps(STATUS)}\n\n"
             ":thump\n\n"
@@ -174,9 +174,9 @@ def test_sse_errors_are_typed_and_the_decoder_carries_on() -> None:
     decoder = SSEDecoder()
     for line in ["event: update\n", "data: {\n"]:
         assert decoder.feed(line) is None
-    with pytest.raises(StreamEventError, match="not valid JSON"):
+    with pytest.raises(MalformedInput, match="not valid JSON"):
         decoder.feed("\n")
-    with pytest.raises(StreamEventError, match="no event name"):
+    with pytest.raises(MalformedInput, match="no event name"):
         for line in ["data: 1\n", "\n"]:
             decoder.feed(line)
     for line in ["event: delete\n", "data: 5\n"]:
@@ -201,12 +201,12 @@ def test_any_sse_lines_give_events_or_our_typed_error(lines: list[str]) -> None:
     for line in lines:
         try:
             event = decoder.feed(line)
-        except StreamEventError as exc:
+        except MalformedInput as exc:
             assert str(exc)
             continue
         assert event is None or event.event
     # Whatever came before, the decoder is still usable: after a blank line the next event decodes.
-    with contextlib.suppress(StreamEventError):
+    with contextlib.suppress(MalformedInput):
         decoder.feed("")
     decoder.feed("event: delete")
     decoder.feed("data: 42")

@@ -19,7 +19,7 @@ from fedimod.models import BankKind
 from fedimod.ops.server import OpsSettings
 from fedimod.sandbox import Sandbox, SandboxAccount
 from fedimod.store import SQLiteStore
-from tests.helpers import bank_images, make_config, running, wait_until
+from tests.helpers import bank_images, job_states, make_config, running, wait_until
 from tests.test_hashing import video_bytes
 
 BANNED = generate_image(101)
@@ -43,7 +43,7 @@ async def test_bot_reports_matching_post_and_ignores_innocent(sandbox: Sandbox, 
         innocent = sandbox.post_status(user.id, "my cat", media=[jpeg_bytes(generate_image(202))])
         copy = sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
         await wait_until(lambda: len(sandbox.reports) >= 1, what="a report")
-        await wait_until(lambda: pipeline.stats.media_hashed >= 2, what="both images hashed")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed >= 2, what="both images hashed")
         await asyncio.sleep(0.3)  # a false report on the innocent post would arrive now
     assert reported_status_ids(sandbox) == [copy.id]
     report = sandbox.reports[0]
@@ -57,8 +57,8 @@ async def test_bot_reports_matching_post_and_ignores_innocent(sandbox: Sandbox, 
         counts = await store.counts()
         reports = await store.reports()
     assert counts.matched_posts == 1
-    assert [r["state"] for r in reports] == ["sent"]
-    assert reports[0]["remote_report_id"] == str(report.id)
+    assert [r.state for r in reports] == ["sent"]
+    assert reports[0].remote_report_id == str(report.id)
 
 
 async def test_a_video_with_a_banned_scene_is_reported_and_a_broken_one_said_unhashable(
@@ -71,11 +71,11 @@ async def test_a_video_with_a_banned_scene_is_reported_and_a_broken_one_said_unh
         hit = sandbox.post_status(user.id, "a clip", media=[clip], content_type="video/mp4")
         unreadable = sandbox.post_status(user.id, "a broken clip", media=[broken], content_type="video/mp4")
         await wait_until(lambda: len(sandbox.reports) >= 1, what="the video's report")
-        await wait_until(lambda: pipeline.stats.media_hashed >= 2, what="both videos read")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed >= 2, what="both videos read")
     assert reported_status_ids(sandbox) == [hit.id]
-    assert pipeline.stats.unhashable == 1
+    assert pipeline.workers.stats.unhashable == 1
     async with SQLiteStore.open(db) as store:
-        assert await store.job_states(str(unreadable.id)) == [(str(unreadable.media_ids[0]), "done", None)]
+        assert await job_states(store, str(unreadable.id)) == [(str(unreadable.media_ids[0]), "done", None)]
 
 
 async def test_post_with_two_images_creates_two_jobs_and_one_report(
@@ -88,11 +88,11 @@ async def test_post_with_two_images_creates_two_jobs_and_one_report(
         status = sandbox.post_status(
             user.id, "two", media=[altered_copy(BANNED, 0.7), altered_copy(generate_image(103), 0.6)]
         )
-        await wait_until(lambda: pipeline.stats.media_hashed >= 2, what="both attachments hashed")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed >= 2, what="both attachments hashed")
         await wait_until(lambda: len(sandbox.reports) >= 1, what="a report")
         await asyncio.sleep(0.3)
         async with SQLiteStore.open(db) as store:
-            jobs = await store.job_states(str(status.id))
+            jobs = await job_states(store, str(status.id))
     assert [state for _attachment, state, _error in jobs] == ["done", "done"]
     assert {a for a, _s, _e in jobs} == {str(m) for m in status.media_ids}
     # Both attachments matched, but one post gets one report.
@@ -137,7 +137,7 @@ async def test_posts_published_while_stream_is_down_are_caught_by_gap_fill(
     db, user = await banked_store(tmp_path, sandbox)
     async with running(make_config(sandbox, bot_token, db)) as pipeline:
         first = sandbox.post_status(user.id, "seen live", media=[jpeg_bytes(generate_image(300))])
-        await wait_until(lambda: pipeline.stats.media_hashed >= 1, what="first post hashed")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed >= 1, what="first post hashed")
         pipeline.ingester.connected.clear()
         sandbox.drop_streams()
         await wait_until(lambda: sandbox.stream_subscribers == 0, what="stream dropped")
@@ -158,11 +158,11 @@ async def test_audio_attachment_is_recorded_as_skipped_not_silently_dropped(
 
         async def skipped() -> bool:
             async with SQLiteStore.open(db) as store:
-                return [s for _a, s, _e in await store.job_states(str(status.id))] == ["skipped"]
+                return [s for _a, s, _e in await job_states(store, str(status.id))] == ["skipped"]
 
         await wait_until(skipped, what="audio job skipped")
         async with SQLiteStore.open(db) as store:
-            (_attachment, _state, reason), = await store.job_states(str(status.id))
+            (_attachment, _state, reason), = await job_states(store, str(status.id))
     assert reason is not None and "audio" in reason
 
 
@@ -173,7 +173,7 @@ async def test_dry_run_files_nothing_but_records_what_it_would_do(
 
     async def dry_run_recorded() -> bool:
         async with SQLiteStore.open(db) as store:
-            return [r["state"] for r in await store.reports()] == ["dry_run"]
+            return [r.state for r in await store.reports()] == ["dry_run"]
 
     async with running(make_config(sandbox, bot_token, db, dry_run=True)):
         sandbox.post_status(user.id, "repost", media=[altered_copy(BANNED, 0.5)])
@@ -191,7 +191,7 @@ async def test_allowlisted_picture_is_recorded_but_never_reported(
     user, _ = sandbox.create_account("historian")
     async with running(make_config(sandbox, bot_token, db)) as pipeline:
         sandbox.post_status(user.id, "a famous photo", media=[altered_copy(famous, 0.6)])
-        await wait_until(lambda: pipeline.stats.matches >= 2, what="block and allowlist matches")
+        await wait_until(lambda: pipeline.workers.stats.matches >= 2, what="block and allowlist matches")
         await asyncio.sleep(0.5)
     assert sandbox.reports == []
     async with SQLiteStore.open(db) as store:
@@ -207,7 +207,7 @@ async def test_bank_changes_reach_the_running_bot_without_restart(
     first, second = generate_image(88), generate_image(89)
     async with running(make_config(sandbox, bot_token, db)) as pipeline:
         await bank_images(db, [jpeg_bytes(first)])  # imported while running
-        await wait_until(lambda: pipeline.indexed_entries > 0, what="the new bank entries indexed")
+        await wait_until(lambda: len(pipeline.index) > 0, what="the new bank entries indexed")
         hit = sandbox.post_status(user.id, "now banned", media=[altered_copy(first, 0.6)])
         await wait_until(lambda: len(sandbox.reports) == 1, what="report for the newly banked image")
         await bank_images(db, [jpeg_bytes(second)])
@@ -216,7 +216,7 @@ async def test_bank_changes_reach_the_running_bot_without_restart(
                                                       value=next(e.value for e in await store.bank_entries()
                                                                  if e.signal_type == "pdq"))
         assert removed == 1
-        await wait_until(lambda: pipeline.indexed_entries == 3, what="one pdq entry removed, two added")
+        await wait_until(lambda: len(pipeline.index) == 3, what="one pdq entry removed, two added")
         sandbox.post_status(user.id, "retracted hash", media=[altered_copy(first, 0.7)])
         other = sandbox.post_status(user.id, "second image", media=[altered_copy(second, 0.6)])
         await wait_until(lambda: len(sandbox.reports) == 2, what="report for the second banked image")
@@ -291,10 +291,10 @@ async def test_poison_job_is_dead_lettered_with_its_error_and_shown_by_status(
 
         async def dead_lettered() -> bool:
             async with SQLiteStore.open(db) as store:
-                return [s for _a, s, _e in await store.job_states(str(status.id))] == ["failed"]
+                return [s for _a, s, _e in await job_states(store, str(status.id))] == ["failed"]
 
         await wait_until(dead_lettered, what="the job to fail for good")
-        assert pipeline.stats.job_errors["http_status"] == config.workers.max_attempts
+        assert pipeline.workers.stats.job_errors["http_status"] == config.workers.max_attempts
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[instance]\nbase_url = "{sandbox.base_url}"\n[store]\npath = "{db}"\n')
     assert await asyncio.to_thread(main, ["status", "--config", str(cfg)]) == 0
@@ -313,7 +313,7 @@ async def test_late_federated_post_that_never_streams_is_found_by_the_sweep(
     config = replace(base, instance=replace(base.instance, sweep_interval_s=0.3))
     async with running(config, sandbox) as pipeline:
         seen = sandbox.post_status(local.id, "a newer local post", media=[jpeg_bytes(generate_image(9))])
-        await wait_until(lambda: pipeline.stats.media_hashed >= 1, what="the live post hashed")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed >= 1, what="the live post hashed")
         # Published 8 hours ago, arriving now: its id sorts below `seen`, and Mastodon streams no
         # remote post older than 6 hours, so only the timeline knows it.
         late = sandbox.post_status(remote.id, "old post, late arrival", media=[altered_copy(BANNED, 0.6)],
@@ -346,12 +346,12 @@ async def test_an_edit_that_adds_a_banned_image_is_reported_and_a_second_edit_is
     db, user = await banked_store(tmp_path, sandbox)
     async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
         status = sandbox.post_status(user.id, "innocent", media=[jpeg_bytes(generate_image(77))])
-        await wait_until(lambda: pipeline.stats.media_hashed == 1, what="the innocent image hashed")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed == 1, what="the innocent image hashed")
         assert sandbox.reports == []
         sandbox.edit_status(status.id, "now with something else", media=[altered_copy(BANNED, 0.4)])
         await wait_until(lambda: len(sandbox.reports) == 1, what="the edit reported")
         sandbox.edit_status(status.id, "and more", media=[altered_copy(BANNED, 0.6)])
-        await wait_until(lambda: pipeline.stats.media_hashed == 3, what="the second edit's image hashed")
+        await wait_until(lambda: pipeline.workers.stats.media_hashed == 3, what="the second edit's image hashed")
         await asyncio.sleep(0.5)
     assert [r.status_ids for r in sandbox.reports] == [[status.id]]  # one report for the post, not per edit
     async with SQLiteStore.open(db) as store:
@@ -387,7 +387,7 @@ async def test_media_still_processing_is_fetched_once_the_instance_has_processed
         async def first_attempt_failed() -> bool:
             async with SQLiteStore.open(db) as store:
                 rows = await store.status_media(str(status.id))
-            return bool(rows) and "no media URL yet" in (rows[0]["error"] or "")
+            return bool(rows) and "no media URL yet" in (rows[0].error or "")
 
         await wait_until(first_attempt_failed, what="the attempt while processing")
         sandbox.media[status.media_ids[0]].state = "stored"  # processing done: no event says so

@@ -1,5 +1,5 @@
 """The sandbox speaks Mastodon's API: the real Mastodon.py client drives it, and the raw wire
-format matches shared/MASTODON_API.md (SSE framing, WebSocket envelope, errors, Link headers).
+format matches Mastodon's (SSE framing, WebSocket envelope, errors, Link headers).
 
 Mastodon.py is synchronous, so each call runs in a thread while the sandbox serves on the loop.
 """

@@ -11,8 +11,10 @@ import pytest
 from aiohttp import web
 
 from fedimod.cli.demo import altered_copy
-from fedimod.ops.server import Snapshot
+from fedimod.ingest.stream import IngestStats
+from fedimod.metrics import Metrics
 from fedimod.ops.watchdog import Watchdog, WatchdogSettings
+from fedimod.pipeline.workers import WorkerStats
 from fedimod.sandbox import Sandbox
 from tests.helpers import BOT_SCOPES, make_config, running, wait_until
 from tests.test_pipeline import BANNED, banked_store
@@ -48,10 +50,10 @@ async def test_stalled_hashing_raises_an_alert_that_clears_itself(
         sandbox.media_gate.clear()  # downloads hang: the job waits, hashing stalls
         sandbox.post_status(user.id, "x", media=[altered_copy(BANNED, 0.5)])
         await wait_until(lambda: any(a["active"] for a in received), what="the alert")
-        assert (await pipeline.snapshot()).alerts["hashing_stalled"] is True
+        assert pipeline.metrics.value("fedimod_alert", name="hashing_stalled") == 1
         sandbox.media_gate.set()
         await wait_until(lambda: len(received) == 2, what="the all-clear")
-        assert (await pipeline.snapshot()).alerts["hashing_stalled"] is False
+        assert pipeline.metrics.value("fedimod_alert", name="hashing_stalled") == 0
     assert [(a["alert"], a["active"]) for a in received] == [("hashing_stalled", True), ("hashing_stalled", False)]
     assert received[1]["message"].startswith("resolved: hashing stalled")
     dms = [s for s in sandbox.statuses.values() if s.account_id == bot.id]
@@ -61,20 +63,14 @@ async def test_stalled_hashing_raises_an_alert_that_clears_itself(
     assert len(sandbox.reports) == 1  # the stalled job still finished, once
 
 
-def snapshot(**fields: Any) -> Snapshot:
-    base: dict[str, Any] = {"stream_connected": True, "stream_frames": 0, "stream_malformed": 0,
-                            "stream_reconnects": 0, "posts_accepted": 0, "gap_filled": 0, "media_hashed": 0,
-                            "matches": 0, "reports_filed": 0}
-    return Snapshot(**{**base, **fields})
-
-
 async def test_error_rate_and_ingest_stall_raise_and_clear() -> None:
+    """The watchdog reads the stages' own collectors, the samples /metrics shows."""
     now = [1000.0]
-    state: dict[str, Any] = {"snap": snapshot(), "theirs": "200", "ours": "100"}
+    state: dict[str, Any] = {"theirs": "200", "ours": "100"}
     notes: list[tuple[str, bool]] = []
-
-    async def snap() -> Snapshot:
-        return state["snap"]  # type: ignore[no-any-return]
+    workers = WorkerStats()
+    metrics = Metrics()
+    metrics.register(IngestStats(connected=True), workers)
 
     async def newest() -> tuple[str | None, str | None]:
         return state["theirs"], state["ours"]
@@ -82,14 +78,17 @@ async def test_error_rate_and_ingest_stall_raise_and_clear() -> None:
     async def note(name: str, active: bool, _message: str) -> None:
         notes.append((name, active))
 
-    dog = Watchdog(settings=WatchdogSettings(stall_s=60, max_error_rate=0.5, min_attempts=10), snapshot=snap,
+    dog = Watchdog(settings=WatchdogSettings(stall_s=60, max_error_rate=0.5, min_attempts=10), metrics=metrics,
                    newest_ids=newest, notifiers=[note], clock=lambda: now[0])
+    metrics.register(dog)
     await dog.check()  # first look: the instance is ahead, but not for long yet
-    state["snap"] = snapshot(media_hashed=2, job_errors={"timeout": 18})
+    workers.media_hashed, workers.job_errors["timeout"] = 2, 18
     now[0] += 61
     await dog.check()
     assert set(dog.active) == {"hash_errors", "ingest_stalled"}
-    state["snap"] = snapshot(media_hashed=22, job_errors={"timeout": 19})
+    assert metrics.values("fedimod_alert") == {"hash_errors": 1, "ingest_stalled": 1, "hashing_stalled": 0,
+                                               "stage_failing": 0, "store_unwritable": 0}
+    workers.media_hashed, workers.job_errors["timeout"] = 22, 19
     state["ours"] = "200"
     await dog.check()
     assert dog.active == {}

@@ -13,17 +13,18 @@ window passing with neither, undoes them through the admin API. Both paths are a
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from fedimod.act.mastodon import MastodonActions
+from fedimod.act.mastodon import MastodonClient
 from fedimod.errors import MastodonAPIError
 from fedimod.logs import log_event
-from fedimod.models import ActionState, ActionType, AuditEvent, ReportRequest, ReportState, ReviewState
-from fedimod.store import SQLiteStore, StoredAction
+from fedimod.metrics import Collector, Metric, counter, counters
+from fedimod.models import ActionState, ActionType, AuditEvent, ReportRequest, ReportState, ReviewState, StoredAction
+from fedimod.store import ActionRepository
+from fedimod.supervise import backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +33,22 @@ MAX_ATTEMPTS = 20
 Judge = Callable[[str], Awaitable[ActionType | None]]
 
 
-@dataclass(slots=True)
-class ExecutorStats:
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class ExecutorStats(Collector):
     reports_filed: int = 0
     actions: Counter[str] = field(default_factory=Counter)  # "silence:done", "suspend:failed" …
     rollbacks: int = 0
 
-
-def _backoff(attempts: int) -> float:
-    return min(300.0, 2.0 * 2.0**attempts) * random.uniform(0.8, 1.2)
+    def collect(self) -> Iterator[Metric]:
+        yield counter("fedimod_reports_filed", "Reports filed on the instance", self.reports_filed)
+        yield counters("fedimod_account_actions", "Account actions, by action and outcome", ("action", "outcome"),
+                       {tuple(key.split(":", 1)): n for key, n in self.actions.items()})
+        yield counter("fedimod_action_rollbacks", "Account actions undone (provisional review or retraction)",
+                      self.rollbacks)
 
 
 class ActionExecutor:
-    def __init__(self, *, store: SQLiteStore, actions: MastodonActions, category: str, forward: bool,
+    def __init__(self, *, store: ActionRepository, actions: MastodonClient, category: str, forward: bool,
                  dry_run: bool) -> None:
         self._store = store
         self._actions = actions
@@ -69,7 +73,9 @@ class ActionExecutor:
         return not await self._store.due_reports() and not await self._store.due_actions()
 
     def _retry_at(self, exc: MastodonAPIError, attempts: int) -> float:
-        return self._actions.retry_at if exc.status == 429 else time.time() + _backoff(attempts)
+        if exc.status == 429:
+            return self._actions.retry_at
+        return time.time() + backoff_s(attempts + 1, base_s=2.0, cap_s=300.0)
 
     # -- reports --------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ mastodon/reports.py in Mastodon.py 2.3.3), although Mastodon has accepted `legal
 therefore send the same request `report()` would, `POST /api/v1/reports` with `status_ids[]`,
 through the client's own request path, keeping its auth, error mapping and rate-limit bookkeeping.
 Likewise `admin_account_moderate()` turns `send_email_notification=False` into "omit the
-parameter", and Mastodon then applies its default, true (MASTODON_API.md §6): a rule that says
+parameter", and Mastodon then applies its default, true (Mastodon.py's admin_account_moderate): a rule that says
 "do not notify" would notify. Account actions therefore go through the same request path with the
 flag sent explicitly. Undo and lookups use Mastodon.py's own methods.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import mastodon
@@ -29,6 +29,7 @@ from fedimod.act.ratelimit import Priority, RateBudget, family_of
 from fedimod.act.report import REPORT_CATEGORIES as _CATEGORIES
 from fedimod.errors import MastodonAPIError
 from fedimod.logs import log_event
+from fedimod.metrics import Collector, Metric, counter
 from fedimod.models import ACCOUNT_ACTIONS, ActionType, ReportRequest
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _translate(endpoint: str, exc: mastodon.MastodonError) -> MastodonAPIError:
     return MastodonAPIError(None, endpoint, str(exc))
 
 
-class MastodonActions:
+class MastodonClient(Collector):
     def __init__(self, *, base_url: str, token: str, request_timeout_s: float, budget: RateBudget | None = None
                  ) -> None:
         self.budget = budget or RateBudget()
@@ -67,6 +68,10 @@ class MastodonActions:
             user_agent="fedimod",
             session=session,
         )
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter("fedimod_forged_report_markers", "Reports not filed by the bot that carry its idempotency "
+                      "marker (ignored)", self.suspicious_reports)
 
     def _observe(self, response: requests.Response, *args: object, **kwargs: object) -> None:
         self.budget.observe(response.status_code, response.headers,

@@ -1,6 +1,6 @@
 """The API budget of one token, shared by everything fedimod asks the instance.
 
-Mastodon throttles each token to 300 calls per 5 minutes (MASTODON_API.md §3.0). fedimod spends
+Mastodon throttles each token to 300 calls per 5 minutes (Mastodon's config/initializers/rack_attack.rb). fedimod spends
 that budget on reports and account actions, on lookups (reconciling after a crash, reading review
 state) and on syncs; a burst of lookups must never leave no room for an action. Two guards:
 
@@ -23,9 +23,11 @@ import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+
+from fedimod.metrics import Collector, Metric, counter
 
 RETRY_FLOOR_S = 1.0  # a 429 with neither Retry-After nor a reset waits at least this long
 WAIT_STEP_S = 5.0  # re-check at least this often while waiting (a fresh header may free us earlier)
@@ -37,11 +39,11 @@ class Priority(enum.Enum):
 
 
 def family_of(method: str, url: str) -> str:
-    """The throttle family whose figures a response carries (MASTODON_API.md §3.0)."""
+    """The throttle family whose figures a response carries (Mastodon's config/initializers/rack_attack.rb)."""
     return "reports" if method == "POST" and "/api/v1/reports" in url else "api"
 
 
-class RateBudget:
+class RateBudget(Collector):
     def __init__(self, *, limit: int = 300, window_s: float = 300.0, reserve: int = 50,
                  clock: Callable[[], float] = time.time) -> None:
         self.limit = limit
@@ -54,6 +56,10 @@ class RateBudget:
         self._blocked_until = 0.0
         self.throttled = 0  # 429 answers seen
         self.waits = 0  # calls that had to wait for budget
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter("fedimod_api_throttled", "API answers with 429 Too Many Requests", self.throttled)
+        yield counter("fedimod_api_budget_waits", "API calls that waited for the token's budget", self.waits)
 
     @property
     def blocked_until(self) -> float:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from fedimod.act.policy import Decision
 from fedimod.models import AccountActionRequest, ActionType, AuditEvent, Match, MediaJob, ReportRequest, Signal
 from fedimod.signals import QUALITY_TYPE, REGISTRY, quality_of
-from fedimod.store.actions import cause_detail
 
 # Where the audit log and incident exports carry the quality score (`pdq_quality`).
 QUALITY_KEY = f"{QUALITY_TYPE.name}_quality"
@@ -51,6 +50,16 @@ class ReportSettings:
     forward: bool = False
     comment_template: str = DEFAULT_COMMENT
     dry_run: bool = False
+
+
+def cause_detail(matches: Sequence[Match]) -> list[dict[str, object]]:
+    """The matched entries as the audit log and incident exports name them."""
+    return [
+        {"entry_id": m.entry.id, "bank": m.entry.bank, "source": m.entry.source, "category": m.entry.category.value,
+         "signal_type": m.signal_type, "value": REGISTRY[m.signal_type].format(m.entry.value),
+         "distance": m.distance, "threshold": m.threshold}
+        for m in sorted(matches, key=lambda m: (m.distance, m.entry.id))
+    ]
 
 
 def report_key(instance: str, status_id: str) -> str:

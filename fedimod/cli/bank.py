@@ -95,9 +95,9 @@ async def _bank_list(store: SQLiteStore) -> int:
     rows = await store.bank_stats()
     if not rows:
         print("no banks; add one with 'fedimod bank import FILE'")
-    for bank, kind, enabled, signal_type, category, count in rows:
-        state = "enabled" if enabled else "disabled"
-        print(f"{bank:20} {kind:6} {state:9} {signal_type:8} {category:8} {count}")
+    for row in rows:
+        state = "enabled" if row.enabled else "disabled"
+        print(f"{row.bank:20} {row.kind:6} {state:9} {row.signal_type or '-':8} {row.category or '-':8} {row.entries}")
     return 0
 
 
@@ -107,8 +107,8 @@ async def _bank_stats(store: SQLiteStore, config: Config) -> int:
     from fedimod.match import BankIndex
 
     per_bank: Counter[tuple[str, str, bool, str]] = Counter()
-    for bank, kind, enabled, signal_type, _category, count in await store.bank_stats():
-        per_bank[(bank, kind, enabled, signal_type)] += count
+    for row in await store.bank_stats():
+        per_bank[(row.bank, row.kind.value, row.enabled, row.signal_type or "-")] += row.entries
     if not per_bank:
         print("no banks; add one with 'fedimod bank import FILE'")
         return 0

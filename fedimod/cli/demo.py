@@ -24,13 +24,13 @@ from fedimod.act.report import ReportSettings
 from fedimod.match import parse_bank_lines
 from fedimod.media import hash_media
 from fedimod.media.settings import MediaSettings
-from fedimod.models import Category
+from fedimod.models import Category, StoreCounts
 from fedimod.pipeline.service import open_pipeline
 from fedimod.pipeline.settings import Config, InstanceSettings, WorkerSettings
 from fedimod.sandbox import Sandbox
 from fedimod.signals import MD5, PDQ, REGISTRY
-from fedimod.store import SQLiteStore, StoreCounts
-from fedimod.store.sqlite import StoreSettings
+from fedimod.store import SQLiteStore
+from fedimod.store.settings import StoreSettings
 
 
 def generate_image(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:

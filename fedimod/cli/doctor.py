@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from fedimod.config import Config
-from fedimod.errors import FedimodError, StreamEventError
+from fedimod.errors import FedimodError, MalformedInput
 from fedimod.ingest.parse import loads
 from fedimod.signals import REGISTRY
 
@@ -62,7 +62,7 @@ class _Instance:
             raw = await resp.read()
         try:
             body = loads(raw, path) if raw.strip() else None
-        except StreamEventError:
+        except MalformedInput:
             body = None
         error = str(body.get("error", "")) if isinstance(body, dict) else ""
         return _Answer(resp.status, body, error)

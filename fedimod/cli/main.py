@@ -227,6 +227,7 @@ async def _run(config: Config) -> int:
 
 
 async def _status(config: Config) -> int:
+    from fedimod.models import ReportState
     from fedimod.store import SQLiteStore
 
     async with SQLiteStore.open(config.store.path) as store:
@@ -239,11 +240,11 @@ async def _status(config: Config) -> int:
     print(f"matches        {counts.matches} (in {counts.matched_posts} posts)")
     print("reports        " + (", ".join(f"{k} {v}" for k, v in sorted(counts.reports_by_state.items())) or "none"))
     print(f"bank entries   {counts.bank_entries}")
-    for job_id, status_id, attempts, error in failed_jobs:
-        print(f"  failed job {job_id} (status {status_id}, {attempts} attempts): {error}")
+    for job in failed_jobs:
+        print(f"  failed job {job.job_id} (status {job.status_id}, {job.attempts} attempts): {job.error}")
     for report in reports:
-        if report["state"] == "failed":
-            print(f"  failed report {report['key']}: {report['last_error']}")
+        if report.state is ReportState.FAILED:
+            print(f"  failed report {report.key}: {report.last_error}")
     for line in await _live_status(config):
         print(line)
     return 0

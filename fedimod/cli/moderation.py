@@ -17,8 +17,9 @@ from typing import Any
 
 from fedimod.config import Config, load_config
 from fedimod.errors import ConfigError, FedimodError
-from fedimod.models import BankEntry, Category, Match
+from fedimod.models import BankEntry, Category, Match, MediaRecord
 from fedimod.outputs import csv_cell, scrub_urls
+from fedimod.signals import QUALITY_TYPE, REGISTRY, quality_of
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -117,7 +118,7 @@ def _write(text: str, output: Path | None) -> None:
 
 def _sample_evidence(spec: str) -> tuple[str, Any]:
     from fedimod.act.policy import Evidence
-    from fedimod.signals import QUALITY_TYPE, REGISTRY, signal_type_named
+    from fedimod.signals import signal_type_named
 
     fields = {"category": "csam", "signal": QUALITY_TYPE.name, "distance": "0", "quality": "100", "sources": "local",
               "scope": "local"}
@@ -194,7 +195,8 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
                     raise ConfigError("--caused-by", f"{entry!r}: give an entry id or TYPE:HEX")
                 signal = signal_type_named(kind)
                 keys = await store.keys_caused_by(signal_type=signal.name, value=signal.format(signal.parse(value)))
-        rows = await store.audit_rows(since=args.since, keys=keys, status_id=args.status, limit=args.limit)
+        rows = [r.as_dict() for r in
+                await store.audit_rows(since=args.since, keys=keys, status_id=args.status, limit=args.limit)]
     if args.format == "json":
         for row in rows:
             print(json.dumps(row, sort_keys=True))
@@ -250,11 +252,11 @@ async def _review(config: Config, args: argparse.Namespace) -> int:
                 raise FedimodError(f"action {action.id} was decided meanwhile; see `fedimod audit`")
             print(f"action {action.id} ({request.action} of account {request.account_id}) confirmed")
             return 0
-        from fedimod.act import MastodonActions
+        from fedimod.act import MastodonClient
         from fedimod.act.executor import ActionExecutor
         from fedimod.pipeline.service import budget_for
 
-        actions = MastodonActions(base_url=config.instance.base_url, token=config.instance.token,
+        actions = MastodonClient(base_url=config.instance.base_url, token=config.instance.token,
                                   request_timeout_s=config.instance.request_timeout_s, budget=budget_for(config))
         executor = ActionExecutor(store=store, actions=actions, category=config.report.category,
                                   forward=config.report.forward, dry_run=config.report.dry_run)
@@ -266,6 +268,14 @@ async def _review(config: Config, args: argparse.Namespace) -> int:
 
 # -- incident export ------------------------------------------------------------------------------
 
+def _media_json(media: MediaRecord) -> dict[str, object]:
+    """An attachment as the incident export names it: state and hashes, never bytes or URL."""
+    return {"attachment_id": media.attachment_id, "media_type": media.media_type, "state": media.state.value,
+            "error": media.error and scrub_urls(media.error),
+            "hashes": {s.signal_type: REGISTRY[s.signal_type].format(s.value) for s in media.signals},
+            f"{QUALITY_TYPE.name}_quality": quality_of(media.signals)}
+
+
 async def _incident(config: Config, args: argparse.Namespace) -> int:
     from fedimod.store import SQLiteStore
 
@@ -273,22 +283,22 @@ async def _incident(config: Config, args: argparse.Namespace) -> int:
         post = await store.post_record(args.status_id)
         if post is None:
             raise FedimodError(f"status {args.status_id} is not in the store")
-        audit = await store.audit_rows(status_id=args.status_id)
-        actions = [a for a in await store.actions(account_id=post["account_id"])]
+        audit = [r.as_dict() for r in await store.audit_rows(status_id=args.status_id)]
+        actions = await store.actions(account_id=post.account_id)
         record = {
             "fedimod_incident": 1,
             "exported_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "instance": config.instance.base_url,
-            "post": {"status_id": post["status_id"], "url": post["url"], "uri": post["uri"],
-                     "created_at": post["created_at"],
-                     "first_seen_at": datetime.fromtimestamp(post["first_seen_at"]).astimezone().isoformat(),
-                     "seen_via": post["source"]},
-            "account": {"id": post["account_id"], "acct": post["account_acct"]},
-            "media": [{**m, "error": m["error"] and scrub_urls(m["error"])}
-                      for m in await store.status_media(args.status_id)],
+            "post": {"status_id": post.status_id, "url": post.url, "uri": post.uri, "created_at": post.created_at,
+                     "first_seen_at": datetime.fromtimestamp(post.first_seen_at).astimezone().isoformat(),
+                     "seen_via": post.source},
+            "account": {"id": post.account_id, "acct": post.account_acct},
+            "media": [_media_json(m) for m in await store.status_media(args.status_id)],
             "matched_entries": [m for row in audit if row["event"] == "decision" for m in row["detail"]["matches"]],
-            "reports": [{**r, "last_error": r["last_error"] and scrub_urls(r["last_error"])}
-                        for r in await store.reports_for(args.status_id)],
+            "reports": [{"key": r.key, "state": r.state.value, "remote_report_id": r.remote_report_id,
+                         "rule": r.rule, "created_at": r.created_at, "sent_at": r.sent_at,
+                         "last_error": r.last_error and scrub_urls(r.last_error)}
+                        for r in await store.reports(status_id=args.status_id)],
             "account_actions": [
                 {"id": a.id, "action": a.request.action.value, "state": a.state.value, "rule": a.request.rule,
                  "status_id": a.request.status_id, "report_id": a.remote_report_id,

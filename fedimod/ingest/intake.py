@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from fedimod.errors import StoreError
 from fedimod.logs import log_event
+from fedimod.metrics import Collector, Metric, counter, gauge
 from fedimod.models import Post
 from fedimod.supervise import backoff_s
 
@@ -30,12 +31,21 @@ Recorded = Callable[[Post, str, int], None]
 _Item = tuple[Post, str, "asyncio.Future[int] | None"]
 
 
-@dataclass(slots=True)
-class IntakeStats:
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class IntakeStats(Collector):
     batches: int = 0
-    posts: int = 0
+    posts: int = 0  # committed, new or not
+    accepted: int = 0  # committed with at least one new job
     largest_batch: int = 0
     write_failures: int = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter("fedimod_posts_accepted", "Posts with new media handed to the store", self.accepted)
+        yield counter("fedimod_intake_posts", "Posts committed by the intake (new or already known)", self.posts)
+        yield counter("fedimod_intake_batches", "Store transactions the intake committed", self.batches)
+        yield counter("fedimod_intake_write_failures", "Intake transactions the store refused (retried)",
+                      self.write_failures)
+        yield gauge("fedimod_intake_largest_batch", "Most posts committed in one transaction", self.largest_batch)
 
 
 class PostIntake:
@@ -118,6 +128,7 @@ class PostIntake:
         self.stats.posts += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for (post, source, done), jobs in zip(batch, new_jobs, strict=True):
+            self.stats.accepted += jobs > 0
             self._on_recorded(post, source, jobs)
             if done is not None and not done.done():
                 done.set_result(jobs)

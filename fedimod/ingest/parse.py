@@ -2,8 +2,8 @@
 
 The streaming server wraps each event as ``{"stream": [...], "event": "update", "payload": "<JSON
 string>"}``: the payload is a JSON document *inside a string* for updates, and a bare id string
-for `delete` (see shared/MASTODON_API.md §1.4). Subscription errors arrive in-band as
-``{"error": "...", "status": 401}``. Everything here raises `StreamEventError` on bad input.
+for `delete` (see Mastodon's streaming/index.js: only update events are filtered). Subscription errors arrive in-band as
+``{"error": "...", "status": 401}``. Everything here raises `MalformedInput` on bad input.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fedimod.errors import StreamEventError
+from fedimod.errors import MalformedInput
 from fedimod.models import Account, Attachment, Post
 
 # Bounds on what one event may carry. Mastodon's ids are 18–19 digit snowflakes; URLs and accts are
@@ -41,7 +41,7 @@ class StreamEvent:
 
 
 def loads(text: str | bytes, what: str) -> Any:
-    """`json.loads` for untrusted text: every way it fails is a `StreamEventError`.
+    """`json.loads` for untrusted text: every way it fails is a `MalformedInput`.
 
     Besides syntax errors that covers nesting deeper than Python's recursion limit and integer
     literals past its digit limit (4,300 digits), both of which raise other exceptions.
@@ -49,15 +49,15 @@ def loads(text: str | bytes, what: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise StreamEventError(f"{what} is nested too deeply") from None
+        raise MalformedInput(f"{what} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, the int-digit limit, undecodable bytes
-        raise StreamEventError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+        raise MalformedInput(f"{what} is not valid JSON: {str(exc)[:200]}") from None
 
 
 def parse_ws_frame(text: str) -> StreamEvent:
     frame = loads(text, "frame")
     if not isinstance(frame, dict):
-        raise StreamEventError(f"frame is a JSON {type(frame).__name__}, expected an object")
+        raise MalformedInput(f"frame is a JSON {type(frame).__name__}, expected an object")
     if "error" in frame and "event" not in frame:
         status = frame.get("status")
         return StreamEvent(
@@ -67,7 +67,7 @@ def parse_ws_frame(text: str) -> StreamEvent:
         )
     event = frame.get("event")
     if not isinstance(event, str) or not event:
-        raise StreamEventError("frame has no event name")
+        raise MalformedInput("frame has no event name")
     stream_raw = frame.get("stream", [])
     stream = tuple(str(s) for s in stream_raw) if isinstance(stream_raw, list) else ()
     return parse_event(event, frame.get("payload"), stream)
@@ -78,13 +78,13 @@ def parse_event(event: str, payload: object, stream: tuple[str, ...] = ()) -> St
     the Status as a JSON string, that of `delete` the bare id."""
     if event in STATUS_EVENTS:
         if not isinstance(payload, str):
-            raise StreamEventError(f"{event} payload must be a JSON string, got {type(payload).__name__}")
+            raise MalformedInput(f"{event} payload must be a JSON string, got {type(payload).__name__}")
         status = loads(payload, f"{event} payload")
         return StreamEvent(event=event, stream=stream, post=parse_status(status))
     if event == "delete":
         if not isinstance(payload, str) or not payload.isascii() or not payload.isdecimal() or \
                 len(payload) > MAX_ID_DIGITS:
-            raise StreamEventError("delete payload must be the status id as a decimal string")
+            raise MalformedInput("delete payload must be the status id as a decimal string")
         return StreamEvent(event=event, stream=stream, deleted_id=payload)
     return StreamEvent(event=event, stream=stream)
 
@@ -93,7 +93,8 @@ class SSEDecoder:
     """Incremental decoder of Mastodon's server-sent events, fed one line at a time.
 
     The streaming server writes ``:)`` on connect, then ``event: X`` / ``data: Y`` pairs each ended
-    by a blank line, and ``:thump`` comments as heartbeats (MASTODON_API.md §1.3). Lines end in LF;
+    by a blank line, and ``:thump`` comments as heartbeats (Mastodon's streaming/index.js, streamToHttp). Lines end
+    in LF;
     a stray CR is tolerated. Repeated ``data`` lines join with a newline, as the SSE standard says.
     """
 
@@ -114,7 +115,7 @@ class SSEDecoder:
     def feed(self, line: str) -> StreamEvent | None:
         """Take one line (with or without its newline); return an event when a blank line ends one.
 
-        Raises `StreamEventError` for an event that cannot be decoded; the decoder stays usable.
+        Raises `MalformedInput` for an event that cannot be decoded; the decoder stays usable.
         """
         line = line.rstrip("\r\n")
         if not line:
@@ -146,11 +147,11 @@ class SSEDecoder:
         self._event, self._data, self._size, self._oversized = None, [], 0, False
         if oversized:
             self.dropped += 1
-            raise StreamEventError(f"server-sent event over {self._max_event_bytes} bytes dropped")
+            raise MalformedInput(f"server-sent event over {self._max_event_bytes} bytes dropped")
         if event is None and not data:
             return None
         if not event:
-            raise StreamEventError("server-sent event has data but no event name")
+            raise MalformedInput("server-sent event has data but no event name")
         return parse_event(event, "\n".join(data) if data else None)
 
 
@@ -166,9 +167,9 @@ def clean_text(value: str) -> str:
 def _str(obj: dict[str, Any], key: str, where: str, max_len: int = MAX_TEXT) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
-        raise StreamEventError(f"{where}.{key} must be a non-empty string")
+        raise MalformedInput(f"{where}.{key} must be a non-empty string")
     if len(value) > max_len:
-        raise StreamEventError(f"{where}.{key} is {len(value)} characters long (at most {max_len})")
+        raise MalformedInput(f"{where}.{key} is {len(value)} characters long (at most {max_len})")
     return clean_text(value)
 
 
@@ -177,7 +178,7 @@ def _id(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.isascii() or not value.isdecimal() or len(value) > MAX_ID_DIGITS:
         shown = repr(value)[:40] if isinstance(value, str) else type(value).__name__
-        raise StreamEventError(f"{where}.{key} must be a decimal id of at most {MAX_ID_DIGITS} digits, got {shown}")
+        raise MalformedInput(f"{where}.{key} must be a decimal id of at most {MAX_ID_DIGITS} digits, got {shown}")
     return value
 
 
@@ -186,34 +187,34 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise StreamEventError(f"{where}.{key} must be a string or null")
+        raise MalformedInput(f"{where}.{key} must be a string or null")
     if len(value) > MAX_TEXT:
-        raise StreamEventError(f"{where}.{key} is {len(value)} characters long (at most {MAX_TEXT})")
+        raise MalformedInput(f"{where}.{key} is {len(value)} characters long (at most {MAX_TEXT})")
     return clean_text(value)
 
 
 def parse_status(status: object) -> Post:
     """A Mastodon Status entity → `Post`. A boost is unwrapped to the boosted status."""
     if not isinstance(status, dict):
-        raise StreamEventError(f"status must be a JSON object, got {type(status).__name__}")
+        raise MalformedInput(f"status must be a JSON object, got {type(status).__name__}")
     reblog = status.get("reblog")
     if isinstance(reblog, dict):
         if isinstance(reblog.get("reblog"), dict):
-            raise StreamEventError("status.reblog is itself a boost (Mastodon never nests them)")
+            raise MalformedInput("status.reblog is itself a boost (Mastodon never nests them)")
         return parse_status(reblog)
     account = status.get("account")
     if not isinstance(account, dict):
-        raise StreamEventError("status.account must be an object")
+        raise MalformedInput("status.account must be an object")
     media = status.get("media_attachments", [])
     if not isinstance(media, list):
-        raise StreamEventError("status.media_attachments must be a list")
+        raise MalformedInput("status.media_attachments must be a list")
     if len(media) > MAX_ATTACHMENTS:
-        raise StreamEventError(f"status has {len(media)} attachments (at most {MAX_ATTACHMENTS} are taken)")
+        raise MalformedInput(f"status has {len(media)} attachments (at most {MAX_ATTACHMENTS} are taken)")
     attachments = []
     for i, item in enumerate(media):
         where = f"status.media_attachments[{i}]"
         if not isinstance(item, dict):
-            raise StreamEventError(f"{where} must be an object")
+            raise MalformedInput(f"{where} must be an object")
         attachments.append(
             Attachment(
                 id=_id(item, "id", where),

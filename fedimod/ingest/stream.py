@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -26,10 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from fedimod.errors import StreamEventError
+from fedimod.errors import MalformedInput
 from fedimod.ingest.parse import SSEDecoder, StreamEvent, loads, parse_status, parse_ws_frame
 from fedimod.logs import log_event
+from fedimod.metrics import Collector, Metric, counter, gauge, gauges
 from fedimod.models import Post
+from fedimod.supervise import backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ CursorGetter = Callable[[str | None], Awaitable[str | None]]  # newest stored id
 StartLoader = Callable[[], Awaitable[str | None]]
 StartSaver = Callable[[str], Awaitable[None]]
 
-# Timeline query flags that select the same population as each stream (MASTODON_API.md §3.6).
+# Timeline query flags that select the same population as each stream (Mastodon's app/models/public_feed.rb).
 _TIMELINE_PARAMS: dict[str, dict[str, str]] = {
     "public": {},
     "public:local": {"local": "true"},
@@ -54,7 +55,7 @@ MAX_SSE_LINE = 1024 * 1024
 
 
 def sse_path(stream: str) -> tuple[str, dict[str, str]]:
-    """The SSE endpoint and query for a WebSocket channel name (MASTODON_API.md §1.2)."""
+    """The SSE endpoint and query for a WebSocket channel name (Mastodon's streaming/index.js, channelNameFromPath)."""
     base, media, _ = stream.partition(":media")
     query = {"only_media": "true"} if media else {}
     return "/api/v1/streaming/" + base.replace(":", "/"), query
@@ -74,8 +75,8 @@ def status_id_key(status_id: str) -> tuple[int, str]:
     return (len(status_id), status_id)
 
 
-@dataclass(slots=True)
-class IngestStats:
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class IngestStats(Collector):
     frames: int = 0
     posts: int = 0
     malformed: int = 0
@@ -87,6 +88,21 @@ class IngestStats:
     last_frame_at: float | None = None
     transport: str = "websocket"
     sse_fallbacks: int = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter("fedimod_stream_frames", "Frames received from the streaming server", self.frames)
+        yield counter("fedimod_stream_posts", "Posts with media read from the stream", self.posts)
+        yield counter("fedimod_stream_malformed", "Stream frames or timeline statuses rejected as malformed",
+                      self.malformed)
+        yield counter("fedimod_stream_reconnects", "Stream reconnections", self.reconnects)
+        yield counter("fedimod_stream_sse_fallbacks", "Switches to SSE after refused WebSocket upgrades",
+                      self.sse_fallbacks)
+        yield counter("fedimod_gap_filled_posts", "Posts read from the timeline after a (re)connect", self.gap_filled)
+        yield counter("fedimod_gap_fills", "Timeline reads after a (re)connect", self.gap_fills)
+        yield counter("fedimod_swept_posts", "Posts found by the periodic timeline sweep", self.swept)
+        yield gauge("fedimod_stream_connected", "1 while the stream is connected", int(self.connected))
+        yield gauges("fedimod_stream_transport", "1 for the transport the stream uses now", "transport",
+                     {name: int(self.transport == name) for name in ("websocket", "sse")})
 
 
 class StreamIngester:
@@ -175,7 +191,7 @@ class StreamIngester:
                 failures = 0
             failures += 1
             self.stats.reconnects += 1
-            delay = min(self._reconnect_max_s, 0.5 * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1.0)
+            delay = backoff_s(failures, base_s=0.5, cap_s=self._reconnect_max_s, spread=(0.5, 1.0))
             log_event(logger, logging.WARNING, "stream_disconnected", reason=reason, retry_in_s=round(delay, 2),
                       failures=failures)
             await asyncio.sleep(delay)
@@ -212,7 +228,7 @@ class StreamIngester:
 
     async def fetch_status(self, status_id: str) -> Post | None:
         """The status as the instance serves it now (`GET /api/v1/statuses/:id`); None when it is gone
-        or not visible to the bot (404). Raises `StreamEventError` for a malformed answer."""
+        or not visible to the bot (404). Raises `MalformedInput` for a malformed answer."""
         async with self._session.get(f"{self._base_url}/api/v1/statuses/{status_id}", headers=self._auth,
                                      timeout=self._timeout) as resp:
             if resp.status == 404:
@@ -246,7 +262,7 @@ class StreamIngester:
                 )
             try:
                 page = loads(await resp.read(), "timeline page")
-            except StreamEventError as exc:
+            except MalformedInput as exc:
                 self.stats.malformed += 1
                 log_event(logger, logging.WARNING, "timeline_page_malformed", stream=stream, error=str(exc))
                 raise aiohttp.ClientPayloadError(str(exc)) from exc
@@ -310,7 +326,8 @@ class StreamIngester:
                 url, headers=self._auth, heartbeat=self._heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=10)
             )
         except aiohttp.WSServerHandshakeError as exc:
-            # Mastodon refuses a bad token with a plain 401 before the upgrade (MASTODON_API.md §1.5).
+            # Mastodon refuses a bad token with a plain 401 before the upgrade (Mastodon's streaming/index.js,
+            # accountFromRequest).
             log_event(logger, logging.ERROR if exc.status == 401 else logging.WARNING, "stream_refused",
                       status=exc.status, reason=exc.message, transport="websocket",
                       hint="check the access token and its read:statuses scope" if exc.status == 401 else
@@ -409,7 +426,7 @@ class StreamIngester:
             for line in lines:
                 try:
                     event = decoder.feed(line.decode("utf-8"))
-                except (StreamEventError, UnicodeDecodeError) as exc:
+                except (MalformedInput, UnicodeDecodeError) as exc:
                     await self._handle_event(exc, len(line))
                     continue
                 if event is not None:
@@ -418,7 +435,7 @@ class StreamIngester:
     async def _handle_frame(self, text: str) -> None:
         try:
             event: StreamEvent | Exception = parse_ws_frame(text)
-        except StreamEventError as exc:
+        except MalformedInput as exc:
             event = exc
         await self._handle_event(event, len(text))
 
@@ -441,7 +458,8 @@ class StreamIngester:
 
         Remote status ids encode the *publish* time, so a post that federates late lands below
         ids already seen, where forward paging never looks; one published more than 6 hours
-        before it arrives is never streamed at all (MASTODON_API.md §1.7). The store ignores
+        before it arrives is never streamed at all (Mastodon's app/services/fan_out_on_write_service.rb). The store
+        ignores
         posts it already has, so re-reading costs requests, not duplicate work. At the defaults
         (25 pages every 10 min) a sweep stays far inside Mastodon's 300 paged requests / 15 min.
         """
@@ -481,7 +499,7 @@ class StreamIngester:
         for raw in page:
             try:
                 posts.append(parse_status(raw))
-            except StreamEventError as exc:
+            except MalformedInput as exc:
                 self.stats.malformed += 1
                 log_event(logger, logging.WARNING, "timeline_status_malformed", error=str(exc))
         return posts

@@ -6,7 +6,8 @@ users report. The body is checked against `X-Hub-Signature: sha256=<hex HMAC of 
 with a constant-time compare before it is parsed; a bad or missing signature gets 401 and is
 counted, and nothing in it is processed.
 
-Answers follow Mastodon's retry rules (MASTODON_API.md §2): 200 once the post is durably recorded;
+Answers follow Mastodon's retry rules (Mastodon's app/workers/webhooks/delivery_worker.rb and
+app/helpers/json_ld_helper.rb): 200 once the post is durably recorded;
 400 for a body that will never parse (4xx other than 401/408/429 is not retried); 503 when the
 store could not record it, so Mastodon delivers it again. The same post from a stream and a
 webhook is recorded once (the store keys jobs by status and attachment); an edit that adds media
@@ -15,19 +16,23 @@ adds only the new attachments' jobs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from fedimod.errors import FedimodError, StreamEventError
+from fedimod.errors import FedimodError, MalformedInput
 from fedimod.ingest.parse import loads, parse_status
 from fedimod.ingest.stream import PostHandler
 from fedimod.logs import log_event
+from fedimod.metrics import Collector, Metric, counters
+from fedimod.serve import serving
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +40,15 @@ MAX_BODY = 1024 * 1024  # a status with 4 attachments serialises to a few KB
 STATUS_EVENTS = frozenset({"status.created", "status.updated"})
 
 
-@dataclass(slots=True)
-class WebhookStats:
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class WebhookStats(Collector):
     events: Counter[str] = field(default_factory=Counter)  # accepted, by event name
     rejected: Counter[str] = field(default_factory=Counter)  # by reason: signature, malformed, store
+
+    def collect(self) -> Iterator[Metric]:
+        yield counters("fedimod_webhook_events", "Admin webhooks accepted, by event", "event", self.events)
+        yield counters("fedimod_webhook_rejected", "Admin webhooks refused, by reason (signature: 401)", "reason",
+                       self.rejected)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,21 +77,17 @@ class WebhookReceiver:
         self.port = port
         self.path = path
         self.stats = WebhookStats()
-        self._runner: web.AppRunner | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> WebhookReceiver:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post(self.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
-        log_event(logger, logging.INFO, "webhooks_listening", host=self.host, port=self.port, path=self.path)
+        self.port = await self._stack.enter_async_context(
+            serving(app, self.host, self.port, event="webhooks_listening", path=self.path))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stack.aclose()
 
     def _reject(self, status: int, reason: str, detail: str) -> web.Response:
         self.stats.rejected[reason] += 1
@@ -101,10 +107,10 @@ class WebhookReceiver:
         try:
             envelope = loads(body, "webhook body")
             if not isinstance(envelope, dict) or not isinstance(envelope.get("event"), str):
-                raise StreamEventError("webhook body is not an object with an 'event' name")
+                raise MalformedInput("webhook body is not an object with an 'event' name")
             event = envelope["event"]
             posts = self._posts(event, envelope.get("object"))
-        except (ValueError, StreamEventError) as exc:
+        except (ValueError, MalformedInput) as exc:
             return self._reject(400, "malformed", str(exc)[:300])
         try:
             for post in posts:
@@ -122,9 +128,9 @@ class WebhookReceiver:
             return [parse_status(obj)]
         if event == "report.created":
             if not isinstance(obj, dict):
-                raise StreamEventError("report.created without a report object")
+                raise MalformedInput("report.created without a report object")
             statuses = obj.get("statuses") or []
             if not isinstance(statuses, list):
-                raise StreamEventError("report.statuses is not a list")
+                raise MalformedInput("report.statuses is not a list")
             return [post for post in map(parse_status, statuses) if post.attachments]
         return []  # account.* and report.updated carry no media to scan

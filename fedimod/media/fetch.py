@@ -13,6 +13,8 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -22,6 +24,7 @@ from yarl import URL
 
 from fedimod.errors import MediaRejected, RejectReason
 from fedimod.media.settings import MediaSettings
+from fedimod.metrics import Collector, Metric, counters
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +151,14 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class FetchStats(Collector):
+    refusals: Counter[str] = field(default_factory=Counter)  # by RejectReason value
+
+    def collect(self) -> Iterator[Metric]:
+        yield counters("fedimod_fetch_refusals", "Media downloads refused, by reason", "reason", self.refusals)
+
+
 class MediaFetcher:
     """Downloads one URL into memory under the configured caps. Own one per process; close it."""
 
@@ -155,7 +166,7 @@ class MediaFetcher:
         self._config = config
         self._allow_hosts = frozenset(config.allow_hosts)
         self._session: aiohttp.ClientSession | None = None
-        self.refusals: Counter[str] = Counter()
+        self.stats = FetchStats()
 
     async def __aenter__(self) -> MediaFetcher:
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._allow_hosts), limit=32)
@@ -200,7 +211,7 @@ class MediaFetcher:
         try:
             return await self._fetch(url_text, max_bytes or self._config.max_bytes)
         except MediaRejected as exc:
-            self.refusals[exc.reason.value] += 1
+            self.stats.refusals[exc.reason.value] += 1
             raise
 
     async def _fetch(self, url_text: str, cap: int) -> bytes:

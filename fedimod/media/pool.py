@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -47,6 +47,7 @@ from fedimod.media.hashing import (
     digest_signals,
     hash_media,
 )
+from fedimod.metrics import Collector, Metric, counter
 from fedimod.models import Signal
 from fedimod.signals import Capability, types_with
 
@@ -101,11 +102,18 @@ def _serve(conn: Connection, max_pixels: int) -> None:
             return
 
 
-@dataclass(slots=True)
-class PoolStats:
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class PoolStats(Collector):
     timeouts: int = 0
     workers_lost: int = 0
     workers_started: int = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter("fedimod_hash_timeouts", "Media items cut off at the hash time limit (worker killed and "
+                      "replaced)", self.timeouts)
+        yield counter("fedimod_hash_workers_lost", "Hash workers that died on an item (OOM, segfault, kill) and were "
+                      "replaced", self.workers_lost)
+        yield counter("fedimod_hash_workers_started", "Hash worker processes started", self.workers_started)
 
 
 class _Worker:

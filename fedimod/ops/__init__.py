@@ -1,5 +1,5 @@
 """Operations: health, readiness and Prometheus metrics, so a stalled scanner is visible."""
 
-from fedimod.ops.server import OpsServer, Snapshot
+from fedimod.ops.server import OpsServer
 
-__all__ = ["OpsServer", "Snapshot"]
+__all__ = ["OpsServer"]

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fedimod.store import SQLiteStore
+from fedimod.store import AuditRepository
 
 ACTED = {"report": {"sent", "reconciled"}, "account_action": {"applied", "reconciled"}}
 HISTOGRAM_EDGES_S = (60, 300, 900, 3600, 6 * 3600, 24 * 3600)
@@ -81,9 +81,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-async def build_report(store: SQLiteStore, *, since: float, until: float) -> TransparencyReport:
-    rows = [r for r in await store.audit_rows(since=since) if r["at"] <= until]
-    posts, media = await store.scan_counts(since)
+async def build_report(store: AuditRepository, *, since: float, until: float) -> TransparencyReport:
+    rows = [r for r in await store.audit_rows(since=since) if r.at <= until]
+    scanned = await store.scan_counts(since)
     by_category: Counter[str] = Counter()
     by_source: Counter[str] = Counter()
     daily: Counter[str] = Counter()
@@ -91,17 +91,18 @@ async def build_report(store: SQLiteStore, *, since: float, until: float) -> Tra
     first_action: dict[str, float] = {}
     matched = retracted = rejected = expired = 0
     for row in rows:
-        event, detail = row["event"], row["detail"]
+        line = row.event
+        event, detail = line.event, line.detail
         if event == "decision":
             matched += 1
             entries = detail.get("matches", [])
             by_category.update({e["category"] for e in entries})
             by_source.update({e["source"] for e in entries})
-            daily[datetime.fromtimestamp(row["at"], UTC).date().isoformat()] += 1
-        elif event in ACTED and row["result"] in ACTED[event] and not row["dry_run"]:
-            actions[row["action"]] += 1
-            if row["status_id"] is not None:
-                first_action.setdefault(row["status_id"], row["at"])
+            daily[datetime.fromtimestamp(row.at, UTC).date().isoformat()] += 1
+        elif event in ACTED and line.result in ACTED[event] and not line.dry_run and line.action is not None:
+            actions[line.action] += 1
+            if line.status_id is not None:
+                first_action.setdefault(line.status_id, row.at)
         elif event == "retraction":
             retracted += 1
         elif event == "rollback":
@@ -115,7 +116,7 @@ async def build_report(store: SQLiteStore, *, since: float, until: float) -> Tra
     return TransparencyReport(
         since=datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
         until=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"),
-        posts_scanned=posts, media_scanned=media, media_matched=matched,
+        posts_scanned=scanned.posts, media_scanned=scanned.media_hashed, media_matched=matched,
         matches_by_category=dict(sorted(by_category.items())), matches_by_source=dict(sorted(by_source.items())),
         actions_by_type=dict(sorted(actions.items())), retracted=retracted, rejected_by_moderator=rejected,
         expired_unreviewed=expired,

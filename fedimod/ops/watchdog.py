@@ -1,6 +1,7 @@
 """Watchdog: a scanner that stops must not stop quietly.
 
-Every `interval_s` it reads the pipeline's snapshot and raises an alert when:
+Every `interval_s` it reads the stages' metrics (the same samples /metrics shows) and raises an
+alert when:
 - `hashing_stalled`: a job has waited longer than `stall_s` (media is arriving, nothing finishes);
 - `ingest_stalled`: the stream says it is connected, yet the instance's public timeline holds a
   post newer than anything recorded for longer than `stall_s`;
@@ -19,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedimod.logs import log_event
-from fedimod.ops.server import Snapshot
+from fedimod.metrics import Collector, Metric, Metrics, counter, gauges
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ def _id_key(status_id: str) -> tuple[int, str]:
     return len(status_id), status_id
 
 
-class Watchdog:
-    def __init__(self, *, settings: WatchdogSettings, snapshot: Callable[[], Awaitable[Snapshot]],
-                 newest_ids: NewestIds | None, notifiers: Sequence[Notifier] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable")
+
+
+class Watchdog(Collector):
+    def __init__(self, *, settings: WatchdogSettings, metrics: Metrics, newest_ids: NewestIds | None,
+                 notifiers: Sequence[Notifier] = (), clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
-        self._snapshot = snapshot
+        self._metrics = metrics
         self._newest_ids = newest_ids
         self._notifiers = notifiers
         self._clock = clock
@@ -67,11 +70,16 @@ class Watchdog:
             await asyncio.sleep(self._settings.interval_s)
             await self.check()
 
+    def collect(self) -> Iterator[Metric]:
+        yield gauges("fedimod_alert", "1 while the watchdog's alert is raised", "name",
+                     {name: int(name in self.active) for name in ALERTS})
+        yield counter("fedimod_alerts_raised", "Alerts the watchdog raised", self.raised_total)
+
     async def check(self) -> None:
-        snap = await self._snapshot()
-        conditions = {"hashing_stalled": self._hashing_stalled(snap), "hash_errors": self._error_rate(snap),
-                      "ingest_stalled": await self._ingest_stalled(snap), "stage_failing": self._stage_failing(snap),
-                      "store_unwritable": self._store_unwritable(snap)}
+        m = self._metrics
+        conditions = {"hashing_stalled": self._hashing_stalled(m), "hash_errors": self._error_rate(m),
+                      "ingest_stalled": await self._ingest_stalled(m), "stage_failing": self._stage_failing(m),
+                      "store_unwritable": self._store_unwritable(m)}
         for name, message in conditions.items():
             if message is not None and name not in self.active:
                 self.active[name] = message
@@ -83,8 +91,8 @@ class Watchdog:
                 log_event(logger, logging.WARNING, "alert_cleared", alert=name, was=previous)
                 await self._notify(name, False, f"resolved: {previous}")
 
-    def _stage_failing(self, snap: Snapshot) -> str | None:
-        restarts = dict(snap.stage_restarts)
+    def _stage_failing(self, m: Metrics) -> str | None:
+        restarts = {name: int(n) for name, n in m.values("fedimod_stage_restarts_total").items()}
         previous, self._last_restarts = self._last_restarts, restarts
         failing = sorted(name for name, count in restarts.items() if count > previous.get(name, 0))
         if failing:
@@ -92,19 +100,20 @@ class Watchdog:
         return None
 
     @staticmethod
-    def _store_unwritable(snap: Snapshot) -> str | None:
-        if snap.store_ok:
+    def _store_unwritable(m: Metrics) -> str | None:
+        if m.value("fedimod_store_writable", default=1):  # no probe registered: nothing known to be wrong
             return None
-        return f"the store cannot commit writes ({snap.store_error or 'unknown error'}); nothing new is recorded"
+        error = next(iter(m.values("fedimod_store_error")), "unknown error")
+        return f"the store cannot commit writes ({error}); nothing new is recorded"
 
-    def _hashing_stalled(self, snap: Snapshot) -> str | None:
-        if snap.oldest_pending_age_s > self._settings.stall_s:
-            return (f"hashing stalled: a media job has waited {snap.oldest_pending_age_s:.0f} s "
-                    f"(limit {self._settings.stall_s:.0f} s)")
+    def _hashing_stalled(self, m: Metrics) -> str | None:
+        lag = m.value("fedimod_lag_seconds")
+        if lag > self._settings.stall_s:
+            return f"hashing stalled: a media job has waited {lag:.0f} s (limit {self._settings.stall_s:.0f} s)"
         return None
 
-    def _error_rate(self, snap: Snapshot) -> str | None:
-        counts = (snap.media_hashed, sum(snap.job_errors.values()))
+    def _error_rate(self, m: Metrics) -> str | None:
+        counts = (int(m.value("fedimod_media_hashed_total")), int(sum(m.values("fedimod_job_errors_total").values())))
         previous, self._last_counts = self._last_counts, counts
         if previous is None:
             return self.active.get("hash_errors")  # no window yet: keep what is known
@@ -114,8 +123,8 @@ class Watchdog:
             return f"hash errors: {errors} of {attempts} media attempts failed in the last interval"
         return None if attempts else self.active.get("hash_errors")
 
-    async def _ingest_stalled(self, snap: Snapshot) -> str | None:
-        if self._newest_ids is None or not snap.stream_connected:
+    async def _ingest_stalled(self, m: Metrics) -> str | None:
+        if self._newest_ids is None or not m.value("fedimod_stream_connected"):
             self._behind_since = None
             return None
         try:

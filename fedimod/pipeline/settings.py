@@ -12,7 +12,7 @@ from fedimod.match.index import BankSettings
 from fedimod.media.settings import MediaSettings
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
-from fedimod.store.sqlite import StoreSettings
+from fedimod.store.settings import StoreSettings
 
 # The streams fedimod can follow (Mastodon's public ones; user streams carry no strangers' media).
 STREAMS = ("public", "public:local", "public:remote", "public:media", "public:local:media", "public:remote:media")

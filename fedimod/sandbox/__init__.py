@@ -1,6 +1,7 @@
 """A Mastodon-compatible test instance, for the demo and the tests.
 
-It is an independent implementation of the wire behaviour in shared/MASTODON_API.md: it imports
+It is an independent implementation of Mastodon's wire behaviour, as Mastodon's source and Mastodon.py show it: it
+imports
 nothing from ingest, media, match or act (a test instance that shared the bot's parsing code would
 prove nothing), and production code never imports it; only the `demo` and `sandbox` commands do.
 """

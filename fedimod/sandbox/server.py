@@ -1,6 +1,6 @@
 """The sandbox instance's HTTP, SSE and WebSocket server (aiohttp), bound to 127.0.0.1.
 
-Quirks kept on purpose because real Mastodon has them (shared/MASTODON_API.md):
+Quirks kept on purpose because real Mastodon has them (each cites the Mastodon source it follows):
 - SSE starts with ``:)\\n``, frames ``event: X\\ndata: Y\\n\\n`` with LF only, heartbeats ``:thump\\n\\n``;
   a `delete` payload is the bare id, unquoted.
 - WebSocket frames are ``{"stream": [...], "event": ..., "payload": "<JSON string>"}``; subscription
@@ -228,7 +228,8 @@ class Sandbox:
 
     def add_webhook(self, url: str, secret: str,
                     events: Iterable[str] = ("status.created", "status.updated", "report.created")) -> None:
-        """Deliver these events to `url`, signed as Mastodon signs them (MASTODON_API.md §2)."""
+        """Deliver these events to `url`, signed as Mastodon signs them (Mastodon's
+        app/workers/webhooks/delivery_worker.rb and app/helpers/json_ld_helper.rb)."""
         self.webhooks.append((url, secret, frozenset(events)))
 
     def _emit(self, event: str, obj: dict[str, Any]) -> None:
@@ -243,7 +244,8 @@ class Sandbox:
                 task.add_done_callback(self._deliveries.discard)
 
     async def _deliver(self, url: str, secret: str, event: str, body: bytes) -> None:
-        """Deliver, and deliver again as Sidekiq retries (MASTODON_API.md §2): on 5xx other than 501,
+        """Deliver, and deliver again as Sidekiq retries (Mastodon's app/workers/webhooks/delivery_worker.rb and
+        app/helpers/json_ld_helper.rb): on 5xx other than 501,
         401, 408, 429 and connection errors; never on other 4xx. Backoff `webhook_retry_s · 2^n`."""
         if self._webhook_client is None:
             self._webhook_client = aiohttp.ClientSession()
@@ -351,7 +353,8 @@ class Sandbox:
                        sensitive: bool = False, spoiler_text: str = "") -> SandboxStatus:
         account = self.accounts[account_id]
         now = time.time()
-        # Remote statuses take their id from the published time, so late arrivals get old ids (§3.0).
+        # Remote statuses take their id from the published time, so late arrivals get old ids (Mastodon's
+        # lib/mastodon/snowflake.rb).
         status_id = self.ids.at(created_at) if created_at is not None else self.ids.now()
         reply_account = None
         if in_reply_to_id is not None and in_reply_to_id in self.statuses:
@@ -480,7 +483,8 @@ class Sandbox:
         return response
 
     def _rate_limit(self, request: web.Request) -> dict[str, str]:
-        """Mastodon's throttles (MASTODON_API.md §3.0): every API call 300 / 5 min per token; paging
+        """Mastodon's throttles (Mastodon's config/initializers/rack_attack.rb): every API call 300 / 5 min per
+        token; paging
         requests (`page`, `min_id`, `max_id`, `since_id`) also 300 / 15 min; `POST /api/v1/reports`
         also 400 / 24 h, whose figures its answer carries. Otherwise the most limited one is shown."""
         key = _token_text(request) or (request.remote or "?")
@@ -768,7 +772,8 @@ class Sandbox:
 
     async def _media_proxy(self, request: web.Request) -> web.StreamResponse:
         """Mastodon fetches the file from its origin and redirects to it; throttled to 30 per 10 min
-        per IP, so a scanner should prefer `remote_url` (MASTODON_API.md §4.2)."""
+        per IP, so a scanner should prefer `remote_url` (Mastodon's
+        app/serializers/rest/media_attachment_serializer.rb)."""
         media = self._find(self.media, request.match_info["id"])
         self.media_proxy_requests.append(media.id)
         window = int(time.time() // 600)
@@ -800,7 +805,8 @@ class Sandbox:
         status_ids: list[int] = []
         for raw in params.getall("status_ids[]", []):
             status = self._find(self.statuses, raw)
-            # Each status must belong to the target and be visible to the reporter, else 404 (§3.1).
+            # Each status must belong to the target and be visible to the reporter, else 404 (Mastodon's
+            # app/services/report_service.rb).
             if status.account_id != target.id or not (self._visible(status, reporter) or status.deleted):
                 raise ApiError(404, "Record not found")
             status_ids.append(status.id)

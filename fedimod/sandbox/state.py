@@ -1,4 +1,4 @@
-"""The sandbox instance's state and its JSON serializers (Mastodon entity shapes, §4 of the API notes)."""
+"""The sandbox instance's state and its JSON serializers (the shapes of Mastodon's app/serializers/rest/)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ class SandboxMedia:
     description: str | None
     width: int | None = None
     height: int | None = None
-    # How the instance holds the file (MASTODON_API.md §4.2): "stored" (a local or cached copy),
+    # How the instance holds the file (Mastodon's app/serializers/rest/media_attachment_serializer.rb): "stored" (a
+    # local or cached copy),
     # "processing" (url null), "proxied" (not cached: url is /media_proxy/, remote_url the origin)
     # or "unknown" (a remote file the instance could not take: type unknown, only remote_url).
     state: str = "stored"

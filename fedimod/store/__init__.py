@@ -1,17 +1,10 @@
-"""Persistence: the durable job table, banks, matches and reports (SQLite by default)."""
+"""Persistence behind protocols (`store/protocols.py`); SQLite is the embedded default."""
 
-from fedimod.store.actions import StoredAction, cause_detail
-from fedimod.store.sqlite import (
-    BankState,
-    PendingReport,
-    ProbeResult,
-    SQLiteStore,
-    StoreCounts,
-    StoreProbe,
-)
+from fedimod.store.protocols import ActionRepository, AuditRepository, BankRepository, JobRepository, Store
+from fedimod.store.settings import StoreSettings
+from fedimod.store.sqlite import SQLiteStore, StoreProbe
 
 __all__ = [
-    "BankState", "PendingReport", "ProbeResult", "SQLiteStore", "StoreCounts", "StoreProbe",
-    "StoredAction",
-    "cause_detail",
+    "ActionRepository", "AuditRepository", "BankRepository", "JobRepository", "SQLiteStore", "Store", "StoreProbe",
+    "StoreSettings",
 ]

@@ -1,21 +1,16 @@
-"""Store part for policy outcomes: account actions, what caused them, and the audit log.
+"""Reports and account actions: what the executor sends, and its outcome.
 
-An account action is keyed (instance, account, action), so a retry, a restart or the same media in
-another post never repeats it. Before one is queued, the account's standing actions are read in
-the same transaction: a milder or equal action is recorded as covered, a stronger one as an
-escalation. The audit table is append-only (SQLite triggers refuse UPDATE and DELETE).
+A report is keyed (instance, status id, "report") and an account action (instance, account,
+action), so a retry, a restart or the same media in another post never repeats one. Before an
+action is queued the account's standing actions are read in the same transaction: a milder or
+equal action is recorded as covered, a stronger one as an escalation.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from fedimod.models import (
     AccountActionRequest,
@@ -24,36 +19,22 @@ from fedimod.models import (
     AuditEvent,
     HashedMedia,
     Match,
+    PendingReport,
+    ReportRecord,
+    ReportRequest,
     ReportState,
     ReviewState,
     Signal,
+    StoredAction,
 )
-from fedimod.signals import QUALITY_TYPE, signal_type_named
+from fedimod.signals import signal_type_named
+from fedimod.store.sqlite.db import Database
 
 _ACTION_COLUMNS = (
     "a.id, a.idempotency_key, a.account_id, a.status_id, a.action, a.rule, a.report_key, a.notify, a.text, "
     "a.state, a.attempts, a.last_error, a.escalates_from, a.provisional, a.review_s, a.review_by, a.review_state, "
     "a.created_at, a.done_at, r.remote_report_id"
 )
-AUDIT_COLUMNS = ("id", "at", "event", "key", "status_id", "account_id", "action", "rule", "result", "dry_run",
-                 "detail")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredAction:
-    """An account action as stored, with the instance's id of the report it answers."""
-
-    id: int
-    request: AccountActionRequest
-    state: ActionState
-    attempts: int
-    last_error: str | None
-    escalates_from: str | None
-    review_by: float | None
-    review_state: ReviewState | None
-    created_at: float
-    done_at: float | None
-    remote_report_id: str | None
 
 
 def _action(row: Sequence[Any]) -> StoredAction:
@@ -69,50 +50,63 @@ def _action(row: Sequence[Any]) -> StoredAction:
         created_at=row[17], done_at=row[18], remote_report_id=row[19],
     )
 
-
-def cause_detail(matches: Sequence[Match]) -> list[dict[str, object]]:
-    """The matched entries as the audit log and incident exports name them."""
-    return [
-        {"entry_id": m.entry.id, "bank": m.entry.bank, "source": m.entry.source, "category": m.entry.category.value,
-         "signal_type": m.signal_type, "value": signal_type_named(m.signal_type).format(m.entry.value),
-         "distance": m.distance, "threshold": m.threshold}
-        for m in sorted(matches, key=lambda m: (m.distance, m.entry.id))
-    ]
-
-
-class ActionStoreMixin:
-    """Mixed into `SQLiteStore`, which provides the connection and transaction helpers."""
-
-    _conn: aiosqlite.Connection
-
-    def _transaction(self) -> AbstractAsyncContextManager[None]:
-        raise NotImplementedError
-
-    async def _one(self, sql: str, params: Sequence[object] = ()) -> Any:
-        raise NotImplementedError
-
-    async def _all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        raise NotImplementedError
-
-    # -- writing (inside a caller's transaction) ------------------------------------------------
-
-    async def _append_audit(self, event: AuditEvent, now: float) -> int:
-        cursor = await self._conn.execute(
-            "INSERT INTO audit (at, event, key, status_id, account_id, action, rule, result, dry_run, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, event.event, event.key, event.status_id, event.account_id, event.action, event.rule, event.result,
-             int(event.dry_run), json.dumps(event.detail, sort_keys=True, separators=(",", ":"))),
+class SQLiteActions(Database):
+    async def due_reports(self, now: float | None = None) -> list[PendingReport]:
+        now = time.time() if now is None else now
+        rows = await self._all(
+            "SELECT idempotency_key, status_id, account_id, comment, attempts, forward FROM reports "
+            "WHERE state = ? AND available_at <= ? ORDER BY id",
+            (ReportState.PENDING.value, now),
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return [
+            PendingReport(
+                request=ReportRequest(idempotency_key=r[0], status_id=r[1], account_id=r[2], comment=r[3],
+                                      forward=None if r[5] is None else bool(r[5])),
+                attempts=r[4],
+            )
+            for r in rows
+        ]
 
-    async def _record_causes(self, key: str, causes: Sequence[Match]) -> None:
-        await self._conn.executemany(
-            "INSERT OR IGNORE INTO action_causes (key, entry_id, bank, source, category, signal_type, value, distance) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(key, m.entry.id, m.entry.bank, m.entry.source, m.entry.category.value, m.signal_type,
-              signal_type_named(m.signal_type).format(m.entry.value), m.distance) for m in causes],
-        )
+    async def next_report_time(self) -> float | None:
+        row = await self._one("SELECT MIN(available_at) FROM reports WHERE state = ?", (ReportState.PENDING.value,))
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def finish_report(
+        self, key: str, state: ReportState, *, remote_report_id: str | None = None, error: str | None = None,
+        event: AuditEvent | None = None, now: float | None = None,
+    ) -> None:
+        """Record a report's outcome, and its audit line in the same transaction."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            await self._conn.execute(
+                "UPDATE reports SET state = ?, remote_report_id = ?, last_error = ?, sent_at = ? "
+                "WHERE idempotency_key = ?",
+                (state.value, remote_report_id, error, now, key),
+            )
+            if event is not None:
+                await self._append_audit(event, now)
+
+    async def note_report_attempt(self, key: str) -> None:
+        """Committed before the API call: after a crash, attempts > 0 says the server may have it."""
+        async with self._transaction():
+            await self._conn.execute("UPDATE reports SET attempts = attempts + 1 WHERE idempotency_key = ?", (key,))
+
+    async def retry_report(self, key: str, error: str, retry_at: float) -> None:
+        async with self._transaction():
+            await self._conn.execute(
+                "UPDATE reports SET available_at = ?, last_error = ? WHERE idempotency_key = ?",
+                (retry_at, error[:1000], key),
+            )
+
+    async def reports(self, *, status_id: str | None = None) -> list[ReportRecord]:
+        """Every report, or those naming one status, in the order they were queued."""
+        where, params = ("WHERE status_id = ?", (status_id,)) if status_id is not None else ("", ())
+        rows = await self._all(
+            "SELECT idempotency_key, status_id, account_id, state, remote_report_id, attempts, last_error, comment, "
+            f"rule, created_at, sent_at FROM reports {where} ORDER BY id", params)
+        return [ReportRecord(key=r[0], status_id=r[1], account_id=r[2], state=ReportState(r[3]), remote_report_id=r[4],
+                             attempts=r[5], last_error=r[6], comment=r[7], rule=r[8], created_at=r[9], sent_at=r[10])
+                for r in rows]
 
     async def _queue_account_action(
         self, request: AccountActionRequest, causes: Sequence[Match], now: float
@@ -143,8 +137,6 @@ class ActionStoreMixin:
             await self._append_audit(base.evolve(event="escalation", result=f"{escalates_from} -> {request.action}",
                                               detail={"from_key": strongest[1] if strongest else None}), now)
         return cursor.rowcount > 0
-
-    # -- account actions ------------------------------------------------------------------------
 
     async def due_actions(self, now: float | None = None) -> list[StoredAction]:
         """Pending actions that are due and whose report is settled (sent, failed or dry run)."""
@@ -256,94 +248,3 @@ class ActionStoreMixin:
             jobs.setdefault(job_id, (status_id, "@" not in acct, []))[2].append(signal)
         return [HashedMedia(job_id=job_id, status_id=status_id, is_local=is_local, signals=tuple(signals))
                 for job_id, (status_id, is_local, signals) in jobs.items()]
-
-    # -- audit log ------------------------------------------------------------------------------
-
-    async def append_audit(self, event: AuditEvent, now: float | None = None) -> int:
-        async with self._transaction():
-            return await self._append_audit(event, time.time() if now is None else now)
-
-    async def audit_rows(self, *, since: float | None = None, keys: Sequence[str] | None = None,
-                         status_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        where: list[str] = ["1 = 1"]
-        params: list[object] = []
-        if since is not None:
-            where.append("at >= ?")
-            params.append(since)
-        if keys is not None:
-            where.append(f"key IN ({', '.join('?' * len(keys))})")
-            params.extend(keys)
-        if status_id is not None:
-            where.append("status_id = ?")
-            params.append(status_id)
-        sql = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {' AND '.join(where)} ORDER BY id"
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
-        rows = await self._all(sql, params)
-        return [{**dict(zip(AUDIT_COLUMNS, r, strict=True)), "dry_run": bool(r[9]), "detail": json.loads(r[10])}
-                for r in rows]
-
-    async def keys_caused_by(self, *, entry_id: int | None = None, signal_type: str | None = None,
-                             value: str | None = None) -> list[str]:
-        """Report and action keys that a bank entry (by id, or by type and value) helped cause."""
-        if entry_id is not None:
-            rows = await self._all("SELECT DISTINCT key FROM action_causes WHERE entry_id = ? ORDER BY key",
-                                   (entry_id,))
-        else:
-            rows = await self._all(
-                "SELECT DISTINCT key FROM action_causes WHERE signal_type = ? AND value = ? ORDER BY key",
-                (signal_type, value))
-        return [r[0] for r in rows]
-
-    async def causes(self, key: str) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT entry_id, bank, source, category, signal_type, value, distance FROM action_causes WHERE key = ? "
-            "ORDER BY distance, entry_id", (key,))
-        names = ("entry_id", "bank", "source", "category", "signal_type", "value", "distance")
-        return [dict(zip(names, r, strict=True)) for r in rows]
-
-    # -- incidents and transparency ---------------------------------------------------------------
-
-    async def post_record(self, status_id: str) -> dict[str, Any] | None:
-        row = await self._one(
-            "SELECT status_id, account_id, account_acct, uri, url, created_at, first_seen_at, source, media_count "
-            "FROM posts WHERE status_id = ?", (status_id,))
-        names = ("status_id", "account_id", "account_acct", "uri", "url", "created_at", "first_seen_at", "source",
-                 "media_count")
-        return None if row is None else dict(zip(names, row, strict=True))
-
-    async def status_media(self, status_id: str) -> list[dict[str, Any]]:
-        """Each attachment's job state and hashes (never its bytes, never its URL)."""
-        jobs = await self._all(
-            "SELECT id, attachment_id, media_type, state, last_error FROM jobs WHERE status_id = ? ORDER BY id",
-            (status_id,))
-        out = []
-        for job_id, attachment_id, media_type, state, error in jobs:
-            signals = await self._all(
-                "SELECT signal_type, value, quality FROM job_signals WHERE job_id = ? ORDER BY signal_type", (job_id,))
-            out.append({"attachment_id": attachment_id, "media_type": media_type, "state": state, "error": error,
-                        "hashes": {t: v for t, v, _q in signals},
-                        f"{QUALITY_TYPE.name}_quality": next(
-                            (q for t, _v, q in signals if t == QUALITY_TYPE.name), None)})
-        return out
-
-    async def reports_for(self, status_id: str) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT idempotency_key, state, remote_report_id, rule, created_at, sent_at, last_error FROM reports "
-            "WHERE status_id = ? ORDER BY id", (status_id,))
-        names = ("key", "state", "remote_report_id", "rule", "created_at", "sent_at", "last_error")
-        return [dict(zip(names, r, strict=True)) for r in rows]
-
-    async def scan_counts(self, since: float) -> tuple[int, int]:
-        """(posts first seen since, media hashed since)."""
-        posts = await self._one("SELECT COUNT(*) FROM posts WHERE first_seen_at >= ?", (since,))
-        media = await self._one("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND updated_at >= ?", (since,))
-        return int(posts[0]), int(media[0])
-
-    async def post_created_at(self, status_ids: Sequence[str]) -> dict[str, str]:
-        if not status_ids:
-            return {}
-        rows = await self._all(
-            f"SELECT status_id, created_at FROM posts WHERE status_id IN ({', '.join('?' * len(status_ids))})",
-            list(status_ids))
-        return {r[0]: r[1] for r in rows}

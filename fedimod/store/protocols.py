@@ -1,0 +1,202 @@
+"""The store's seams: what every backend provides, as `typing.Protocol`s.
+
+A stage asks for the narrowest repository it needs (the executor an `ActionRepository`, the index
+a `BankRepository`); the pipeline holds a `Store`, which is all of them over one database. Every
+method returns records from `fedimod.models`, never rows. `tests/store_contract/` checks each
+method's behaviour against every backend fixture, so a second backend (PostgreSQL) is done when
+that suite passes against it unchanged.
+
+Times are epoch seconds; every `now` parameter exists so tests can pin the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from fedimod.models import (
+    ActionState,
+    AuditEvent,
+    AuditRecord,
+    BankCount,
+    BankEntry,
+    BankKind,
+    BankRemovals,
+    BankRow,
+    BankState,
+    Completed,
+    FailedJob,
+    HashedMedia,
+    JobOutcome,
+    JobState,
+    MediaJob,
+    MediaRecord,
+    PendingReport,
+    Post,
+    PostRecord,
+    ReportRecord,
+    ReportState,
+    ReviewState,
+    ScanCounts,
+    StoreCounts,
+    StoredAction,
+)
+
+
+class JobRepository(Protocol):
+    """Posts, their media jobs (the durable queue), and small key/value state (`meta`)."""
+
+    async def record_posts(self, items: Sequence[tuple[Post, str]], now: float | None = None) -> list[int]:
+        """Store (post, source) pairs and their pending jobs in one transaction; new jobs per post, in
+        order. A post already stored, or twice in `items`, adds only attachments not seen before."""
+        ...
+
+    async def newest_status_id(self, at_most: str | None = None) -> str | None:
+        """The highest stored status id (snowflake order), not above `at_most` when given."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+    async def release_leases(self) -> int:
+        """Make every leased job pending again (start-up: the previous holder is gone)."""
+        ...
+
+    async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None) -> list[MediaJob]:
+        """Lease up to `limit` runnable jobs, oldest first, counting the attempt now."""
+        ...
+
+    async def renew_leases(self, job_ids: Sequence[int], lease_s: float, now: float | None = None) -> int: ...
+
+    async def unclaim_jobs(self, job_ids: Sequence[int]) -> int:
+        """Give back leased jobs never started: pending again, the attempt not counted."""
+        ...
+
+    async def dead_letter_exhausted(self, max_attempts: int, now: float | None = None) -> list[FailedJob]:
+        """Fail for good the runnable jobs already claimed `max_attempts` times."""
+        ...
+
+    async def set_job_urls(self, job_id: int, media_url: str | None, remote_url: str | None) -> None: ...
+
+    async def next_job_time(self) -> float | None:
+        """When the next pending job is due or a lease runs out; None with nothing queued."""
+        ...
+
+    async def complete_job(self, job: MediaJob, outcome: JobOutcome, now: float | None = None) -> Completed:
+        """Record a finished job with its hashes, matches, decision, report and action, atomically."""
+        ...
+
+    async def fail_job(self, job: MediaJob, error: str, *, retry_at: float | None, now: float | None = None,
+                       final_state: JobState = JobState.FAILED) -> JobState:
+        """A failed attempt: pending again at `retry_at`, or `final_state` for good when None."""
+        ...
+
+    async def failed_jobs(self, limit: int = 20) -> list[FailedJob]: ...
+
+    async def oldest_pending_created_at(self) -> float | None: ...
+
+
+class BankRepository(Protocol):
+    """Banks (block or allow), their entries, all-or-nothing imports and the removal log."""
+
+    async def ensure_bank(self, name: str, kind: BankKind) -> None: ...
+
+    async def add_bank_entries(self, bank: str, rows: Iterable[BankRow], *, kind: BankKind = BankKind.BLOCK,
+                               now: float | None = None, on_progress: Callable[[int], None] | None = None) -> int:
+        """Add rows all or nothing (invisible until published); returns how many were new."""
+        ...
+
+    async def remove_bank_entries(self, bank: str, *, signal_type: str | None = None, value: int | None = None,
+                                  now: float | None = None) -> int:
+        """Remove one entry (type and value) or the whole bank; every removal is logged."""
+        ...
+
+    async def set_bank_enabled(self, bank: str, enabled: bool) -> bool: ...
+
+    async def bank_entries(self, *, bank: str | None = None, after_id: int = 0, up_to_id: int | None = None,
+                           active_only: bool = True, now: float | None = None) -> list[BankEntry]:
+        """Entries in id order; by default only those of enabled banks that have not expired."""
+        ...
+
+    async def bank_removals(self, after_seq: int) -> BankRemovals: ...
+
+    async def bank_state(self, now: float | None = None) -> BankState: ...
+
+    async def bank_stats(self) -> list[BankCount]: ...
+
+
+class ActionRepository(Protocol):
+    """Reports and account actions: what is due, attempts, outcomes and reviews."""
+
+    async def due_reports(self, now: float | None = None) -> list[PendingReport]: ...
+
+    async def next_report_time(self) -> float | None: ...
+
+    async def note_report_attempt(self, key: str) -> None: ...
+
+    async def retry_report(self, key: str, error: str, retry_at: float) -> None: ...
+
+    async def finish_report(self, key: str, state: ReportState, *, remote_report_id: str | None = None,
+                            error: str | None = None, event: AuditEvent | None = None,
+                            now: float | None = None) -> None: ...
+
+    async def reports(self, *, status_id: str | None = None) -> list[ReportRecord]: ...
+
+    async def due_actions(self, now: float | None = None) -> list[StoredAction]:
+        """Pending actions that are due and whose report is settled."""
+        ...
+
+    async def next_action_time(self) -> float | None: ...
+
+    async def action(self, action_id: int) -> StoredAction | None: ...
+
+    async def actions(self, *, account_id: str | None = None) -> list[StoredAction]: ...
+
+    async def note_action_attempt(self, key: str) -> None: ...
+
+    async def retry_action(self, key: str, error: str, retry_at: float) -> None: ...
+
+    async def finish_action(self, key: str, state: ActionState, event: AuditEvent, *, error: str | None = None,
+                            now: float | None = None) -> None: ...
+
+    async def set_review(self, action_id: int, expected: ReviewState, new: ReviewState, event: AuditEvent, *,
+                         revert: bool = False, now: float | None = None) -> bool:
+        """Compare-and-set a provisional action's review state (audited once, by whoever wins)."""
+        ...
+
+    async def mark_reverted(self, key: str, event: AuditEvent, now: float | None = None) -> bool: ...
+
+    async def flag_unjustified(self, key: str, event: AuditEvent, now: float | None = None) -> bool: ...
+
+    async def awaiting_review(self) -> list[StoredAction]: ...
+
+    async def standing_actions(self) -> list[StoredAction]: ...
+
+    async def account_media(self, account_id: str) -> list[HashedMedia]: ...
+
+
+class AuditRepository(Protocol):
+    """The append-only audit log, what caused each report and action, and summaries."""
+
+    async def append_audit(self, event: AuditEvent, now: float | None = None) -> int: ...
+
+    async def audit_rows(self, *, since: float | None = None, keys: Sequence[str] | None = None,
+                         status_id: str | None = None, limit: int | None = None) -> list[AuditRecord]: ...
+
+    async def keys_caused_by(self, *, entry_id: int | None = None, signal_type: str | None = None,
+                             value: str | None = None) -> list[str]: ...
+
+    async def post_record(self, status_id: str) -> PostRecord | None: ...
+
+    async def status_media(self, status_id: str) -> list[MediaRecord]: ...
+
+    async def scan_counts(self, since: float) -> ScanCounts: ...
+
+    async def post_created_at(self, status_ids: Sequence[str]) -> Mapping[str, str]: ...
+
+    async def counts(self) -> StoreCounts: ...
+
+
+class Store(JobRepository, BankRepository, ActionRepository, AuditRepository, Protocol):
+    """Every repository over one database (and one transaction helper)."""
