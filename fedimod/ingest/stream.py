@@ -6,10 +6,10 @@ that does not pass upgrades answers 400, 404, 426 or a plain 200) switches to SS
 `websocket_retry_s` the SSE connections are closed and the WebSocket is tried again. A 401 is a
 token problem on both transports and never triggers the switch.
 
-On every (re)connect it subscribes, then reads the public timeline from the newest post it has
-stored (`min_id` paging, 40 per page, following `rel="prev"`), so posts published while the
-connection was down are not lost; the store deduplicates by status id. A dropped connection is
-retried with jittered exponential backoff.
+On every (re)connect it subscribes, then has the timeline reader fill the gap since the newest
+stored post (`ingest/timeline.py`), and again a few seconds later: Mastodon registers a
+subscription without acknowledging it. A dropped connection is retried with jittered exponential
+backoff.
 """
 
 from __future__ import annotations
@@ -17,40 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from fedimod.errors import MalformedInput
-from fedimod.ingest.parse import SSEDecoder, StreamEvent, loads, parse_status, parse_ws_frame
+from fedimod.ingest.parse import SSEDecoder, StreamEvent, parse_ws_frame
+from fedimod.ingest.source import PostHandler
+from fedimod.ingest.stats import IngestStats
+from fedimod.ingest.timeline import CursorGetter, StartLoader, StartSaver, TimelineReader
 from fedimod.logs import log_event
-from fedimod.metrics import Collector, Metric, counter, gauge, gauges
-from fedimod.models import Post
 from fedimod.supervise import backoff_s
 
 logger = logging.getLogger(__name__)
 
-PostHandler = Callable[[Post, str], Awaitable[None]]
-CursorGetter = Callable[[str | None], Awaitable[str | None]]  # newest stored id, at most the bound given
-StartLoader = Callable[[], Awaitable[str | None]]
-StartSaver = Callable[[str], Awaitable[None]]
-
-# Timeline query flags that select the same population as each stream (Mastodon's app/models/public_feed.rb).
-_TIMELINE_PARAMS: dict[str, dict[str, str]] = {
-    "public": {},
-    "public:local": {"local": "true"},
-    "public:remote": {"remote": "true"},
-    "public:media": {"only_media": "true"},
-    "public:local:media": {"local": "true", "only_media": "true"},
-    "public:remote:media": {"remote": "true", "only_media": "true"},
-}
-PAGE_LIMIT = 40
 TRANSPORTS = ("auto", "websocket", "sse")
-# The longest SSE line accepted: a status is a few KB; anything near this is not Mastodon talking.
+# An SSE line longer than this is not Mastodon's: a status serialises to a few KB.
 MAX_SSE_LINE = 1024 * 1024
 
 
@@ -65,47 +47,11 @@ class _Refused(Exception):
     """The streaming server answered the WebSocket upgrade with something other than 101 or 401."""
 
 
-def status_id_at(ts: float) -> str:
-    """The smallest Mastodon snowflake id for a time: milliseconds shifted left 16 bits."""
-    return str(int(ts * 1000) << 16)
-
-
-def status_id_key(status_id: str) -> tuple[int, str]:
-    """Mastodon ids are numeric strings of varying length: order by length, then lexically."""
-    return (len(status_id), status_id)
-
-
-@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
-class IngestStats(Collector):
-    frames: int = 0
-    posts: int = 0
-    malformed: int = 0
-    reconnects: int = 0
-    gap_filled: int = 0
-    gap_fills: int = 0  # timeline reads after a (re)connect, the second one after subscribing included
-    swept: int = 0
-    connected: bool = False
-    last_frame_at: float | None = None
-    transport: str = "websocket"
-    sse_fallbacks: int = 0
-
-    def collect(self) -> Iterator[Metric]:
-        yield counter("fedimod_stream_frames", "Frames received from the streaming server", self.frames)
-        yield counter("fedimod_stream_posts", "Posts with media read from the stream", self.posts)
-        yield counter("fedimod_stream_malformed", "Stream frames or timeline statuses rejected as malformed",
-                      self.malformed)
-        yield counter("fedimod_stream_reconnects", "Stream reconnections", self.reconnects)
-        yield counter("fedimod_stream_sse_fallbacks", "Switches to SSE after refused WebSocket upgrades",
-                      self.sse_fallbacks)
-        yield counter("fedimod_gap_filled_posts", "Posts read from the timeline after a (re)connect", self.gap_filled)
-        yield counter("fedimod_gap_fills", "Timeline reads after a (re)connect", self.gap_fills)
-        yield counter("fedimod_swept_posts", "Posts found by the periodic timeline sweep", self.swept)
-        yield gauge("fedimod_stream_connected", "1 while the stream is connected", int(self.connected))
-        yield gauges("fedimod_stream_transport", "1 for the transport the stream uses now", "transport",
-                     {name: int(self.transport == name) for name in ("websocket", "sse")})
-
-
 class StreamIngester:
+    """A `PostSource`: the instance's streams, with the timeline reader behind it for the gaps."""
+
+    name = "ingest"
+
     def __init__(
         self,
         *,
@@ -134,36 +80,25 @@ class StreamIngester:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self._session = session
         self._base_url = base_url.rstrip("/")
-        self._token = token
+        self._auth = {"Authorization": f"Bearer {token}"}
         self._streams = streams
-        self._fresh_start: str | None = None
         self._on_post = on_post
-        self._newest_seen_id = newest_seen_id
         self._reconnect_max_s = reconnect_max_s
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._heartbeat_s = heartbeat_s
-        self._max_gap_pages = max_gap_pages
-        self._sweep_window_s = sweep_window_s
-        self._sweep_interval_s = sweep_interval_s
-        self._max_sweep_pages = max_sweep_pages
-        self.stats = IngestStats()
+        self.stats = IngestStats(transport="sse" if transport == "sse" else "websocket")
         self.connected = asyncio.Event()
-        self._last_page_has_prev = False
-        self._last_page_has_next = False
         self._mode = transport
         self._websocket_refusals = websocket_refusals
         self._websocket_retry_s = websocket_retry_s
         self._refused_in_a_row = 0
-        self.stats.transport = "sse" if transport == "sse" else "websocket"
-        self._load_start = load_start
-        self._save_start = save_start
         self._regap_after_s = regap_after_s
-        self._future_tolerance_s = future_tolerance_s
-        self._clock_offset_s = 0.0  # the instance's clock (its Date header) minus ours
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"}
+        self.timeline = TimelineReader(
+            session=session, base_url=base_url, token=token, streams=streams, on_post=on_post,
+            newest_seen_id=newest_seen_id, stats=self.stats, request_timeout_s=request_timeout_s,
+            max_gap_pages=max_gap_pages, sweep_window_s=sweep_window_s, sweep_interval_s=sweep_interval_s,
+            max_sweep_pages=max_sweep_pages, load_start=load_start, save_start=save_start,
+            future_tolerance_s=future_tolerance_s)
 
     async def run(self) -> None:
         """Stream until cancelled, reconnecting after every failure."""
@@ -226,89 +161,13 @@ class StreamIngester:
             streaming = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, "", "", ""))
         return streaming.rstrip("/") + "/api/v1/streaming"
 
-    async def fetch_status(self, status_id: str) -> Post | None:
-        """The status as the instance serves it now (`GET /api/v1/statuses/:id`); None when it is gone
-        or not visible to the bot (404). Raises `MalformedInput` for a malformed answer."""
-        async with self._session.get(f"{self._base_url}/api/v1/statuses/{status_id}", headers=self._auth,
-                                     timeout=self._timeout) as resp:
-            if resp.status == 404:
-                return None
-            if resp.status != 200:
-                raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status,
-                                                  message="status lookup refused")
-            return parse_status(loads(await resp.read(), "status"))
-
-    async def newest_on_instance(self) -> str | None:
-        """The newest status id on the configured streams' timelines (None when all are empty)."""
-        heads = [await self._timeline_head(stream) for stream in self._streams]
-        newest = max(heads, key=status_id_key, default="0")
-        return None if newest == "0" else newest
-
-    async def _timeline_head(self, stream: str) -> str:
-        """The newest status id on the timeline now ("0" when empty): where a fresh store starts."""
-        params = dict(_TIMELINE_PARAMS[stream], limit="1")
-        page = self._parse_page(await self._timeline_page(params, stream))
-        return page[0].id if page else "0"
-
-    async def _timeline_page(self, params: dict[str, str], stream: str) -> list[Any]:
-        async with self._session.get(
-            f"{self._base_url}/api/v1/timelines/public", params=params, headers=self._auth, timeout=self._timeout,
-        ) as resp:
-            self._note_clock(resp.headers.get("Date"))
-            if resp.status != 200:
-                log_event(logger, logging.WARNING, "timeline_read_failed", status=resp.status, stream=stream)
-                raise aiohttp.ClientResponseError(
-                    resp.request_info, resp.history, status=resp.status, message="timeline page refused"
-                )
-            try:
-                page = loads(await resp.read(), "timeline page")
-            except MalformedInput as exc:
-                self.stats.malformed += 1
-                log_event(logger, logging.WARNING, "timeline_page_malformed", stream=stream, error=str(exc))
-                raise aiohttp.ClientPayloadError(str(exc)) from exc
-            self._last_page_has_prev = "prev" in resp.links
-            self._last_page_has_next = "next" in resp.links
-        return page if isinstance(page, list) else []
-
-    def _note_clock(self, date: str | None) -> None:
-        if not date:
-            return
-        try:
-            self._clock_offset_s = parsedate_to_datetime(date).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            pass
-
-    def newest_plausible_id(self) -> str:
-        """The highest status id that is not ahead of the instance's clock by more than the tolerance."""
-        return status_id_at(time.time() + self._clock_offset_s + self._future_tolerance_s)
-
-    async def _start_cursor(self) -> str:
-        """Where to read the timeline from once subscribed.
-
-        The newest stored post whose id is not in the future (a remote post dated ahead gets a future
-        id: resuming there would skip everything published until then). A store that has never seen
-        a post starts at the timeline's head read *before* subscribing, persisted before anything
-        else, so a post published between this read and the subscription, or a kill before the
-        first post is committed, loses nothing. A store still empty after an earlier connect
-        resumes from that first head, not from today's.
-        """
-        start = await self._newest_seen_id(self.newest_plausible_id()) or self._fresh_start
-        if start is None and self._load_start is not None:
-            start = self._fresh_start = await self._load_start()
-        if start is None:
-            heads = [await self._timeline_head(stream) for stream in self._streams]
-            start = self._fresh_start = min(heads, key=status_id_key)
-            if self._save_start is not None:
-                await self._save_start(start)
-        return start
-
     async def _regap(self, start: str) -> None:
         """A second gap fill shortly after subscribing. Mastodon's streaming server registers a
         subscription only after a database query of its own and never acknowledges it: a post
         published in that window is neither streamed nor found by the first gap fill."""
         await asyncio.sleep(self._regap_after_s)
         try:
-            await self._gap_fill(start)
+            await self.timeline.gap_fill(start)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log_event(logger, logging.WARNING, "regap_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -320,7 +179,7 @@ class StreamIngester:
 
     async def _connect_and_read(self) -> None:
         url = await self._streaming_url()
-        start = await self._start_cursor()
+        start = await self.timeline.start_cursor()
         try:
             ws = await self._session.ws_connect(
                 url, headers=self._auth, heartbeat=self._heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=10)
@@ -343,7 +202,7 @@ class StreamIngester:
             for stream in self._streams:
                 await ws.send_json({"type": "subscribe", "stream": stream})
             self._mark_connected(url)
-            await self._gap_fill(start)
+            await self.timeline.gap_fill(start)
             regap = asyncio.create_task(self._regap(start), name="regap")
             try:
                 await self._read_ws(ws)
@@ -370,7 +229,7 @@ class StreamIngester:
         """
         base = urlsplit(await self._streaming_url())
         http_base = urlunsplit(("https" if base.scheme in ("wss", "https") else "http", base.netloc, "", "", ""))
-        start = await self._start_cursor()
+        start = await self.timeline.start_cursor()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
                                         sock_read=max(2 * self._heartbeat_s, 20.0))
         responses: list[aiohttp.ClientResponse] = []
@@ -387,7 +246,7 @@ class StreamIngester:
                     raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status,
                                                       message=f"SSE stream {stream} refused")
             self._mark_connected(", ".join(str(resp.url) for resp in responses))
-            await self._gap_fill(start)
+            await self.timeline.gap_fill(start)
             readers = [asyncio.create_task(self._read_sse(resp)) for resp in responses]
             readers.append(asyncio.create_task(self._regap_then_wait(start)))
             try:
@@ -453,77 +312,3 @@ class StreamIngester:
             self.stats.posts += 1
             await self._on_post(event.post, "stream")
 
-    async def sweep(self) -> None:
-        """Every `sweep_interval_s`, re-read the timeline back over `sweep_window_s` of ids.
-
-        Remote status ids encode the *publish* time, so a post that federates late lands below
-        ids already seen, where forward paging never looks; one published more than 6 hours
-        before it arrives is never streamed at all (Mastodon's app/services/fan_out_on_write_service.rb). The store
-        ignores
-        posts it already has, so re-reading costs requests, not duplicate work. At the defaults
-        (25 pages every 10 min) a sweep stays far inside Mastodon's 300 paged requests / 15 min.
-        """
-        while True:
-            await asyncio.sleep(self._sweep_interval_s)
-            try:
-                for stream in self._streams:
-                    await self._sweep_stream(stream)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log_event(logger, logging.WARNING, "sweep_failed", error=str(exc))
-
-    async def _sweep_stream(self, stream: str) -> None:
-        floor = status_id_at(time.time() - self._sweep_window_s)
-        params = dict(_TIMELINE_PARAMS[stream], limit=str(PAGE_LIMIT))
-        pages = read = 0
-        while pages < self._max_sweep_pages:
-            pages += 1
-            page = await self._timeline_page(params, stream)
-            posts = self._parse_page(page)
-            for post in posts:
-                await self._on_post(post, "sweep")
-            read += len(posts)
-            if not posts or not self._last_page_has_next:
-                break
-            oldest = min((p.id for p in posts), key=status_id_key)
-            if status_id_key(oldest) < status_id_key(floor):
-                break
-            params["max_id"] = oldest
-        else:
-            log_event(logger, logging.WARNING, "sweep_truncated", stream=stream, pages=pages,
-                      hint="the window holds more posts than max_sweep_pages reads")
-        self.stats.swept += read
-        log_event(logger, logging.DEBUG, "sweep_done", stream=stream, pages=pages, statuses=read)
-
-    def _parse_page(self, page: list[Any]) -> list[Post]:
-        posts = []
-        for raw in page:
-            try:
-                posts.append(parse_status(raw))
-            except MalformedInput as exc:
-                self.stats.malformed += 1
-                log_event(logger, logging.WARNING, "timeline_status_malformed", error=str(exc))
-        return posts
-
-    async def _gap_fill(self, start: str) -> None:
-        """Page each configured stream's timeline forward from `start` (min_id paging, oldest first)."""
-        self.stats.gap_fills += 1
-        for stream in self._streams:
-            since = start
-            params = dict(_TIMELINE_PARAMS[stream], limit=str(PAGE_LIMIT), min_id=since)
-            pages = 0
-            while pages < self._max_gap_pages:
-                pages += 1
-                page = await self._timeline_page(params, stream)
-                if not page:
-                    break
-                newest = since
-                for post in sorted(self._parse_page(page), key=lambda p: status_id_key(p.id)):
-                    self.stats.gap_filled += 1
-                    await self._on_post(post, "timeline")
-                    newest = max(newest, post.id, key=status_id_key)
-                if not self._last_page_has_prev or newest == since:
-                    break
-                params["min_id"] = since = newest
-            else:
-                log_event(logger, logging.WARNING, "gap_fill_truncated", stream=stream, pages=pages)
-            log_event(logger, logging.INFO, "gap_fill_done", stream=stream, pages=pages)

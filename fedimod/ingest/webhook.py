@@ -16,6 +16,7 @@ adds only the new attachments' jobs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -29,7 +30,7 @@ from aiohttp import web
 
 from fedimod.errors import FedimodError, MalformedInput
 from fedimod.ingest.parse import loads, parse_status
-from fedimod.ingest.stream import PostHandler
+from fedimod.ingest.source import PostHandler
 from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counters
 from fedimod.serve import serving
@@ -67,7 +68,12 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 class WebhookReceiver:
-    """`async with WebhookReceiver(...) as receiver:` serves POST `path` on host:port."""
+    """`async with WebhookReceiver(...) as receiver:` serves POST `path` on host:port.
+
+    A `PostSource`: it binds on entry (so a busy port stops start-up with a clear error) and
+    delivers posts as Mastodon posts them; `run` keeps the stage alive while it does."""
+
+    name = "webhooks"
 
     def __init__(self, *, secret: str, on_post: PostHandler, host: str = "127.0.0.1", port: int = 0,
                  path: str = "/webhooks/mastodon") -> None:
@@ -88,6 +94,9 @@ class WebhookReceiver:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # requests are served by the listener bound in __aenter__
 
     def _reject(self, status: int, reason: str, detail: str) -> web.Response:
         self.stats.rejected[reason] += 1

@@ -26,7 +26,7 @@ from fedimod.act.decide import Decider
 from fedimod.act.executor import ActionExecutor
 from fedimod.act.policy import Policy
 from fedimod.act.ratelimit import RateBudget
-from fedimod.ingest import StreamIngester
+from fedimod.ingest import PostSource, StreamIngester
 from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
@@ -77,7 +77,7 @@ class Pipeline:
         )
         self.workers = Workers(settings=config.workers, max_video_bytes=config.media.max_video_bytes, store=store,
                                fetcher=fetcher, hasher=hasher, index=self.index, decider=self.decider,
-                               fetch_status=self.ingester.fetch_status, on_queued=self._reports_due.set,
+                               fetch_status=self.ingester.timeline.fetch_status, on_queued=self._reports_due.set,
                                draining=self._draining)
         self.watchdog = Watchdog(settings=config.watchdog, metrics=self.metrics, newest_ids=self._newest_ids,
                                  notifiers=notifiers(config.watchdog, client=client, session=session,
@@ -97,8 +97,9 @@ class Pipeline:
             self.workers.work.set()
 
     async def _newest_ids(self) -> tuple[str | None, str | None]:
-        return (await self.ingester.newest_on_instance(),
-                await self._store.newest_status_id(self.ingester.newest_plausible_id()))
+        timeline = self.ingester.timeline
+        return (await timeline.newest_on_instance(),
+                await self._store.newest_status_id(timeline.newest_plausible_id()))
 
     async def run(self) -> None:
         released = await self._store.release_leases()
@@ -119,7 +120,10 @@ class Pipeline:
                     secret=hooks.secret, on_post=self.accept_post, host=hooks.host, port=hooks.port,
                     path=hooks.path))
                 self.metrics.register(self.webhooks.stats)
-            await self._run_stages()
+            sources: list[PostSource] = [self.ingester, self.ingester.timeline]
+            if self.webhooks is not None:
+                sources.append(self.webhooks)
+            await self._run_stages(sources)
 
     def drain(self) -> None:
         """Stop taking work: ingest stops now; workers finish the job in hand, the executor files
@@ -132,11 +136,9 @@ class Pipeline:
         """A supervised stage: an exception restarts it (counted, logged, alerted), never the service."""
         return group.create_task(supervise(name, run, restarts=self.restarts), name=name)
 
-    async def _run_stages(self) -> None:
+    async def _run_stages(self, sources: list[PostSource]) -> None:
         async with asyncio.TaskGroup() as group:
-            intake = [
-                self._stage(group, "ingest", self.ingester.run),
-                self._stage(group, "sweep", self.ingester.sweep),
+            intake = [self._stage(group, source.name, source.run) for source in sources] + [
                 self._stage(group, "banks", self._follow_banks),
                 self._stage(group, "reviewer", self._reviewer),
                 self._stage(group, "watchdog", self.watchdog.run),
