@@ -26,7 +26,7 @@ from fedimod.act.report import COMMENT_FIELDS, REPORT_CATEGORIES, ReportSettings
 from fedimod.errors import ConfigError
 from fedimod.ingest.stream import TRANSPORTS
 from fedimod.ingest.webhook import WebhookSettings
-from fedimod.match.index import BankSettings, default_thresholds
+from fedimod.match.settings import BankSettings, default_thresholds
 from fedimod.media.settings import MediaSettings
 from fedimod.models import ACCOUNT_ACTIONS, ActionType, Category, Trust
 from fedimod.ops.server import OpsSettings

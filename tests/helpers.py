@@ -12,7 +12,7 @@ from typing import Any
 from fedimod.act.policy import PolicySettings
 from fedimod.act.report import ReportSettings
 from fedimod.match import parse_bank_lines
-from fedimod.match.index import BankSettings
+from fedimod.match.settings import BankSettings
 from fedimod.media import hash_media
 from fedimod.media.settings import MediaSettings
 from fedimod.models import BankKind

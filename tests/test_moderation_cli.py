@@ -64,8 +64,10 @@ async def scenario(sandbox: Sandbox, token: str, tmp_path: Path, policy: PolicyS
                                               media=[altered_copy(image, 0.5)]) for name, image in posters.items()}
         innocent = sandbox.create_account("ivy")[0]
         statuses["innocent"] = sandbox.post_status(innocent.id, "cat", media=[jpeg_bytes(generate_image(404))])
-        await wait_until(lambda: len(sandbox.account_actions) == 3 and pipeline.workers.stats.media_hashed == 4,
-                         what="three actions and four media hashed")
+        # The instance applies an action before it answers: wait for the bot to record the answers too.
+        await wait_until(lambda: len(sandbox.account_actions) == 3 and pipeline.workers.stats.media_hashed == 4
+                         and sum(pipeline.executor.stats.actions.values()) == 3,
+                         what="three actions recorded and four media hashed")
     return Scenario(db=db, config=write_config(tmp_path, sandbox, db), statuses=statuses)
 
 

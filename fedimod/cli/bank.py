@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 from fedimod.config import Config
 
 if TYPE_CHECKING:
-    from fedimod.store import SQLiteStore
+    from fedimod.store import BankRepository
 
 
 async def run(config: Config, args: argparse.Namespace) -> int:
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         match args.bank_command:
             case "import":
                 return await _bank_import(store, args)
@@ -37,7 +37,7 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     raise AssertionError(args.bank_command)
 
 
-async def _bank_import(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _bank_import(store: BankRepository, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -74,7 +74,7 @@ async def _bank_import(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _bank_export(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _bank_export(store: BankRepository, args: argparse.Namespace) -> int:
     from fedimod.match import FORMATS
 
     entries = await store.bank_entries(bank=args.bank, active_only=False)
@@ -91,7 +91,7 @@ async def _bank_export(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _bank_list(store: SQLiteStore) -> int:
+async def _bank_list(store: BankRepository) -> int:
     rows = await store.bank_stats()
     if not rows:
         print("no banks; add one with 'fedimod bank import FILE'")
@@ -101,7 +101,7 @@ async def _bank_list(store: SQLiteStore) -> int:
     return 0
 
 
-async def _bank_stats(store: SQLiteStore, config: Config) -> int:
+async def _bank_stats(store: BankRepository, config: Config) -> int:
     from collections import Counter
 
     from fedimod.match import BankIndex
@@ -130,7 +130,7 @@ async def _bank_stats(store: SQLiteStore, config: Config) -> int:
     return 0
 
 
-async def _bank_remove(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _bank_remove(store: BankRepository, args: argparse.Namespace) -> int:
     from fedimod.signals import signal_type_named
 
     if args.all == bool(args.signal_type or args.value):

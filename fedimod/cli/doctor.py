@@ -249,14 +249,14 @@ async def _ops(config: Config) -> list[Check]:
 
 
 async def _store(config: Config) -> list[Check]:
-    from fedimod.store import SQLiteStore, StoreProbe
+    from fedimod.store import StoreProbe, open_store
     from fedimod.store.lock import describe_holder, is_locked
 
     path = config.store.path
     if is_locked(path):
         return [Check(name="store", ok=False, detail=f"{path} is held by a running bot ({describe_holder(path)})",
                       fix="one bot per store: stop it before starting another, or give this one its own path")]
-    async with SQLiteStore.open(path):
+    async with open_store(config.store):
         pass  # created and migrated if new
     probe = StoreProbe(path)
     try:
@@ -269,9 +269,9 @@ async def _store(config: Config) -> list[Check]:
 
 
 async def _banks(config: Config) -> list[Check]:
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         entries = len(await store.bank_entries())
     return [Check(name="banks", ok=entries > 0, detail=f"{entries} active entries",
                   fix="" if entries else "import a hash bank: fedimod bank import FILE --bank NAME")]

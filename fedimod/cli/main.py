@@ -17,12 +17,12 @@ from fedimod.cli import bank, hashing, moderation
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
+from fedimod.match import FORMATS
 
 if TYPE_CHECKING:
     from fedimod.pipeline.service import Pipeline
 
 logger = logging.getLogger("fedimod.cli")
-FORMAT_NAMES = ("plain", "te_csv", "jsonl")
 DEFAULT_CONFIG = Path("config/fedimod.toml")
 
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Manage the hash banks in the store. A bank is a named set of hashes; an "
                                       "allowlist bank holds known-benign hashes, which suppress every action.")
     bank_sub = bank.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
-    formats = ", ".join(FORMAT_NAMES)
+    formats = ", ".join(FORMATS)
     imp = bank_sub.add_parser(
         "import", help="import a bank file (all rows or none)",
         description=f"Import a bank file. Formats ({formats}; guessed from the file name unless --format): plain "
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "one bad row rejects the whole file, and every bad line number is printed.")
     imp.add_argument("file", type=Path, help="the bank file ('-' for standard input)")
     imp.add_argument("--bank", default="local", help="bank name (default: local)")
-    imp.add_argument("--format", choices=FORMAT_NAMES, help="file format (default: from the file name)")
+    imp.add_argument("--format", choices=tuple(FORMATS), help="file format (default: from the file name)")
     imp.add_argument("--allowlist", action="store_true",
                      help="the bank is an allowlist: its hashes never trigger an action")
     imp.add_argument("--source", help="source recorded on each entry (default: the file's own, else 'local')")
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Write every entry of a bank (expired and disabled ones included), in "
                                           "any format that 'bank import' reads.")
     exp.add_argument("--bank", required=True, help="bank to export")
-    exp.add_argument("--format", choices=FORMAT_NAMES, default="jsonl", help="output format (default: jsonl)")
+    exp.add_argument("--format", choices=tuple(FORMATS), default="jsonl", help="output format (default: jsonl)")
     exp.add_argument("-o", "--output", type=Path, help="output file (default: standard output)")
     _add_config(exp)
     stats = bank_sub.add_parser("list", help="count entries per bank, signal type and category",
@@ -228,9 +228,9 @@ async def _run(config: Config) -> int:
 
 async def _status(config: Config) -> int:
     from fedimod.models import ReportState
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         counts = await store.counts()
         reports = await store.reports()
         failed_jobs = await store.failed_jobs()

@@ -181,9 +181,9 @@ def _policy_check(config: Config, args: argparse.Namespace) -> int:
 
 async def _audit(config: Config, args: argparse.Namespace) -> int:
     from fedimod.signals import signal_type_named
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         keys = None
         if args.caused_by:
             entry = args.caused_by.strip()
@@ -226,9 +226,9 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
 
 async def _review(config: Config, args: argparse.Namespace) -> int:
     from fedimod.models import AuditEvent, ReviewState
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         if args.review_command == "list":
             pending = await store.awaiting_review()
             for waiting in pending:
@@ -277,9 +277,9 @@ def _media_json(media: MediaRecord) -> dict[str, object]:
 
 
 async def _incident(config: Config, args: argparse.Namespace) -> int:
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         post = await store.post_record(args.status_id)
         if post is None:
             raise FedimodError(f"status {args.status_id} is not in the store")
@@ -315,10 +315,10 @@ async def _incident(config: Config, args: argparse.Namespace) -> int:
 
 async def _report(config: Config, args: argparse.Namespace) -> int:
     from fedimod.ops.transparency import build_report, render_html, render_text
-    from fedimod.store import SQLiteStore
+    from fedimod.store import open_store
 
     since = args.since if isinstance(args.since, float) else parse_since(args.since)
-    async with SQLiteStore.open(config.store.path) as store:
+    async with open_store(config.store) as store:
         report = await build_report(store, since=since, until=time.time())
     renderers = {"text": render_text, "json": lambda r: r.as_json() + "\n", "html": render_html}
     _write(renderers[args.format](report), args.output)

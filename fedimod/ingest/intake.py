@@ -48,6 +48,7 @@ class IntakeStats(Collector):
         yield gauge("fedimod_intake_largest_batch", "Most posts committed in one transaction", self.largest_batch)
 
 
+
 class PostIntake:
     def __init__(self, record: Recorder, on_recorded: Recorded, *, max_batch: int = 500,
                  max_queued: int = 5000) -> None:
@@ -57,10 +58,6 @@ class PostIntake:
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(max_queued)
         self.stats = IntakeStats()
         self._closed = False
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
 
     async def offer(self, post: Post, source: str) -> None:
         """Queue a post; waits only while the queue is full."""

@@ -34,5 +34,7 @@ class IngestStats(Collector):
         yield counter("fedimod_gap_fills", "Timeline reads after a (re)connect", self.gap_fills)
         yield counter("fedimod_swept_posts", "Posts found by the periodic timeline sweep", self.swept)
         yield gauge("fedimod_stream_connected", "1 while the stream is connected", int(self.connected))
+        yield gauge("fedimod_stream_last_frame_timestamp_seconds", "When the last stream frame arrived (0: none yet)",
+                    self.last_frame_at or 0.0)
         yield gauges("fedimod_stream_transport", "1 for the transport the stream uses now", "transport",
                      {name: int(self.transport == name) for name in ("websocket", "sse")})

@@ -14,12 +14,13 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from fedimod.match.hamming import MultiIndexHamming, ints_to_words, words_to_int
+from fedimod.match.settings import default_thresholds
 from fedimod.models import BankEntry, Category, Match, Signal
 from fedimod.signals import REGISTRY
 
@@ -76,19 +77,6 @@ class _Meta:
     @property
     def nbytes(self) -> int:
         return self.size * (8 + 2 + 2 + 1 + 1)
-
-
-def default_thresholds() -> dict[str, int]:
-    return {name: st.default_threshold for name, st in REGISTRY.items()}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BankSettings:
-    """`[banks]`: how often the index follows the store, and the match threshold per perceptual
-    type (`pdq_threshold = 31` …; the digests match only exactly)."""
-
-    refresh_s: float = 5.0
-    thresholds: Mapping[str, int] = field(default_factory=default_thresholds)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

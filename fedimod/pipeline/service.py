@@ -39,7 +39,7 @@ from fedimod.pipeline.health import StoreHealth, notifiers
 from fedimod.pipeline.index import IndexKeeper
 from fedimod.pipeline.settings import Config
 from fedimod.pipeline.workers import Workers, wait_for
-from fedimod.store import SQLiteStore, Store
+from fedimod.store import Store, open_store
 from fedimod.store.lock import StoreLock
 from fedimod.supervise import Restarts, supervise
 
@@ -58,7 +58,6 @@ class Pipeline:
         self.restarts = Restarts()
         self.ops_port: int | None = None
         self.webhooks: WebhookReceiver | None = None
-        self._finishers: list[asyncio.Task[None]] = []
         self.decider = Decider(instance=self._instance, policy=Policy(config.policy.rules, config.policy.trust),
                                template=config.report.comment_template, dry_run=config.report.dry_run)
         self.executor = ActionExecutor(store=store, actions=client, category=config.report.category,
@@ -145,7 +144,7 @@ class Pipeline:
                 self._stage(group, "store_probe", self.health.run),
             ]
             # These end by themselves once draining; the group waits for them.
-            self._finishers = [self._stage(group, "executor", self._executor)] + [
+            _ = [self._stage(group, "executor", self._executor)] + [
                 self._stage(group, f"worker-{n}", self.workers.run) for n in range(self._config.workers.concurrency)]
             writer = self._stage(group, "intake", self.intake.run)
             await self._draining.wait()
@@ -191,7 +190,7 @@ async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
     The store's lock is taken first: a second bot on the same store stops here, naming the first."""
     with StoreLock(config.store.path):
         async with (
-            SQLiteStore.open(config.store.path) as store,
+            open_store(config.store) as store,
             MediaFetcher(config.media) as fetcher,
             HashPool(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
                      max_frames=config.media.max_frames, max_decoded_pixels=config.media.max_decoded_pixels,

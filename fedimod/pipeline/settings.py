@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from fedimod.act.policy import PolicySettings
 from fedimod.act.report import ReportSettings
 from fedimod.ingest.webhook import WebhookSettings
-from fedimod.match.index import BankSettings
+from fedimod.match.settings import BankSettings
 from fedimod.media.settings import MediaSettings
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings

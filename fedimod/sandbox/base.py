@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from fedimod.sandbox.state import (
+    MEDIA_STATES,
     ROLE_POSITION,
     SandboxAccount,
     SandboxAccountAction,
@@ -433,6 +434,8 @@ class SandboxBase:
     def add_media(self, account_id: int, data: bytes, *, content_type: str = "image/jpeg",
                   filename: str = "image.jpg", description: str | None = None, state: str = "stored",
                   ) -> SandboxMedia:
+        if state not in MEDIA_STATES:
+            raise ValueError(f"media state {state!r} is not one of {', '.join(MEDIA_STATES)}")
         media_type = content_type.split("/", 1)[0]
         kind = {"image": "image", "video": "video", "audio": "audio"}.get(media_type, "unknown")
         if content_type == "image/gif":

@@ -10,11 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from fedimod.models import Signal
 from fedimod.signals.base import Capability, IndexKind, SignalType
-from fedimod.signals.pdq_dct import pdq_from_luma
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -23,6 +20,10 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PdqType(SignalType):
     def hash_frame(self, frame: Image.Image) -> Signal:
+        import numpy as np  # loaded by the hashing processes only
+
+        from fedimod.signals.pdq_dct import pdq_from_luma
+
         # Pillow's RGB→F conversion is the reference's float luma.
         value, quality = pdq_from_luma(np.asarray(frame.convert("F")))
         return Signal(signal_type=self.name, value=value, quality=quality)

@@ -1,4 +1,10 @@
-"""Persistence behind protocols (`store/protocols.py`); SQLite is the embedded default."""
+"""Persistence behind protocols (`store/protocols.py`); SQLite is the embedded default.
+
+`open_store` is the one place a backend is chosen from `[store]`: the pipeline and every command
+open their store through it, so a second backend is added here and nowhere else.
+"""
+
+from contextlib import AbstractAsyncContextManager
 
 from fedimod.store.protocols import ActionRepository, AuditRepository, BankRepository, JobRepository, Store
 from fedimod.store.settings import StoreSettings
@@ -6,5 +12,10 @@ from fedimod.store.sqlite import SQLiteStore, StoreProbe
 
 __all__ = [
     "ActionRepository", "AuditRepository", "BankRepository", "JobRepository", "SQLiteStore", "Store", "StoreProbe",
-    "StoreSettings",
+    "StoreSettings", "open_store",
 ]
+
+
+def open_store(settings: StoreSettings) -> AbstractAsyncContextManager[SQLiteStore]:
+    """The configured store, opened (and migrated) for the block."""
+    return SQLiteStore.open(settings.path)
