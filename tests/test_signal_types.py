@@ -15,7 +15,7 @@ from fedimod.errors import ConfigError, HashParseError
 from fedimod.match import BankIndex
 from fedimod.media import hash_media
 from fedimod.models import BankEntry, Category, Signal
-from fedimod.signals import REGISTRY, SIGNAL_TYPES, Capability, IndexKind, SignalType, types_with
+from fedimod.signals import REGISTRY, SIGNAL_TYPES, Capability, IndexKind, SignalType, signal_type_named, types_with
 
 TYPES = pytest.mark.parametrize("signal_type", SIGNAL_TYPES, ids=lambda t: t.name)
 
@@ -102,6 +102,14 @@ def test_config_takes_a_threshold_for_each_perceptual_type_and_bounds_it() -> No
     exact = next(t for t in SIGNAL_TYPES if not t.is_perceptual)
     with pytest.raises(ConfigError, match="unknown setting"):
         parse_config({**raw, "banks": {f"{exact.name}_threshold": 0}}, {"FEDIMOD_TOKEN": "t"})
+
+
+@TYPES
+def test_names_and_aliases_find_the_type_and_no_two_types_share_one(signal_type: SignalType) -> None:
+    for name in (signal_type.name, *signal_type.aliases):
+        assert signal_type_named(f" {name.upper()} ") is signal_type
+    others = {n for t in SIGNAL_TYPES if t is not signal_type for n in (t.name, *t.aliases)}
+    assert not {signal_type.name, *signal_type.aliases} & others
 
 
 def test_types_with_splits_the_registry_by_capability_in_order() -> None:

@@ -110,7 +110,6 @@ def _plain_render(entries: Iterable[BankEntry]) -> Iterator[str]:
 
 MAX_SOURCE = 256  # a source is a name (a collaboration, a feed, a hub)
 TE_HEADER = ("signal_type", "signal_str", "collab", "category", "tags")
-_TE_TYPE_ALIASES = {"video_md5": "md5"}
 _TE_BLOCK = frozenset({"POSITIVE_CLASS", "INVESTIGATION_SEED"})
 _CATEGORY_NAMES = frozenset(c.value for c in Category)
 
@@ -141,7 +140,7 @@ def _te_rows(lines: Iterable[str]) -> Iterator[RowResult]:
             if len(fields) != len(TE_HEADER):
                 raise BankFileError(number, f"expected {len(TE_HEADER)} columns, got {len(fields)}")
             type_name, value_text, collab, opinion, tags = (f.strip() for f in fields)
-            signal_type, value = _hash(number, _TE_TYPE_ALIASES.get(type_name, type_name), value_text)
+            signal_type, value = _hash(number, type_name, value_text)
             if opinion == "NEGATIVE_CLASS":
                 is_allowlist = True
             elif opinion in _TE_BLOCK:

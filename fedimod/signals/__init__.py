@@ -60,12 +60,17 @@ REGISTRY: Mapping[str, SignalType] = build_registry(SIGNAL_TYPES)
 QUALITY_TYPE: SignalType = next(t for t in SIGNAL_TYPES if t.reports_quality)
 
 
+_BY_ALIAS: Mapping[str, SignalType] = MappingProxyType({alias: t for t in SIGNAL_TYPES for alias in t.aliases})
+
+
 def signal_type_named(name: str) -> SignalType:
-    try:
-        return REGISTRY[name.strip().lower()]
-    except KeyError:
+    """The type by its name or an alias other tools use (case and surrounding blanks ignored)."""
+    key = name.strip().lower()
+    found = REGISTRY.get(key) or _BY_ALIAS.get(key)
+    if found is None:
         known = ", ".join(REGISTRY)
-        raise HashParseError(name, f"unknown signal type {name!r}; known: {known}") from None
+        raise HashParseError(name, f"unknown signal type {name!r}; known: {known}")
+    return found
 
 
 def quality_of(signals: Iterable[Signal]) -> int | None:

@@ -54,6 +54,8 @@ class SignalType:
     index: IndexKind
     min_quality: int | None = None
     examples: tuple[str, ...] = ()
+    # Other tools' names for the same signal (ThreatExchange's `video_md5` is an MD5 of the file).
+    aliases: tuple[str, ...] = ()
 
     @property
     def hex_digits(self) -> int:

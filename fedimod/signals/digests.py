@@ -19,7 +19,7 @@ class DigestType(SignalType):
 
 
 MD5 = DigestType(name="md5", algorithm="md5", bits=128, default_threshold=0, capability=Capability.BYTES,
-                 index=IndexKind.EXACT, examples=("d41d8cd98f00b204e9800998ecf8427e",))
+                 index=IndexKind.EXACT, examples=("d41d8cd98f00b204e9800998ecf8427e",), aliases=("video_md5",))
 SHA256 = DigestType(name="sha256", algorithm="sha256", bits=256, default_threshold=0, capability=Capability.BYTES,
                     index=IndexKind.EXACT,
                     examples=("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",))
