@@ -465,3 +465,19 @@ class MediaRecord:
 class ScanCounts:
     posts: int  # posts first seen in the period
     media_hashed: int  # media hashed in the period
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedHead:
+    """A feed this instance publishes, and its newest sequence number."""
+
+    name: str
+    head: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedApplied:
+    """What one applied page of a consumed feed changed in its source's bank."""
+
+    added: int
+    removed: int

@@ -6,13 +6,20 @@ open their store through it, so a second backend is added here and nowhere else.
 
 from contextlib import AbstractAsyncContextManager
 
-from fedimod.store.protocols import ActionRepository, AuditRepository, BankRepository, JobRepository, Store
+from fedimod.store.protocols import (
+    ActionRepository,
+    AuditRepository,
+    BankRepository,
+    FeedRepository,
+    JobRepository,
+    Store,
+)
 from fedimod.store.settings import StoreSettings
 from fedimod.store.sqlite import SQLiteStore, StoreProbe
 
 __all__ = [
-    "ActionRepository", "AuditRepository", "BankRepository", "JobRepository", "SQLiteStore", "Store", "StoreProbe",
-    "StoreSettings", "open_store",
+    "ActionRepository", "AuditRepository", "BankRepository", "FeedRepository", "JobRepository", "SQLiteStore",
+    "Store", "StoreProbe", "StoreSettings", "open_store",
 ]
 
 

@@ -12,7 +12,7 @@ Times are epoch seconds; every `now` parameter exists so tests can pin the clock
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedimod.models import (
     ActionState,
@@ -26,6 +26,8 @@ from fedimod.models import (
     BankState,
     Completed,
     FailedJob,
+    FeedApplied,
+    FeedHead,
     HashedMedia,
     JobOutcome,
     JobState,
@@ -126,6 +128,25 @@ class BankRepository(Protocol):
     async def bank_stats(self) -> list[BankCount]: ...
 
 
+class FeedRepository(Protocol):
+    """The signed log of the feeds this instance publishes; consumed pages applied to source banks."""
+
+    async def publish_feed_entry(self, feed: str, sign: Callable[[int], dict[str, Any]],
+                                 now: float | None = None) -> dict[str, Any]:
+        """Number the next entry of `feed`, have `sign` make it, store it: one transaction."""
+        ...
+
+    async def feed_entries(self, feed: str, *, after: int, limit: int) -> list[dict[str, Any]]: ...
+
+    async def feeds(self) -> list[FeedHead]: ...
+
+    async def apply_feed_page(self, bank: str, *, source: str, adds: Sequence[BankRow],
+                              removes: Sequence[tuple[str, int]], cursor_key: str, cursor: int,
+                              now: float | None = None) -> FeedApplied:
+        """Apply a verified page to the source's bank and move its cursor, all or nothing."""
+        ...
+
+
 class ActionRepository(Protocol):
     """Reports and account actions: what is due, attempts, outcomes and reviews."""
 
@@ -198,5 +219,5 @@ class AuditRepository(Protocol):
     async def counts(self) -> StoreCounts: ...
 
 
-class Store(JobRepository, BankRepository, ActionRepository, AuditRepository, Protocol):
+class Store(JobRepository, BankRepository, FeedRepository, ActionRepository, AuditRepository, Protocol):
     """Every repository over one database (and one transaction helper)."""

@@ -22,12 +22,13 @@ from fedimod.signals import signal_type_named
 from fedimod.store.sqlite.actions import SQLiteActions
 from fedimod.store.sqlite.audit import SQLiteAudit
 from fedimod.store.sqlite.banks import SQLiteBanks
+from fedimod.store.sqlite.feeds import SQLiteFeeds
 from fedimod.store.sqlite.jobs import SQLiteJobs
 
 __all__ = ["SQLiteStore", "StoreProbe"]
 
 
-class SQLiteStore(SQLiteJobs, SQLiteBanks, SQLiteActions, SQLiteAudit):
+class SQLiteStore(SQLiteJobs, SQLiteFeeds, SQLiteBanks, SQLiteActions, SQLiteAudit):
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path | str) -> AsyncIterator[SQLiteStore]:

@@ -218,6 +218,19 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE bank_entries ADD COLUMN import_id INTEGER;
     CREATE INDEX bank_entries_by_import ON bank_entries (import_id) WHERE import_id IS NOT NULL;
     """,
+    # 6: the feeds this instance publishes: each signed entry as it was published, by sequence.
+    """
+    CREATE TABLE feed_log (
+        feed TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        op TEXT NOT NULL,
+        signal_type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        body TEXT NOT NULL,
+        published_at REAL NOT NULL,
+        PRIMARY KEY (feed, seq)
+    );
+    """,
 )
 
 

@@ -1,0 +1,131 @@
+"""`fedimod feed …`: make a signing key, publish and retract hashes, serve the feeds, follow a peer's.
+
+    fedimod feed keygen --key feed.pem
+    fedimod feed add --key feed.pem --feed NAME TYPE HEX [--category csam] [--note TEXT]
+    fedimod feed retract --key feed.pem --feed NAME TYPE HEX
+    fedimod feed serve --key feed.pem [--listen 127.0.0.1:9470]
+    fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedimod.config import Config, load_config
+from fedimod.errors import ConfigError, FedimodError, HashParseError
+from fedimod.models import Category
+
+AddConfig = Callable[[argparse.ArgumentParser], None]
+
+
+def register(sub: Any, add_config: AddConfig) -> None:
+    feed = sub.add_parser("feed", help="publish, serve and follow signed hash feeds",
+                          description="Signed hash feeds (docs/feed-protocol.md): every entry is an Ed25519 "
+                                      "signature over canonical JSON; nothing but hashes leaves the instance.")
+    feed_sub = feed.add_subparsers(dest="feed_command", required=True, metavar="ACTION")
+    keygen = feed_sub.add_parser("keygen", help="write a new signing key (PEM, readable by you only)")
+    keygen.add_argument("--key", type=Path, required=True, help="where to write it; an existing file is kept")
+    for verb, text in (("add", "publish a hash on a feed"), ("retract", "publish the retraction of a hash")):
+        cmd = feed_sub.add_parser(verb, help=text)
+        cmd.add_argument("--key", type=Path, required=True, help="the feed's signing key (from keygen)")
+        cmd.add_argument("--feed", required=True, help="the feed's name")
+        cmd.add_argument("signal_type", help="pdq, phash, md5 or sha256")
+        cmd.add_argument("value", help="the hash, in hex")
+        cmd.add_argument("--category", default="csam", choices=[c.value for c in Category])
+        if verb == "add":
+            cmd.add_argument("--note", default=None, help="for moderators; never a post or an account")
+        add_config(cmd)
+    serve = feed_sub.add_parser("serve", help="serve this store's feeds until interrupted")
+    serve.add_argument("--key", type=Path, required=True, help="the signing key whose public half is announced")
+    serve.add_argument("--listen", default="127.0.0.1:9470", help="HOST:PORT (default 127.0.0.1:9470)")
+    add_config(serve)
+    sync = feed_sub.add_parser("sync", help="apply a peer's or hub's new entries to its bank, once")
+    sync.add_argument("--url", required=True, help="the feed server's base URL")
+    sync.add_argument("--feed", required=True, help="the feed's name on that server")
+    sync.add_argument("--pin", required=True, help="the public key its entries must be signed with")
+    sync.add_argument("--source", required=True, help="your name for the source (its bank is feed:NAME)")
+    sync.add_argument("--category", action="append", choices=[c.value for c in Category],
+                      help="accept only these categories (repeatable; default: all)")
+    add_config(sync)
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    if args.command != "feed":
+        return None
+    from fedimod.feeds.protocol import FeedError, SigningKey
+
+    try:
+        if args.feed_command == "keygen":
+            key = SigningKey.generate()
+            key.save(args.key)
+            print(f"wrote {args.key}; public key (give it to the consumers to pin): {key.public}")
+            return 0
+        config = load_config(args.config, require_token=False)
+        runner = {"add": _publish, "retract": _publish, "serve": _serve, "sync": _sync}[args.feed_command]
+        result: int = asyncio.run(runner(config, args))
+        return result
+    except FileExistsError:
+        raise FedimodError(f"{args.key} exists; keygen never overwrites a key") from None
+    except FeedError as exc:
+        print(f"fedimod: error: feed: {exc} ({exc.reason})", file=sys.stderr)
+        return 1
+
+
+async def _publish(config: Config, args: argparse.Namespace) -> int:
+    from fedimod.feeds.protocol import SigningKey, make_entry
+    from fedimod.signals import signal_type_named
+    from fedimod.store import open_store
+
+    key = SigningKey.load(args.key)
+    try:
+        signal_type = signal_type_named(args.signal_type)
+        value = signal_type.format(signal_type.parse(args.value))
+    except HashParseError as exc:
+        raise ConfigError("value", str(exc)) from exc
+    op = "add" if args.feed_command == "add" else "remove"
+    now = int(time.time())
+    async with open_store(config.store) as store:
+        entry = await store.publish_feed_entry(args.feed, lambda seq: key.sign(make_entry(
+            feed=args.feed, seq=seq, op=op, signal_type=signal_type.name, value=value,
+            category=Category(args.category), added_at=now, note=getattr(args, "note", None))))
+    print(f"published {op} of {signal_type.name} {value} as entry {entry['seq']} of feed '{args.feed}'")
+    return 0
+
+
+async def _serve(config: Config, args: argparse.Namespace) -> int:
+    from fedimod.feeds.protocol import SigningKey
+    from fedimod.feeds.server import FeedServer
+    from fedimod.store import open_store
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--listen", f"{args.listen!r} must be HOST:PORT")
+    key = SigningKey.load(args.key)
+    async with open_store(config.store) as store, FeedServer(store, key=key.public, host=host.strip("[]"),
+                                                              port=int(port)) as server:
+        print(f"serving feeds on http://{server.host}:{server.port}/.well-known/fedimod; Ctrl-C to stop", flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _sync(config: Config, args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from fedimod.feeds.client import FeedClient, FeedSource
+    from fedimod.store import open_store
+
+    categories = None if not args.category else frozenset(Category(c) for c in args.category)
+    source = FeedSource(name=args.source, url=args.url, feed=args.feed, key=args.pin, categories=categories)
+    async with open_store(config.store) as store, aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as http:
+        client = FeedClient(session=http, store=store, meta=store)
+        result = await client.sync(source)
+    skipped = sum(n for (name, _reason), n in client.stats.rejected.items() if name == source.name)
+    print(f"source '{source.name}': {result.pages} pages, {result.added} added, {result.removed} removed, "
+          f"{skipped} skipped; cursor {result.cursor}")
+    return 0

@@ -1,0 +1,186 @@
+"""The feed client: follow a source's feed into that source's bank, page by page.
+
+Every page is checked whole before any of it is applied: the answer's size and shape, then each
+entry's signature against the source's pinned key, its feed name, and that its sequence number is
+the next one (so a truncated, replayed, reordered or spliced page is refused). Entries that are
+sound but unwanted (a category the source is not trusted for, a degenerate hash) are skipped and
+counted. A page is then applied to the bank in one transaction with the source's cursor, so a sync
+interrupted anywhere resumes where it stopped and never applies half a page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from fedimod.feeds.protocol import FeedError, parse_entry
+from fedimod.logs import log_event
+from fedimod.metrics import Collector, Metric, counters, gauges
+from fedimod.models import BankRow, Category
+from fedimod.signals import REGISTRY
+from fedimod.store import FeedRepository, JobRepository
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE_BYTES = 16 * 1024 * 1024  # a page of 1,000 entries is about 400 KB
+PAGE_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedSource:
+    """One `[[feeds.sources]]`: where a peer's or hub's feed is, and the key its entries must carry."""
+
+    name: str  # this instance's name for the source: its bank is `feed:<name>`, its entries' source
+    url: str  # the server's base URL (`https://hub.example`)
+    feed: str  # the feed's name on that server
+    key: str  # the pinned public key (base64url Ed25519)
+    categories: frozenset[Category] | None = None  # None: every category
+    token: str = field(default="", repr=False)  # bearer token for a private feed
+
+    @property
+    def bank(self) -> str:
+        return f"feed:{self.name}"
+
+    @property
+    def cursor_key(self) -> str:
+        return f"feed_cursor:{self.name}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncResult:
+    pages: int
+    added: int
+    removed: int
+    cursor: int
+    not_modified: bool = False
+
+
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class FeedClientStats(Collector):
+    rejected: Counter[tuple[str, ...]] = field(default_factory=Counter)  # (source, reason)
+    failures: Counter[tuple[str, ...]] = field(default_factory=Counter)  # (source, reason): whole answers refused
+    cursors: dict[str, int] = field(default_factory=dict)
+    healthy: dict[str, bool] = field(default_factory=dict)  # False from a refused answer to the next good sync
+
+    def collect(self) -> Iterator[Metric]:
+        yield counters("fedimod_feed_entries_rejected", "Feed entries skipped, by source and reason",
+                       ("source", "reason"), self.rejected)
+        yield counters("fedimod_feed_failures", "Feed answers refused whole (nothing applied), by source and reason",
+                       ("source", "reason"), self.failures)
+        yield gauges("fedimod_feed_cursor", "The last sequence number applied, by source", "source", self.cursors)
+        yield gauges("fedimod_feed_healthy", "1 while the source's last sync succeeded", "source",
+                     {name: int(ok) for name, ok in self.healthy.items()})
+
+
+class FeedClient:
+    def __init__(self, *, session: aiohttp.ClientSession, store: FeedRepository, meta: JobRepository,
+                 page_limit: int = PAGE_LIMIT, max_page_bytes: int = MAX_PAGE_BYTES,
+                 timeout_s: float = 30.0) -> None:
+        self._session = session
+        self._store = store
+        self._meta = meta
+        self._page_limit = page_limit
+        self._max_page_bytes = max_page_bytes
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._etags: dict[str, str] = {}
+        self.stats = FeedClientStats()
+
+    async def sync(self, source: FeedSource) -> SyncResult:
+        """Apply every new page of `source`. Raises `FeedError` (counted, logged) when an answer is
+        refused; the pages before it stay applied, nothing of it is."""
+        try:
+            result = await self._sync(source)
+        except FeedError as exc:
+            self.stats.healthy[source.name] = False
+            self.stats.failures[(source.name, exc.reason)] += 1
+            log_event(logger, logging.ERROR, "feed_sync_failed", source=source.name, reason=exc.reason,
+                      error=str(exc))
+            raise
+        self.stats.healthy[source.name] = True
+        return result
+
+    async def _sync(self, source: FeedSource) -> SyncResult:
+        cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
+        pages = added = removed = 0
+        while True:
+            document = await self._page(source, cursor)
+            if document is None:
+                return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor, not_modified=pages == 0)
+            adds, removes, last = self._check(source, document, cursor)
+            if last == cursor:
+                return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
+            applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
+                                                        cursor_key=source.cursor_key, cursor=last)
+            pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
+            self.stats.cursors[source.name] = cursor
+            log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=cursor,
+                      added=applied.added, removed=applied.removed)
+            if not document.get("more"):
+                return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
+
+    async def _page(self, source: FeedSource, after: int) -> dict[str, object] | None:
+        """One page after `after`, checked for size and shape; None when the server says 304."""
+        url = f"{source.url.rstrip('/')}/feeds/{source.feed}/entries"
+        headers = {"Accept-Encoding": "gzip"}
+        if source.token:
+            headers["Authorization"] = f"Bearer {source.token}"
+        tag_key = f"{source.name}|{after}"
+        if tag_key in self._etags:
+            headers["If-None-Match"] = self._etags[tag_key]
+        try:
+            async with self._session.get(url, params={"after": str(after), "limit": str(self._page_limit)},
+                                         headers=headers, timeout=self._timeout) as resp:
+                if resp.status == 304:
+                    return None
+                if resp.status != 200:
+                    raise FeedError("http", f"{url} answered {resp.status}")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > self._max_page_bytes:
+                        raise FeedError("size", f"{url}: a page over {self._max_page_bytes} bytes; refused")
+                etag = resp.headers.get("ETag")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FeedError("http", f"{url}: {type(exc).__name__}: {exc}") from exc
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FeedError("malformed", f"{url}: not JSON ({exc})") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("entries"), list):
+            raise FeedError("malformed", f"{url}: not a feed page (no entries list)")
+        if etag:
+            self._etags[tag_key] = etag
+        return document
+
+    def _check(self, source: FeedSource, document: dict[str, object],
+               cursor: int) -> tuple[list[BankRow], list[tuple[str, int]], int]:
+        """The page's additions and removals, or `FeedError` if any entry is unsound."""
+        adds: list[BankRow] = []
+        removes: list[tuple[str, int]] = []
+        expected = cursor + 1
+        entries = document["entries"]
+        assert isinstance(entries, list)
+        for raw in entries:
+            entry = parse_entry(raw, feed=source.feed, key=source.key)
+            if entry.seq != expected:
+                raise FeedError("replay", f"entry {entry.seq} where {expected} was due: the page is replayed, "
+                                          "reordered or has a gap")
+            expected += 1
+            if entry.op == "remove":
+                removes.append((entry.signal_type, entry.value))
+                continue
+            if source.categories is not None and entry.category not in source.categories:
+                self.stats.rejected[(source.name, "category")] += 1
+                continue
+            if REGISTRY[entry.signal_type].is_degenerate(entry.value):
+                self.stats.rejected[(source.name, "degenerate")] += 1
+                continue
+            adds.append(BankRow(line=entry.seq, signal_type=entry.signal_type, value=entry.value,
+                                category=entry.category, source=source.name, added_at=entry.added_at,
+                                expires_at=entry.expires_at))
+        return adds, removes, expected - 1

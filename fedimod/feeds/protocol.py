@@ -1,0 +1,166 @@
+"""Feed protocol v1: the entry, its canonical form, and its Ed25519 signature.
+
+An entry is a JSON object. Its signature covers the RFC 8785 canonical JSON (JCS) of the entry
+without its `sig` member; the entry names its feed (`feed`), so an entry cannot be replayed into
+another feed, and carries its sequence number (`seq`), so it cannot be replayed out of order.
+Keys are raw Ed25519 public keys in unpadded base64url (43 characters). Nothing in an entry names a
+post, an account or an instance of the producer's users: only the hash and what it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedimod.errors import FedimodError, HashParseError
+from fedimod.models import Category
+from fedimod.signals import signal_type_named
+
+VERSION = 1
+OPS = ("add", "remove")
+MAX_NOTE = 500
+_FIELDS = frozenset({"v", "feed", "seq", "op", "signal_type", "value", "category", "added_at", "expires_at", "note",
+                     "key", "sig"})
+
+
+class FeedError(FedimodError):
+    """A feed answer or entry that is refused: bad signature, wrong key, malformed, replayed."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a stable label: signature, key, malformed, replay, http, size
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """A key from its 32-byte seed (the test vector in docs/feed-protocol.md uses one)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise FeedError("key", f"cannot read the feed key {path}: {exc}") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise FeedError("key", f"{path} is not an Ed25519 private key")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        """Write the key as PKCS#8 PEM, readable by its owner only; never overwrite one."""
+        pem = self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+
+    @property
+    def public(self) -> str:
+        raw = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return b64(raw)
+
+    def sign(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """The entry with this key's `key` and its `sig` over the canonical JSON of the rest."""
+        body = {k: v for k, v in entry.items() if k != "sig"} | {"key": self.public}
+        return body | {"sig": b64(self.private.sign(canonical(body)))}
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    """RFC 8785 canonical JSON of an entry without its signature: what is signed."""
+    return rfc8785.dumps({k: v for k, v in body.items() if k != "sig"})
+
+
+def verify(entry: Mapping[str, Any], key: str) -> None:
+    """Raise `FeedError` unless `entry` is signed by `key` (base64url raw Ed25519)."""
+    if entry.get("key") != key:
+        raise FeedError("key", f"entry {entry.get('seq')!r} is signed by {str(entry.get('key'))[:12]}…, not the "
+                               f"pinned key {key[:12]}…")
+    try:
+        public = Ed25519PublicKey.from_public_bytes(unb64(key))
+        public.verify(unb64(str(entry.get("sig", ""))), canonical(entry))
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise FeedError("signature", f"entry {entry.get('seq')!r}: signature does not verify") from exc
+
+
+def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, category: Category,
+               added_at: int, expires_at: int | None = None, note: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"v": VERSION, "feed": feed, "seq": seq, "op": op, "signal_type": signal_type,
+                             "value": value, "category": category.value, "added_at": added_at,
+                             "expires_at": expires_at}
+    if note:
+        entry["note"] = note[:MAX_NOTE]
+    return entry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedEntry:
+    seq: int
+    op: str
+    signal_type: str
+    value: int
+    category: Category
+    added_at: int
+    expires_at: int | None
+
+
+def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
+    """Check one published entry against its feed and pinned key; the parsed entry, or `FeedError`."""
+    if not isinstance(raw, dict):
+        raise FeedError("malformed", "an entry is not a JSON object")
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise FeedError("malformed", f"entry {raw.get('seq')!r} has unknown fields {sorted(unknown)[:3]}")
+    verify(raw, key)  # before anything else is trusted
+    if raw.get("v") != VERSION:
+        raise FeedError("malformed", f"entry {raw.get('seq')!r} is protocol version {raw.get('v')!r}, not {VERSION}")
+    if raw.get("feed") != feed:
+        raise FeedError("replay", f"entry {raw.get('seq')!r} belongs to feed {raw.get('feed')!r}, not {feed!r}")
+    seq, added, expires = raw.get("seq"), raw.get("added_at"), raw.get("expires_at")
+    if not (isinstance(seq, int) and _is_int(seq) and seq >= 1 and isinstance(added, int) and _is_int(added)
+            and (expires is None or _is_int(expires))):
+        raise FeedError("malformed", f"entry {seq!r}: seq, added_at and expires_at must be integers")
+    if raw.get("op") not in OPS:
+        raise FeedError("malformed", f"entry {seq}: op {raw.get('op')!r} is not one of {', '.join(OPS)}")
+    try:
+        signal_type = signal_type_named(str(raw.get("signal_type")))
+        value = signal_type.parse(str(raw.get("value")))
+        category = Category(str(raw.get("category")))
+    except (HashParseError, ValueError) as exc:
+        raise FeedError("malformed", f"entry {seq}: {exc}") from exc
+    return ParsedEntry(seq=seq, op=raw["op"], signal_type=signal_type.name, value=value, category=category,
+                       added_at=added, expires_at=expires)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def dumps(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()

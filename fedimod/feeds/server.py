@@ -1,0 +1,103 @@
+"""The feed server: discovery, and each published feed's entries by sequence number.
+
+- `GET /.well-known/fedimod` → `{"fedimod": 1, "feeds": [{"name", "key", "head", "entries"}]}`
+- `GET /feeds/{feed}/entries?after=S&limit=N` → `{"feed", "entries": [...], "next": S', "more": bool}`
+
+Answers carry an `ETag` (the feed, the page asked for and the feed's head), so a consumer polling
+an unchanged feed gets `304 Not Modified` for the price of one indexed read; bodies are gzipped
+when the client accepts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from fedimod.feeds.protocol import VERSION, dumps
+from fedimod.metrics import Collector, Metric, counters
+from fedimod.serve import serving
+from fedimod.store import FeedRepository
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+
+
+@dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
+class FeedServerStats(Collector):
+    answers: Counter[int] = field(default_factory=Counter)  # by status: 200, 304, 400, 404
+
+    def collect(self) -> Iterator[Metric]:
+        yield counters("fedimod_feed_server_answers", "Feed server answers, by HTTP status", "status",
+                       {str(k): v for k, v in self.answers.items()})
+
+
+class FeedServer:
+    """`async with FeedServer(store, key=…) as server:` serves the store's published feeds."""
+
+    def __init__(self, store: FeedRepository, *, key: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._store = store
+        self._key = key  # the public key the entries are signed with
+        self.host = host
+        self.port = port
+        self.stats = FeedServerStats()
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> FeedServer:
+        app = web.Application()
+        app.router.add_get("/.well-known/fedimod", self._discovery)
+        app.router.add_get("/feeds/{feed}/entries", self._entries)
+        self.port = await self._stack.enter_async_context(serving(app, self.host, self.port, event="feeds_listening"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    def _answer(self, request: web.Request, body: bytes, etag: str) -> web.StreamResponse:
+        if etag in request.headers.get("If-None-Match", ""):
+            self.stats.answers[304] += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        self.stats.answers[200] += 1
+        response = web.Response(body=body, content_type="application/json", headers={"ETag": etag})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    async def _discovery(self, request: web.Request) -> web.StreamResponse:
+        feeds = await self._store.feeds()
+        body = dumps({"fedimod": VERSION, "feeds": [
+            {"name": f.name, "key": self._key, "head": f.head, "entries": f"/feeds/{f.name}/entries"} for f in feeds]})
+        return self._answer(request, body, _etag(body))
+
+    async def _entries(self, request: web.Request) -> web.StreamResponse:
+        feed = request.match_info["feed"]
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(MAX_PAGE, int(request.query.get("limit", str(MAX_PAGE))))
+        except ValueError:
+            self.stats.answers[400] += 1
+            return web.json_response({"error": "after and limit must be integers"}, status=400)
+        if after < 0 or limit < 1:
+            self.stats.answers[400] += 1
+            return web.json_response({"error": "after must be 0 or more and limit 1 or more"}, status=400)
+        heads = {f.name: f.head for f in await self._store.feeds()}
+        if feed not in heads:
+            self.stats.answers[404] += 1
+            return web.json_response({"error": f"no feed named {feed!r}"}, status=404)
+        etag = _etag(f"{feed}|{after}|{limit}|{heads[feed]}".encode())
+        if etag in request.headers.get("If-None-Match", ""):
+            return self._answer(request, b"", etag)
+        entries = await self._store.feed_entries(feed, after=after, limit=limit)
+        last = entries[-1]["seq"] if entries else after
+        body = dumps({"feed": feed, "entries": entries, "next": last, "more": last < heads[feed]})
+        return self._answer(request, body, etag)
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'

@@ -1,0 +1,72 @@
+"""The feeds this instance publishes (the signed log), and pages of consumed feeds applied to their
+source's bank in one transaction together with the source's cursor."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fedimod.models import BankKind, BankRow, FeedApplied, FeedHead
+from fedimod.signals import signal_type_named
+from fedimod.store.sqlite.banks import SQLiteBanks
+
+Signer = Callable[[int], dict[str, Any]]  # sequence number → the signed entry to publish under it
+
+
+class SQLiteFeeds(SQLiteBanks):
+    async def publish_feed_entry(self, feed: str, sign: Signer, now: float | None = None) -> dict[str, Any]:
+        """Publish the next entry of `feed`: numbered, signed by `sign` and stored in one transaction,
+        so two publishers never take the same sequence number."""
+        now = time.time() if now is None else now
+        async with self._transaction():
+            row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM feed_log WHERE feed = ?", (feed,))
+            entry = sign(int(row[0]) + 1)
+            await self._conn.execute(
+                "INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (feed, entry["seq"], entry["op"], entry["signal_type"], entry["value"],
+                 json.dumps(entry, separators=(",", ":"), sort_keys=True), now))
+        return entry
+
+    async def feed_entries(self, feed: str, *, after: int, limit: int) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT body FROM feed_log WHERE feed = ? AND seq > ? ORDER BY seq LIMIT ?",
+                               (feed, after, limit))
+        return [json.loads(r[0]) for r in rows]
+
+    async def feeds(self) -> list[FeedHead]:
+        rows = await self._all("SELECT feed, MAX(seq) FROM feed_log GROUP BY feed ORDER BY feed")
+        return [FeedHead(name=r[0], head=int(r[1])) for r in rows]
+
+    async def apply_feed_page(self, bank: str, *, source: str, adds: Sequence[BankRow],
+                              removes: Sequence[tuple[str, int]], cursor_key: str, cursor: int,
+                              now: float | None = None) -> FeedApplied:
+        """Apply one verified page of a consumed feed to its source's bank, and move the source's
+        cursor, all at once: a page is applied whole or not at all. Removals are logged, so a
+        running index (and the actions an entry caused) follow them."""
+        now_s = time.time() if now is None else now
+        async with self._transaction():
+            await self._ensure_bank(bank, BankKind.BLOCK)
+            before = self._conn.total_changes
+            await self._conn.executemany(
+                "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(bank, r.signal_type, signal_type_named(r.signal_type).format(r.value), r.category.value, source,
+                  r.added_at if r.added_at is not None else int(now_s), r.expires_at) for r in adds])
+            added = self._conn.total_changes - before
+            removed = 0
+            for signal_type, value in removes:
+                text = signal_type_named(signal_type).format(value)
+                rows = await self._all("SELECT id FROM bank_entries WHERE bank = ? AND signal_type = ? AND value = ?",
+                                       (bank, signal_type, text))
+                for (entry_id,) in rows:
+                    await self._conn.execute(
+                        "INSERT INTO bank_removals (entry_id, bank, signal_type, value, removed_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (entry_id, bank, signal_type, text, now_s))
+                    await self._conn.execute("DELETE FROM bank_entries WHERE id = ?", (entry_id,))
+                    removed += 1
+            await self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (cursor_key, str(cursor)))
+        return FeedApplied(added=added, removed=removed)

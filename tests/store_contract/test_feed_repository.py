@@ -1,0 +1,55 @@
+"""FeedRepository: the published log numbers entries without gaps; a consumed page is applied to
+its source's bank together with its cursor, all or nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fedimod.errors import HashParseError
+from fedimod.models import BankRow, Category
+from fedimod.store import Store
+from tests.store_contract.records import PDQ_A, PDQ_B, row
+
+
+def _entry(feed: str, value: str) -> Any:
+    return lambda seq: {"feed": feed, "seq": seq, "op": "add", "signal_type": "md5", "value": value, "sig": "s"}
+
+
+async def test_published_entries_are_numbered_per_feed_and_paged_in_order(store: Store) -> None:
+    assert await store.feeds() == []
+    for n in range(5):
+        await store.publish_feed_entry("a", _entry("a", f"{n:032x}"))
+    await store.publish_feed_entry("b", _entry("b", "f" * 32))
+    assert [(f.name, f.head) for f in await store.feeds()] == [("a", 5), ("b", 1)]
+    assert [e["seq"] for e in await store.feed_entries("a", after=0, limit=2)] == [1, 2]
+    page = await store.feed_entries("a", after=2, limit=10)
+    assert [e["seq"] for e in page] == [3, 4, 5] and page[0]["value"] == f"{2:032x}"
+    assert await store.feed_entries("a", after=5, limit=10) == []
+    assert [e["seq"] for e in await store.feed_entries("b", after=0, limit=10)] == [1]
+
+
+async def test_a_page_is_applied_with_its_cursor_and_its_removals_are_logged(store: Store) -> None:
+    applied = await store.apply_feed_page("feed:p", source="p", adds=[row(1, PDQ_A), row(2, PDQ_B)], removes=[],
+                                          cursor_key="feed_cursor:p", cursor=2)
+    assert (applied.added, applied.removed) == (2, 0)
+    assert {(e.value, e.source, e.bank) for e in await store.bank_entries()} == {(PDQ_A, "p", "feed:p"),
+                                                                                (PDQ_B, "p", "feed:p")}
+    start = (await store.bank_state()).removal_seq
+    again = await store.apply_feed_page("feed:p", source="p", adds=[row(3, PDQ_A)], removes=[("pdq", PDQ_B)],
+                                        cursor_key="feed_cursor:p", cursor=4)
+    assert (again.added, again.removed) == (0, 1)  # the add was already there
+    assert [e.value for e in await store.bank_entries()] == [PDQ_A]
+    assert len((await store.bank_removals(start)).entry_ids) == 1
+    assert await store.get_meta("feed_cursor:p") == "4"
+
+
+async def test_a_page_that_fails_part_way_changes_nothing(store: Store) -> None:
+    await store.apply_feed_page("feed:p", source="p", adds=[row(1, PDQ_A)], removes=[], cursor_key="c", cursor=1)
+    bad = BankRow(line=3, signal_type="nope", value=1, category=Category.OTHER)
+    with pytest.raises(HashParseError):
+        await store.apply_feed_page("feed:p", source="p", adds=[row(2, PDQ_B), bad], removes=[("pdq", PDQ_A)],
+                                    cursor_key="c", cursor=3)
+    assert [e.value for e in await store.bank_entries()] == [PDQ_A]
+    assert await store.get_meta("c") == "1"

@@ -1,0 +1,239 @@
+"""Hash feeds over real loopback sockets: a publisher's store and server, a consumer's store and
+client. Signed entries reach the consumer's bank page by page, retractions leave it, and every
+hostile answer is refused whole with nothing applied."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from fedimod.feeds.client import FeedClient, FeedSource
+from fedimod.feeds.protocol import FeedError, SigningKey, canonical, make_entry, verify
+from fedimod.feeds.server import FeedServer
+from fedimod.models import Category
+from fedimod.store import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = bytes(range(32))
+PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+OTHER_PDQ = "8e2d2b8a5f3c4d1e0a9b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f"
+MD5 = "0123456789abcdef0123456789abcdef"
+
+
+def test_the_documented_test_vector_verifies_and_is_what_fedimod_signs() -> None:
+    doc = (ROOT / "docs/feed-protocol.md").read_text(encoding="utf-8")
+    key = SigningKey.from_seed(SEED)
+    assert key.public in doc
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(\{.*?\})\n```", doc, re.S) if '"sig"' in b]
+    assert [b["seq"] for b in blocks] == [1, 2]
+    for documented in blocks:
+        verify(documented, key.public)
+        unsigned = {k: v for k, v in documented.items() if k not in ("key", "sig")}
+        assert key.sign(unsigned)["sig"] == documented["sig"]  # Ed25519 is deterministic
+    assert canonical(blocks[0]).decode() in doc  # the signed bytes are printed as they are
+
+
+async def publish(store: SQLiteStore, key: SigningKey, op: str, value: str, *, feed: str = "a",
+                  signal_type: str = "pdq", category: Category = Category.CSAM) -> dict[str, Any]:
+    return await store.publish_feed_entry(feed, lambda seq: key.sign(make_entry(
+        feed=feed, seq=seq, op=op, signal_type=signal_type, value=value, category=category, added_at=1764547200)))
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
+    async with SQLiteStore.open(tmp_path / "a.sqlite3") as a, SQLiteStore.open(tmp_path / "b.sqlite3") as b:
+        yield a, b
+
+
+async def test_a_consumer_follows_the_feed_applies_retractions_and_polls_cheaply(
+        stores: tuple[SQLiteStore, SQLiteStore]) -> None:
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    await publish(a, key, "add", PDQ)
+    await publish(a, key, "add", MD5, signal_type="md5", category=Category.SPAM)
+    async with FeedServer(a, key=key.public) as server, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{server.port}"
+        source = FeedSource(name="peer-a", url=url, feed="a", key=key.public)
+        client = FeedClient(session=session, store=b, meta=b, page_limit=1)  # one entry per page
+        first = await client.sync(source)
+        assert (first.pages, first.added, first.cursor) == (2, 2, 2)
+        entries = await b.bank_entries()
+        assert {(e.signal_type, e.category, e.source, e.bank) for e in entries} == {
+            ("pdq", Category.CSAM, "peer-a", "feed:peer-a"), ("md5", Category.SPAM, "peer-a", "feed:peer-a")}
+        caught_up = await client.sync(source)  # nothing new: one empty page, and its ETag kept
+        assert (caught_up.pages, caught_up.cursor, caught_up.not_modified) == (0, 2, False)
+        again = await client.sync(source)
+        assert again.not_modified and server.stats.answers[304] == 1  # polling an unchanged feed costs a 304
+        start = (await b.bank_state()).removal_seq
+        await publish(a, key, "remove", PDQ)
+        third = await client.sync(source)
+        assert (third.removed, third.cursor) == (1, 3)
+        assert [e.signal_type for e in await b.bank_entries()] == ["md5"]
+        assert len((await b.bank_removals(start)).entry_ids) == 1  # the index and the judge follow it
+        async with session.get(f"{url}/.well-known/fedimod") as resp:
+            discovery = await resp.json()
+        assert discovery == {"fedimod": 1, "feeds": [{"name": "a", "key": key.public, "head": 3,
+                                                      "entries": "/feeds/a/entries"}]}
+        async with session.get(f"{url}/feeds/a/entries", params={"after": "0"},
+                               headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers.get("Content-Encoding") == "gzip"
+            page = await resp.json()
+    assert [e["seq"] for e in page["entries"]] == [1, 2, 3] and page["more"] is False
+    assert not any(k in json.dumps(page) for k in ("status", "account", "https://"))  # hashes only
+
+
+async def test_entries_outside_the_trusted_categories_are_skipped_and_counted(
+        stores: tuple[SQLiteStore, SQLiteStore]) -> None:
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    await publish(a, key, "add", PDQ)
+    await publish(a, key, "add", MD5, signal_type="md5", category=Category.SPAM)
+    await publish(a, key, "add", "0" * 64)  # a degenerate hash: matches every flat image
+    async with FeedServer(a, key=key.public) as server, aiohttp.ClientSession() as session:
+        source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{server.port}", feed="a", key=key.public,
+                            categories=frozenset({Category.CSAM}))
+        client = FeedClient(session=session, store=b, meta=b)
+        result = await client.sync(source)
+    assert (result.added, result.cursor) == (1, 3)
+    assert client.stats.rejected == {("peer-a", "category"): 1, ("peer-a", "degenerate"): 1}
+
+
+Tamper = Callable[[list[dict[str, Any]]], object]
+
+
+def _forge(entries: list[dict[str, Any]]) -> object:
+    entries[1]["sig"] = entries[0]["sig"]
+    return {"entries": entries, "more": False}
+
+
+def _tamper(entries: list[dict[str, Any]]) -> object:
+    entries[1]["category"] = "spam"  # signed as csam
+    return {"entries": entries, "more": False}
+
+
+def _wrong_key(entries: list[dict[str, Any]]) -> object:
+    stranger = SigningKey.generate()
+    return {"entries": [stranger.sign(e) for e in entries], "more": False}
+
+
+def _replay(entries: list[dict[str, Any]]) -> object:
+    return {"entries": [entries[0], entries[0]], "more": False}
+
+
+def _other_feed(entries: list[dict[str, Any]]) -> object:
+    key = SigningKey.from_seed(SEED)
+    return {"entries": [key.sign(dict(e, feed="b")) for e in entries], "more": False}
+
+
+HOSTILE: dict[str, tuple[Callable[[list[dict[str, Any]]], bytes], str]] = {
+    "forged-signature": (lambda es: json.dumps(_forge(es)).encode(), "signature"),
+    "tampered-field": (lambda es: json.dumps(_tamper(es)).encode(), "signature"),
+    "wrong-key": (lambda es: json.dumps(_wrong_key(es)).encode(), "key"),
+    "replayed-entry": (lambda es: json.dumps(_replay(es)).encode(), "replay"),
+    "entry-of-another-feed": (lambda es: json.dumps(_other_feed(es)).encode(), "replay"),
+    "truncated": (lambda es: json.dumps({"entries": es, "more": False}).encode()[:-20], "malformed"),
+    "malformed-json": (lambda es: b"{entries: [}", "malformed"),
+    "not-a-page": (lambda es: b'{"items": []}', "malformed"),
+    "huge": (lambda es: b'{"entries": [' + b" " * (3 * 1024 * 1024) + b"]}", "size"),
+}
+
+
+@pytest.mark.parametrize("attack", list(HOSTILE))
+async def test_a_hostile_answer_is_refused_whole_and_nothing_is_applied(
+        stores: tuple[SQLiteStore, SQLiteStore], attack: str) -> None:
+    """The first (good) entry of a page does not get in when a later one is bad, and the cursor
+    stays put: the next sync starts again from the same place."""
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    good = [await publish(a, key, "add", PDQ), await publish(a, key, "add", OTHER_PDQ)]
+    make_body, reason = HOSTILE[attack]
+
+    async def entries(request: web.Request) -> web.Response:
+        return web.Response(body=make_body(copy.deepcopy(good)), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/feeds/a/entries", entries)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="a",
+                                key=key.public)
+            client = FeedClient(session=session, store=b, meta=b, max_page_bytes=2 * 1024 * 1024)
+            with pytest.raises(FeedError) as caught:
+                await client.sync(source)
+    finally:
+        await runner.cleanup()
+    assert caught.value.reason == reason
+    assert await b.bank_entries() == [] and await b.get_meta(source.cursor_key) is None
+    assert client.stats.healthy == {"peer-a": False}
+    assert client.stats.failures == {("peer-a", reason): 1}
+
+
+async def test_a_failing_server_marks_the_source_unhealthy(stores: tuple[SQLiteStore, SQLiteStore]) -> None:
+    _a, b = stores
+    async with aiohttp.ClientSession() as session:
+        client = FeedClient(session=session, store=b, meta=b, timeout_s=2)
+        source = FeedSource(name="gone", url="http://127.0.0.1:9", feed="a", key=SigningKey.generate().public)
+        with pytest.raises(FeedError) as caught:
+            await client.sync(source)
+    assert caught.value.reason == "http" and client.stats.healthy == {"gone": False}
+
+
+def _config(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'[instance]\nbase_url = "https://{name}.example"\n[store]\npath = "{tmp_path / name}.sqlite3"\n')
+    return path
+
+
+async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """keygen, add and retract on instance A; `fedimod feed serve` as a real process; `feed sync` on B."""
+    import asyncio
+    import os
+    import sys
+
+    from fedimod.cli import main
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(main, list(argv))
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    key_file, a_conf, b_conf = tmp_path / "a.pem", _config(tmp_path, "a"), _config(tmp_path, "b")
+    code, out = await cli("feed", "keygen", "--key", str(key_file))
+    assert code == 0 and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    public = out.rsplit(" ", 1)[1].strip()
+    assert (await cli("feed", "keygen", "--key", str(key_file)))[0] == 2  # never overwrites a key
+    for argv in (("add", "pdq", PDQ.upper()), ("add", "md5", MD5, "--category", "spam"), ("retract", "pdq", PDQ)):
+        code, out = await cli("feed", argv[0], "--key", str(key_file), "--feed", "a", *argv[1:], "-c", str(a_conf))
+        assert code == 0, out
+    assert (await cli("feed", "add", "--key", str(key_file), "--feed", "a", "pdq", "abc", "-c", str(a_conf)))[0] == 2
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fedimod", "feed", "serve", "--key", str(key_file), "--listen", "127.0.0.1:0",
+        "-c", str(a_conf), stdout=asyncio.subprocess.PIPE, env={**os.environ, "FEDIMOD_TOKEN": "unused"})
+    try:
+        assert server.stdout is not None
+        line = (await asyncio.wait_for(server.stdout.readline(), 30)).decode()
+        url = re.search(r"http://[\d.:]+", line)
+        assert url, line
+        code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", public,
+                              "--source", "peer-a", "-c", str(b_conf))
+        assert code == 0 and "2 added, 1 removed, 0 skipped; cursor 3" in out, out
+        wrong = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", SigningKey.generate().public,
+                          "--source", "other", "-c", str(b_conf))
+        assert wrong[0] == 1 and "(key)" in wrong[1]
+    finally:
+        server.kill()
+        await server.wait()
+    async with SQLiteStore.open(tmp_path / "b.sqlite3") as b:
+        assert [(e.signal_type, e.category, e.bank) for e in await b.bank_entries()] == [
+            ("md5", Category.SPAM, "feed:peer-a")]  # the retracted PDQ came and went
