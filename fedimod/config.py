@@ -16,7 +16,7 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from fedimod.act.policy import DEFAULT_RULES, SCOPES, PolicySettings, Rule, TrustMap
 from fedimod.act.report import COMMENT_FIELDS, REPORT_CATEGORIES, ReportSettings
 from fedimod.errors import ConfigError
+from fedimod.feeds.client import FeedSource
+from fedimod.feeds.follow import FeedsSettings, FollowedSource
 from fedimod.ingest.stream import TRANSPORTS
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.settings import BankSettings, default_thresholds
@@ -130,7 +132,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
-                                       "webhooks", "watchdog", "logging"}))
+                                       "webhooks", "watchdog", "logging", "feeds"}))
+    feeds = _feeds(top.table("feeds", frozenset({"serve", "sources"})), env)
+    policy = _policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"}))))
     return Config(
         instance=_instance(top.table("instance", _names(InstanceSettings, without=frozenset({"token"}))), env,
                            require_token),
@@ -141,7 +145,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         report=_report(top.table("report", _names(ReportSettings))),
         banks=_banks(top),
         ops=_ops(top.table("ops", frozenset({"listen", "probe_interval_s"}))),
-        policy=_policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"})))),
+        policy=replace(policy, trust=TrustMap({**feeds.trust, **policy.trust.levels}, policy.trust.default)),
+        feeds=feeds.settings,
         webhooks=_webhooks(top.table("webhooks", frozenset({"listen", "path", "secret_env"})), env, require_token),
         watchdog=_watchdog(top.table("watchdog", _names(WatchdogSettings))),
         log_level=_log_level(top.table("logging", frozenset({"level"}))),
@@ -247,6 +252,53 @@ def _watchdog(table: _Table) -> WatchdogSettings:
     if watchdog.notify_url and urlsplit(watchdog.notify_url).scheme not in ("http", "https"):
         raise ConfigError(table.key("notify_url"), f"{watchdog.notify_url!r} must be an http(s) URL")
     return watchdog
+
+
+@dataclass(frozen=True, slots=True)
+class _Feeds:
+    settings: FeedsSettings
+    trust: dict[str, Trust]  # each source's trust level, for the policy (unless [policy.trust] names it)
+
+
+_SOURCE_KEYS = frozenset({"name", "url", "feed", "key", "trust", "categories", "poll_interval_s", "stale_after_s",
+                          "required", "token_env"})
+
+
+def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
+    serve = table.table("serve", frozenset({"listen", "key_file"}))
+    address = _listen(serve, "")
+    key_file = serve.get("key_file", str, "")
+    if address is not None and not key_file:
+        raise ConfigError(serve.key("key_file"), "serving feeds needs the signing key: fedimod feed keygen --key PATH")
+    raw_sources = table.get("sources", list, [])
+    sources: list[FollowedSource] = []
+    trust: dict[str, Trust] = {}
+    for i, raw in enumerate(raw_sources):
+        path = f"{table.key('sources')}[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "must be a table ([[feeds.sources]])")
+        src = _Table(raw, path, _SOURCE_KEYS)
+        name = src.get("name", str, _REQUIRED)
+        if name in trust or not name or name == "local":
+            raise ConfigError(src.key("name"), f"{name!r} is empty, 'local' or used by another source")
+        url = src.get("url", str, _REQUIRED)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(src.key("url"), f"{url!r} must be an http(s) URL")
+        key = src.get("key", str, _REQUIRED)
+        if len(key) != 43:
+            raise ConfigError(src.key("key"), "must be the source's Ed25519 public key (43 base64url characters)")
+        token_env = src.get("token_env", str, "")
+        trust[name] = _choice(src, "trust", Trust, src.get("trust", str, Trust.UNKNOWN.value))
+        source = FeedSource(name=name, url=url, feed=src.get("feed", str, _REQUIRED), key=key,
+                            categories=_choices(src, "categories", Category), token=env.get(token_env, ""))
+        sources.append(FollowedSource(
+            source=source, required=src.get("required", bool, False),
+            poll_interval_s=src.number("poll_interval_s", float, {}) if "poll_interval_s" in src else 300.0,
+            stale_after_s=src.number("stale_after_s", float, {}) if "stale_after_s" in src else None))
+    settings = FeedsSettings(sources=tuple(sources), key_file=key_file)
+    if address is not None:
+        settings = replace(settings, serve_host=address[0], serve_port=address[1])
+    return _Feeds(settings=settings, trust=trust)
 
 
 def _log_level(table: _Table) -> str:

@@ -95,3 +95,36 @@ def test_webhooks_are_off_by_default_and_need_a_secret_when_on() -> None:
     assert (config.webhooks.host, config.webhooks.port, config.webhooks.path) == ("127.0.0.1", 9465,
                                                                                   "/webhooks/mastodon")
     assert "x" * 40 not in repr(config)  # the secret never reaches a log line
+
+
+def test_feed_sources_and_serving_are_read_and_their_trust_reaches_the_policy() -> None:
+    key = "A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"
+    raw = minimal(feeds={"serve": {"listen": "127.0.0.1:9470", "key_file": "feed.pem"},
+                         "sources": [{"name": "hub", "url": "https://hub.example", "feed": "members", "key": key,
+                                      "trust": "known", "categories": ["csam"], "poll_interval_s": 60,
+                                      "required": True, "token_env": "HUB_TOKEN"}]})
+    config = parse_config(raw, {**ENV, "HUB_TOKEN": "t0ken"})
+    (followed,) = config.feeds.sources
+    assert (followed.source.name, followed.source.bank, followed.source.token, followed.required) == (
+        "hub", "feed:hub", "t0ken", True)
+    assert followed.stale_s == 180.0  # three polls
+    assert (config.feeds.serve_host, config.feeds.serve_port) == ("127.0.0.1", 9470)
+    assert config.policy.trust.level("hub").value == "known" and config.policy.trust.level("local").value == "trusted"
+    assert "t0ken" not in repr(config)
+
+
+@pytest.mark.parametrize(("feeds", "key", "fragment"), [
+    ({"serve": {"listen": "127.0.0.1:9470"}}, "feeds.serve.key_file", "signing key"),
+    ({"sources": [{"name": "hub", "url": "https://h.example", "feed": "f", "key": "short"}]},
+     "feeds.sources[0].key", "Ed25519 public key"),
+    ({"sources": [{"name": "local", "url": "https://h.example", "feed": "f", "key": "k" * 43}]},
+     "feeds.sources[0].name", "'local'"),
+    ({"sources": [{"name": "hub", "url": "ftp://h.example", "feed": "f", "key": "k" * 43}]},
+     "feeds.sources[0].url", "http(s) URL"),
+    ({"sources": [{"name": "hub", "url": "https://h.example", "feed": "f", "key": "k" * 43, "trust": "total"}]},
+     "feeds.sources[0].trust", "not one of"),
+])
+def test_bad_feed_settings_name_their_key(feeds: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(feeds=feeds), ENV)
+    assert caught.value.path == key and fragment in str(caught.value)

@@ -4,8 +4,9 @@ It serves the process's `Metrics` registry, where every stage registered its own
 the endpoint never imports the pipeline and nothing is copied into it by hand.
 
 - `/healthz`: 200 while the event loop answers (liveness).
-- `/readyz`: 200 only when the stream is connected, the store commits writes and banks are
-  loaded; otherwise 503 with the failing checks, so an orchestrator or uptime monitor sees it.
+- `/readyz`: 200 only when the stream is connected, the store commits writes, banks are loaded and
+  no required feed source is stale; otherwise 503 with the failing checks, so an orchestrator or
+  uptime monitor sees it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from fedimod.metrics import Metrics
 from fedimod.serve import serving
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# What /readyz requires, as (check name, metric that must be non-zero).
-READINESS = (("stream_connected", "fedimod_stream_connected"), ("store_writable", "fedimod_store_writable"),
-             ("banks_loaded", "fedimod_bank_entries"))
+# What /readyz requires, as (check name, metric that must be non-zero, its value when no stage has it).
+READINESS = (("stream_connected", "fedimod_stream_connected", 0.0), ("store_writable", "fedimod_store_writable", 0.0),
+             ("banks_loaded", "fedimod_bank_entries", 0.0), ("feeds_fresh", "fedimod_feeds_fresh", 1.0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +58,7 @@ class OpsServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        failing = [check for check, metric in READINESS if not self._metrics.value(metric)]
+        failing = [check for check, metric, default in READINESS if not self._metrics.value(metric, default)]
         if failing:
             return web.Response(status=503, text="not ready: " + ", ".join(failing) + "\n")
         return web.Response(text="ready\n")

@@ -8,7 +8,9 @@ alert when:
 - `hash_errors`: over the last interval, more than `max_error_rate` of at least `min_attempts`
   media attempts failed;
 - `stage_failing`: a stage of the service failed and was restarted during the last interval;
-- `store_unwritable`: the store's last probe could not commit a write (disk full, read-only file).
+- `store_unwritable`: the store's last probe could not commit a write (disk full, read-only file);
+- `feed_stale`: a feed source has gone without a successful sync for longer than its
+  `stale_after_s` (three polls unless set): a feed that stopped updating is a scanner switched off.
 
 An alert is logged at error, shown as `fedimod_alert{name}` = 1 in /metrics, and sent to the
 configured notifiers (a direct message to the admin account, an HTTP POST of JSON). When its
@@ -48,7 +50,7 @@ def _id_key(status_id: str) -> tuple[int, str]:
     return len(status_id), status_id
 
 
-ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable")
+ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable", "feed_stale")
 
 
 class Watchdog(Collector):
@@ -79,7 +81,7 @@ class Watchdog(Collector):
         m = self._metrics
         conditions = {"hashing_stalled": self._hashing_stalled(m), "hash_errors": self._error_rate(m),
                       "ingest_stalled": await self._ingest_stalled(m), "stage_failing": self._stage_failing(m),
-                      "store_unwritable": self._store_unwritable(m)}
+                      "store_unwritable": self._store_unwritable(m), "feed_stale": self._feed_stale(m)}
         for name, message in conditions.items():
             if message is not None and name not in self.active:
                 self.active[name] = message
@@ -105,6 +107,13 @@ class Watchdog(Collector):
             return None
         error = next(iter(m.values("fedimod_store_error")), "unknown error")
         return f"the store cannot commit writes ({error}); nothing new is recorded"
+
+    @staticmethod
+    def _feed_stale(m: Metrics) -> str | None:
+        stale = sorted(name for name, flag in m.values("fedimod_feed_stale").items() if flag)
+        if not stale:
+            return None
+        return f"feed sources not updated for longer than allowed: {', '.join(stale)} (see fedimod_feed_failures)"
 
     def _hashing_stalled(self, m: Metrics) -> str | None:
         lag = m.value("fedimod_lag_seconds")

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,6 +27,10 @@ from fedimod.act.decide import Decider
 from fedimod.act.executor import ActionExecutor
 from fedimod.act.policy import Policy
 from fedimod.act.ratelimit import RateBudget
+from fedimod.feeds.client import FeedClient
+from fedimod.feeds.follow import FeedFollower
+from fedimod.feeds.protocol import SigningKey
+from fedimod.feeds.server import FeedServer
 from fedimod.ingest import PostSource, StreamIngester
 from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
@@ -84,6 +89,12 @@ class Pipeline:
         self.metrics.register(self.ingester.stats, self.intake.stats, self.workers.stats, fetcher.stats,
                               hasher.stats, self.index, self.executor.stats, client, client.budget, self.health,
                               self.restarts, self.watchdog)
+        self.feeds: FeedFollower | None = None
+        if config.feeds.sources:
+            feed_client = FeedClient(session=session, store=store, meta=store)
+            self.feeds = FeedFollower(feed_client, config.feeds.sources)
+            self.metrics.register(feed_client.stats, self.feeds)
+        self.feed_port: int | None = None
 
     async def accept_post(self, post: Post, source: str) -> None:
         """Durably record a post's jobs (webhooks: return only once committed)."""
@@ -119,6 +130,13 @@ class Pipeline:
                     secret=hooks.secret, on_post=self.accept_post, host=hooks.host, port=hooks.port,
                     path=hooks.path))
                 self.metrics.register(self.webhooks.stats)
+            feeds = self._config.feeds
+            if feeds.serve_host is not None:
+                key = SigningKey.load(Path(feeds.key_file))
+                server = await stack.enter_async_context(
+                    FeedServer(self._store, key=key.public, host=feeds.serve_host, port=feeds.serve_port))
+                self.feed_port = server.port
+                self.metrics.register(server.stats)
             sources: list[PostSource] = [self.ingester, self.ingester.timeline]
             if self.webhooks is not None:
                 sources.append(self.webhooks)
@@ -142,7 +160,7 @@ class Pipeline:
                 self._stage(group, "reviewer", self._reviewer),
                 self._stage(group, "watchdog", self.watchdog.run),
                 self._stage(group, "store_probe", self.health.run),
-            ]
+            ] + ([self._stage(group, self.feeds.name, self.feeds.run)] if self.feeds is not None else [])
             # These end by themselves once draining; the group waits for them.
             _ = [self._stage(group, "executor", self._executor)] + [
                 self._stage(group, f"worker-{n}", self.workers.run) for n in range(self._config.workers.concurrency)]

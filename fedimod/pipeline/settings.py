@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fedimod.act.policy import PolicySettings
 from fedimod.act.report import ReportSettings
+from fedimod.feeds.follow import FeedsSettings
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.settings import BankSettings
 from fedimod.media.settings import MediaSettings
@@ -65,4 +66,5 @@ class Config:
     policy: PolicySettings = field(default_factory=PolicySettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    feeds: FeedsSettings = field(default_factory=FeedsSettings)
     log_level: str = "INFO"
