@@ -237,3 +237,60 @@ async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys
     async with SQLiteStore.open(tmp_path / "b.sqlite3") as b:
         assert [(e.signal_type, e.category, e.bank) for e in await b.bank_entries()] == [
             ("md5", Category.SPAM, "feed:peer-a")]  # the retracted PDQ came and went
+
+
+async def _serve_directory(directory: Path) -> web.AppRunner:
+    """A plain static file server on loopback, as a CDN or nginx would serve an export."""
+    app = web.Application()
+    app.router.add_static("/", directory)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def test_a_static_export_served_by_a_plain_file_server_gives_the_same_bank(
+        stores: tuple[SQLiteStore, SQLiteStore], tmp_path: Path) -> None:
+    from fedimod.feeds.static import export
+
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    await publish(a, key, "add", PDQ)
+    await publish(a, key, "add", MD5, signal_type="md5", category=Category.SPAM)
+    await publish(a, key, "add", OTHER_PDQ)
+    out = tmp_path / "export"
+    assert await export(a, key, out, page_size=2) == {"a": 3}
+    full_page = out / "feeds/a/pages/00000000.json"
+    first_bytes = full_page.read_bytes()
+    runner = await _serve_directory(out)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            source = FeedSource(name="hub", url=url, feed="a", key=key.public, static=True)
+            client = FeedClient(session=session, store=b, meta=b)
+            first = await client.sync(source)
+            assert (first.pages, first.added, first.cursor) == (2, 3, 3)
+            await publish(a, key, "remove", MD5, signal_type="md5", category=Category.SPAM)
+            await export(a, key, out, page_size=2)
+            assert full_page.read_bytes() == first_bytes  # a full page never changes
+            second = await client.sync(source)
+            assert (second.removed, second.cursor) == (1, 4)
+            assert (await client.sync(source)).not_modified  # an unchanged head: a 304 from the file server
+            # A mirror that alters a page, or a head signed by someone else, is refused.
+            page = out / "feeds/a/pages/00000001.json"
+            page.write_text(page.read_text().replace(OTHER_PDQ, PDQ))
+            tampered = FeedSource(name="mirror", url=url, feed="a", key=key.public, static=True)
+            with pytest.raises(FeedError) as caught:
+                await client.sync(tampered)
+            assert caught.value.reason == "signature"
+            stranger = FeedSource(name="stranger", url=url, feed="a", key=SigningKey.generate().public, static=True)
+            with pytest.raises(FeedError) as wrong:
+                await client.sync(stranger)
+            assert wrong.value.reason == "key"
+    finally:
+        await runner.cleanup()
+    assert sorted(e.value for e in await b.bank_entries(bank="feed:hub")) == sorted(
+        [int(PDQ, 16), int(OTHER_PDQ, 16)])
+    # The mirror's intact first page was applied; the altered one, and everything after it, was not.
+    assert [e.signal_type for e in await b.bank_entries(bank="feed:mirror")] == ["pdq", "md5"]
+    assert await b.get_meta("feed_cursor:mirror") == "2"

@@ -4,6 +4,7 @@
     fedimod feed add --key feed.pem --feed NAME TYPE HEX [--category csam] [--note TEXT]
     fedimod feed retract --key feed.pem --feed NAME TYPE HEX
     fedimod feed serve --key feed.pem [--listen 127.0.0.1:9470]
+    fedimod feed export --key feed.pem DIR
     fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...]
 """
 
@@ -45,11 +46,17 @@ def register(sub: Any, add_config: AddConfig) -> None:
     serve.add_argument("--key", type=Path, required=True, help="the signing key whose public half is announced")
     serve.add_argument("--listen", default="127.0.0.1:9470", help="HOST:PORT (default 127.0.0.1:9470)")
     add_config(serve)
+    export = feed_sub.add_parser("export", help="write this store's feeds as static files for any web server")
+    export.add_argument("directory", type=Path, help="where to write them (served as the source's url)")
+    export.add_argument("--key", type=Path, required=True, help="the signing key (the head is signed with it)")
+    export.add_argument("--page-size", type=int, default=1000, help="entries per page file (default 1000)")
+    add_config(export)
     sync = feed_sub.add_parser("sync", help="apply a peer's or hub's new entries to its bank, once")
     sync.add_argument("--url", required=True, help="the feed server's base URL")
     sync.add_argument("--feed", required=True, help="the feed's name on that server")
     sync.add_argument("--pin", required=True, help="the public key its entries must be signed with")
     sync.add_argument("--source", required=True, help="your name for the source (its bank is feed:NAME)")
+    sync.add_argument("--static", action="store_true", help="the url is a static export (fedimod feed export)")
     sync.add_argument("--category", action="append", choices=[c.value for c in Category],
                       help="accept only these categories (repeatable; default: all)")
     add_config(sync)
@@ -67,7 +74,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
             print(f"wrote {args.key}; public key (give it to the consumers to pin): {key.public}")
             return 0
         config = load_config(args.config, require_token=False)
-        runner = {"add": _publish, "retract": _publish, "serve": _serve, "sync": _sync}[args.feed_command]
+        runner = {"add": _publish, "retract": _publish, "serve": _serve, "sync": _sync,
+                  "export": _export}[args.feed_command]
         result: int = asyncio.run(runner(config, args))
         return result
     except FileExistsError:
@@ -114,6 +122,21 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _export(config: Config, args: argparse.Namespace) -> int:
+    from fedimod.feeds.protocol import SigningKey
+    from fedimod.feeds.static import export
+    from fedimod.store import open_store
+
+    if not 1 <= args.page_size <= 100_000:
+        raise ConfigError("--page-size", "must be between 1 and 100000")
+    key = SigningKey.load(args.key)
+    async with open_store(config.store) as store:
+        written = await export(store, key, args.directory, page_size=args.page_size)
+    for feed, head in written.items():
+        print(f"feed '{feed}': {head} entries in {args.directory}/feeds/{feed}/")
+    return 0
+
+
 async def _sync(config: Config, args: argparse.Namespace) -> int:
     import aiohttp
 
@@ -121,7 +144,8 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
     from fedimod.store import open_store
 
     categories = None if not args.category else frozenset(Category(c) for c in args.category)
-    source = FeedSource(name=args.source, url=args.url, feed=args.feed, key=args.pin, categories=categories)
+    source = FeedSource(name=args.source, url=args.url, feed=args.feed, key=args.pin, categories=categories,
+                        static=args.static)
     async with open_store(config.store) as store, aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as http:
         client = FeedClient(session=http, store=store, meta=store)
         result = await client.sync(source)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from fedimod.feeds.protocol import FeedError, parse_entry
+from fedimod.feeds.static import check_head, page_path
 from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counters, gauges
 from fedimod.models import BankRow, Category
@@ -41,6 +42,7 @@ class FeedSource:
     key: str  # the pinned public key (base64url Ed25519)
     categories: frozenset[Category] | None = None  # None: every category
     token: str = field(default="", repr=False)  # bearer token for a private feed
+    static: bool = False  # a static export (`fedimod feed export`) rather than a feed server
 
     @property
     def bank(self) -> str:
@@ -105,6 +107,8 @@ class FeedClient:
         return result
 
     async def _sync(self, source: FeedSource) -> SyncResult:
+        if source.static:
+            return await self._sync_static(source)
         cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
         pages = added = removed = 0
         while True:
@@ -123,18 +127,52 @@ class FeedClient:
             if not document.get("more"):
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
 
+    async def _sync_static(self, source: FeedSource) -> SyncResult:
+        """A static export: the signed head says how far the feed goes; the pages are plain files."""
+        cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
+        base = f"{source.url.rstrip('/')}/feeds/{source.feed}"
+        head_document = await self._get_json(source, f"{base}/head.json", params=None, tag_key=f"{source.name}|head")
+        if head_document is None:
+            return SyncResult(pages=0, added=0, removed=0, cursor=cursor, not_modified=True)
+        head, size = check_head(head_document, feed=source.feed, key=source.key)
+        pages = added = removed = 0
+        while cursor < head:
+            index = cursor // size
+            document = await self._get_json(source, f"{source.url.rstrip('/')}/{page_path(source.feed, index)}",
+                                            params=None, tag_key=None)
+            assert document is not None  # no If-None-Match was sent
+            raw_entries = document.get("entries")
+            if not isinstance(raw_entries, list):
+                raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
+            entries = [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor]
+            adds, removes, last = self._check(source, {"entries": entries}, cursor)
+            if last == cursor:
+                raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
+            applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
+                                                        cursor_key=source.cursor_key, cursor=last)
+            pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
+            self.stats.cursors[source.name] = cursor
+        return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
+
     async def _page(self, source: FeedSource, after: int) -> dict[str, object] | None:
         """One page after `after`, checked for size and shape; None when the server says 304."""
-        url = f"{source.url.rstrip('/')}/feeds/{source.feed}/entries"
+        document = await self._get_json(
+            source, f"{source.url.rstrip('/')}/feeds/{source.feed}/entries",
+            params={"after": str(after), "limit": str(self._page_limit)}, tag_key=f"{source.name}|{after}")
+        if document is not None and not isinstance(document.get("entries"), list):
+            raise FeedError("malformed", f"{source.url}: not a feed page (no entries list)")
+        return document
+
+    async def _get_json(self, source: FeedSource, url: str, *, params: dict[str, str] | None,
+                        tag_key: str | None) -> dict[str, object] | None:
+        """A JSON object from `url`, under the size cap; None for a 304 to the ETag kept under `tag_key`."""
         headers = {"Accept-Encoding": "gzip"}
         if source.token:
             headers["Authorization"] = f"Bearer {source.token}"
-        tag_key = f"{source.name}|{after}"
-        if tag_key in self._etags:
+        if tag_key is not None and tag_key in self._etags:
             headers["If-None-Match"] = self._etags[tag_key]
         try:
-            async with self._session.get(url, params={"after": str(after), "limit": str(self._page_limit)},
-                                         headers=headers, timeout=self._timeout) as resp:
+            async with self._session.get(url, params=params, headers=headers, timeout=self._timeout) as resp:
                 if resp.status == 304:
                     return None
                 if resp.status != 200:
@@ -151,9 +189,9 @@ class FeedClient:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise FeedError("malformed", f"{url}: not JSON ({exc})") from exc
-        if not isinstance(document, dict) or not isinstance(document.get("entries"), list):
-            raise FeedError("malformed", f"{url}: not a feed page (no entries list)")
-        if etag:
+        if not isinstance(document, dict):
+            raise FeedError("malformed", f"{url}: not a JSON object")
+        if etag and tag_key is not None:
             self._etags[tag_key] = etag
         return document
 
@@ -184,3 +222,8 @@ class FeedClient:
                                 category=entry.category, source=source.name, added_at=entry.added_at,
                                 expires_at=entry.expires_at))
         return adds, removes, expected - 1
+
+
+def _seq(entry: dict[str, object]) -> int:
+    seq = entry.get("seq")
+    return seq if isinstance(seq, int) else 0
