@@ -294,3 +294,33 @@ async def test_a_static_export_served_by_a_plain_file_server_gives_the_same_bank
     # The mirror's intact first page was applied; the altered one, and everything after it, was not.
     assert [e.signal_type for e in await b.bank_entries(bank="feed:mirror")] == ["pdq", "md5"]
     assert await b.get_meta("feed_cursor:mirror") == "2"
+
+
+async def test_a_key_rotation_signed_by_the_old_key_hands_over_and_a_forged_one_is_refused(
+        stores: tuple[SQLiteStore, SQLiteStore]) -> None:
+    from fedimod.feeds.protocol import make_rotation
+
+    a, b = stores
+    old, new, mallory = SigningKey.from_seed(SEED), SigningKey.generate(), SigningKey.generate()
+    await publish(a, old, "add", PDQ)
+    await a.publish_feed_entry("a", lambda seq: old.sign(make_rotation(feed="a", seq=seq, new_key=new.public,
+                                                                       added_at=1764550000)))
+    await publish(a, new, "add", MD5, signal_type="md5")
+    async with FeedServer(a, key=new.public) as server, aiohttp.ClientSession() as session:
+        source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{server.port}", feed="a", key=old.public)
+        client = FeedClient(session=session, store=b, meta=b, page_limit=2)  # the rotation ends a page
+        result = await client.sync(source)
+        assert (result.added, result.cursor) == (2, 3)
+        assert await b.get_meta(source.rotation_key) == f"{old.public}|{new.public}"
+        await publish(a, new, "add", OTHER_PDQ)  # the next sync starts with the new key in force
+        assert (await client.sync(source)).cursor == 4
+        # Someone else announces a rotation to their own key: signed by the wrong key, refused.
+        await a.publish_feed_entry("a", lambda seq: mallory.sign(make_rotation(
+            feed="a", seq=seq, new_key=mallory.public, added_at=1764560000)))
+        await publish(a, mallory, "add", "1" * 64)  # and entries under it
+        with pytest.raises(FeedError) as caught:
+            await client.sync(source)
+    assert caught.value.reason == "key"
+    assert await b.get_meta(source.cursor_key) == "4"
+    assert await b.get_meta(source.rotation_key) == f"{old.public}|{new.public}"
+    assert len(await b.bank_entries()) == 3

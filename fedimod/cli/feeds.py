@@ -5,6 +5,7 @@
     fedimod feed retract --key feed.pem --feed NAME TYPE HEX
     fedimod feed serve --key feed.pem [--listen 127.0.0.1:9470]
     fedimod feed export --key feed.pem DIR
+    fedimod feed rotate --key feed.pem --new-key next.pem --feed NAME
     fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...]
 """
 
@@ -42,6 +43,11 @@ def register(sub: Any, add_config: AddConfig) -> None:
         if verb == "add":
             cmd.add_argument("--note", default=None, help="for moderators; never a post or an account")
         add_config(cmd)
+    rotate = feed_sub.add_parser("rotate", help="hand a feed over to a new signing key, announced with the old")
+    rotate.add_argument("--key", type=Path, required=True, help="the key in force (signs the announcement)")
+    rotate.add_argument("--new-key", type=Path, required=True, help="the key that signs every later entry")
+    rotate.add_argument("--feed", required=True, help="the feed's name")
+    add_config(rotate)
     serve = feed_sub.add_parser("serve", help="serve this store's feeds until interrupted")
     serve.add_argument("--key", type=Path, required=True, help="the signing key whose public half is announced")
     serve.add_argument("--listen", default="127.0.0.1:9470", help="HOST:PORT (default 127.0.0.1:9470)")
@@ -75,7 +81,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
             return 0
         config = load_config(args.config, require_token=False)
         runner = {"add": _publish, "retract": _publish, "serve": _serve, "sync": _sync,
-                  "export": _export}[args.feed_command]
+                  "export": _export, "rotate": _rotate}[args.feed_command]
         result: int = asyncio.run(runner(config, args))
         return result
     except FileExistsError:
@@ -103,6 +109,20 @@ async def _publish(config: Config, args: argparse.Namespace) -> int:
             feed=args.feed, seq=seq, op=op, signal_type=signal_type.name, value=value,
             category=Category(args.category), added_at=now, note=getattr(args, "note", None))))
     print(f"published {op} of {signal_type.name} {value} as entry {entry['seq']} of feed '{args.feed}'")
+    return 0
+
+
+async def _rotate(config: Config, args: argparse.Namespace) -> int:
+    from fedimod.feeds.protocol import SigningKey, make_rotation
+    from fedimod.store import open_store
+
+    old, new = SigningKey.load(args.key), SigningKey.load(args.new_key)
+    now = int(time.time())
+    async with open_store(config.store) as store:
+        entry = await store.publish_feed_entry(args.feed, lambda seq: old.sign(make_rotation(
+            feed=args.feed, seq=seq, new_key=new.public, added_at=now)))
+    print(f"entry {entry['seq']} of feed '{args.feed}' hands over to {new.public}; sign and serve with "
+          f"{args.new_key} from now on (a static export: export once more with {args.key} first)")
     return 0
 
 

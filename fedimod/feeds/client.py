@@ -52,6 +52,10 @@ class FeedSource:
     def cursor_key(self) -> str:
         return f"feed_cursor:{self.name}"
 
+    @property
+    def rotation_key(self) -> str:
+        return f"feed_key:{self.name}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SyncResult:
@@ -106,20 +110,36 @@ class FeedClient:
         self.stats.healthy[source.name] = True
         return result
 
+    async def _current_key(self, source: FeedSource) -> str:
+        """The pinned key, or the key it was rotated to (recorded as `pinned|new`, so re-pinning in
+        config wins over an old rotation)."""
+        recorded = await self._meta.get_meta(source.rotation_key)
+        pinned, _, rotated = (recorded or "").partition("|")
+        return rotated if recorded and pinned == source.key else source.key
+
+    def _rotation_meta(self, source: FeedSource, before: str, after: str) -> dict[str, str]:
+        if after == before:
+            return {}
+        log_event(logger, logging.WARNING, "feed_key_rotated", source=source.name, old_key=before, new_key=after)
+        return {source.rotation_key: f"{source.key}|{after}"}
+
     async def _sync(self, source: FeedSource) -> SyncResult:
         if source.static:
             return await self._sync_static(source)
         cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
+        key = await self._current_key(source)
         pages = added = removed = 0
         while True:
             document = await self._page(source, cursor)
             if document is None:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor, not_modified=pages == 0)
-            adds, removes, last = self._check(source, document, cursor)
+            adds, removes, last, new_key = self._check(source, document, cursor, key)
             if last == cursor:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
             applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
-                                                        cursor_key=source.cursor_key, cursor=last)
+                                                        cursor_key=source.cursor_key, cursor=last,
+                                                        meta=self._rotation_meta(source, key, new_key))
+            key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
             self.stats.cursors[source.name] = cursor
             log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=cursor,
@@ -130,11 +150,12 @@ class FeedClient:
     async def _sync_static(self, source: FeedSource) -> SyncResult:
         """A static export: the signed head says how far the feed goes; the pages are plain files."""
         cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
+        key = await self._current_key(source)
         base = f"{source.url.rstrip('/')}/feeds/{source.feed}"
         head_document = await self._get_json(source, f"{base}/head.json", params=None, tag_key=f"{source.name}|head")
         if head_document is None:
             return SyncResult(pages=0, added=0, removed=0, cursor=cursor, not_modified=True)
-        head, size = check_head(head_document, feed=source.feed, key=source.key)
+        head, size = check_head(head_document, feed=source.feed, key=key)
         pages = added = removed = 0
         while cursor < head:
             index = cursor // size
@@ -145,11 +166,13 @@ class FeedClient:
             if not isinstance(raw_entries, list):
                 raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
             entries = [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor]
-            adds, removes, last = self._check(source, {"entries": entries}, cursor)
+            adds, removes, last, new_key = self._check(source, {"entries": entries}, cursor, key)
             if last == cursor:
                 raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
             applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
-                                                        cursor_key=source.cursor_key, cursor=last)
+                                                        cursor_key=source.cursor_key, cursor=last,
+                                                        meta=self._rotation_meta(source, key, new_key))
+            key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
             self.stats.cursors[source.name] = cursor
         return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
@@ -195,20 +218,25 @@ class FeedClient:
             self._etags[tag_key] = etag
         return document
 
-    def _check(self, source: FeedSource, document: dict[str, object],
-               cursor: int) -> tuple[list[BankRow], list[tuple[str, int]], int]:
-        """The page's additions and removals, or `FeedError` if any entry is unsound."""
+    def _check(self, source: FeedSource, document: dict[str, object], cursor: int,
+               key: str) -> tuple[list[BankRow], list[tuple[str, int]], int, str]:
+        """The page's additions and removals, its last sequence number and the key in force after it;
+        `FeedError` if any entry is unsound. A rotation, signed by the key in force, hands over to
+        the new key for every later entry; a rotation signed by anyone else fails as a wrong key."""
         adds: list[BankRow] = []
         removes: list[tuple[str, int]] = []
         expected = cursor + 1
         entries = document["entries"]
         assert isinstance(entries, list)
         for raw in entries:
-            entry = parse_entry(raw, feed=source.feed, key=source.key)
+            entry = parse_entry(raw, feed=source.feed, key=key)
             if entry.seq != expected:
                 raise FeedError("replay", f"entry {entry.seq} where {expected} was due: the page is replayed, "
                                           "reordered or has a gap")
             expected += 1
+            if entry.op == "rotate" and entry.new_key is not None:
+                key = entry.new_key
+                continue
             if entry.op == "remove":
                 removes.append((entry.signal_type, entry.value))
                 continue
@@ -221,7 +249,7 @@ class FeedClient:
             adds.append(BankRow(line=entry.seq, signal_type=entry.signal_type, value=entry.value,
                                 category=entry.category, source=source.name, added_at=entry.added_at,
                                 expires_at=entry.expires_at))
-        return adds, removes, expected - 1
+        return adds, removes, expected - 1, key
 
 
 def _seq(entry: dict[str, object]) -> int:

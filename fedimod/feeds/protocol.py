@@ -28,10 +28,10 @@ from fedimod.models import Category
 from fedimod.signals import signal_type_named
 
 VERSION = 1
-OPS = ("add", "remove")
+OPS = ("add", "remove", "rotate")
 MAX_NOTE = 500
 _FIELDS = frozenset({"v", "feed", "seq", "op", "signal_type", "value", "category", "added_at", "expires_at", "note",
-                     "key", "sig"})
+                     "new_key", "key", "sig"})
 
 
 class FeedError(FedimodError):
@@ -123,11 +123,17 @@ def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, ca
 class ParsedEntry:
     seq: int
     op: str
-    signal_type: str
-    value: int
-    category: Category
     added_at: int
-    expires_at: int | None
+    signal_type: str = ""
+    value: int = 0
+    category: Category = Category.OTHER
+    expires_at: int | None = None
+    new_key: str | None = None  # op "rotate": the key that signs every later entry
+
+
+def make_rotation(*, feed: str, seq: int, new_key: str, added_at: int) -> dict[str, Any]:
+    """The announcement, to be signed with the old key, that later entries are signed with `new_key`."""
+    return {"v": VERSION, "feed": feed, "seq": seq, "op": "rotate", "new_key": new_key, "added_at": added_at}
 
 
 def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
@@ -148,6 +154,11 @@ def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
         raise FeedError("malformed", f"entry {seq!r}: seq, added_at and expires_at must be integers")
     if raw.get("op") not in OPS:
         raise FeedError("malformed", f"entry {seq}: op {raw.get('op')!r} is not one of {', '.join(OPS)}")
+    if raw["op"] == "rotate":
+        new_key = raw.get("new_key")
+        if not isinstance(new_key, str) or not _is_public_key(new_key) or new_key == key:
+            raise FeedError("malformed", f"entry {seq}: a rotation must name a new Ed25519 public key")
+        return ParsedEntry(seq=seq, op="rotate", added_at=added, new_key=new_key)
     try:
         signal_type = signal_type_named(str(raw.get("signal_type")))
         value = signal_type.parse(str(raw.get("value")))
@@ -156,6 +167,13 @@ def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
         raise FeedError("malformed", f"entry {seq}: {exc}") from exc
     return ParsedEntry(seq=seq, op=raw["op"], signal_type=signal_type.name, value=value, category=category,
                        added_at=added, expires_at=expires)
+
+
+def _is_public_key(text: str) -> bool:
+    try:
+        return len(text) == 43 and len(unb64(text)) == 32
+    except ValueError:
+        return False
 
 
 def _is_int(value: object) -> bool:

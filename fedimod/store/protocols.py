@@ -142,8 +142,8 @@ class FeedRepository(Protocol):
 
     async def apply_feed_page(self, bank: str, *, source: str, adds: Sequence[BankRow],
                               removes: Sequence[tuple[str, int]], cursor_key: str, cursor: int,
-                              now: float | None = None) -> FeedApplied:
-        """Apply a verified page to the source's bank and move its cursor, all or nothing."""
+                              meta: Mapping[str, str] | None = None, now: float | None = None) -> FeedApplied:
+        """Apply a verified page to the source's bank and move its cursor (and set `meta`), all or nothing."""
         ...
 
 

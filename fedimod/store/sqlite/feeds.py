@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fedimod.models import BankKind, BankRow, FeedApplied, FeedHead
@@ -26,7 +26,7 @@ class SQLiteFeeds(SQLiteBanks):
             await self._conn.execute(
                 "INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (feed, entry["seq"], entry["op"], entry["signal_type"], entry["value"],
+                (feed, entry["seq"], entry["op"], entry.get("signal_type", ""), entry.get("value", ""),
                  json.dumps(entry, separators=(",", ":"), sort_keys=True), now))
         return entry
 
@@ -41,7 +41,7 @@ class SQLiteFeeds(SQLiteBanks):
 
     async def apply_feed_page(self, bank: str, *, source: str, adds: Sequence[BankRow],
                               removes: Sequence[tuple[str, int]], cursor_key: str, cursor: int,
-                              now: float | None = None) -> FeedApplied:
+                              meta: Mapping[str, str] | None = None, now: float | None = None) -> FeedApplied:
         """Apply one verified page of a consumed feed to its source's bank, and move the source's
         cursor, all at once: a page is applied whole or not at all. Removals are logged, so a
         running index (and the actions an entry caused) follow them."""
@@ -66,7 +66,7 @@ class SQLiteFeeds(SQLiteBanks):
                         "VALUES (?, ?, ?, ?, ?)", (entry_id, bank, signal_type, text, now_s))
                     await self._conn.execute("DELETE FROM bank_entries WHERE id = ?", (entry_id,))
                     removed += 1
-            await self._conn.execute(
+            await self._conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (cursor_key, str(cursor)))
+                [(cursor_key, str(cursor)), *(meta or {}).items()])
         return FeedApplied(added=added, removed=removed)
