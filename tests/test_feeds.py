@@ -234,6 +234,13 @@ async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys
     finally:
         server.kill()
         await server.wait()
+    followed = b_conf.read_text() + (f'[[feeds.sources]]\nname = "peer-a"\nurl = "{url.group(0)}"\nfeed = "a"\n'
+                                     f'key = "{public}"\n')
+    b_conf.write_text(followed)
+    code, out = await cli("feed", "status", "-c", str(b_conf))
+    assert code == 0 and "cursor 3, 1 entries in feed:peer-a" in out, out
+    code, out = await cli("feed", "status", "-c", str(a_conf))
+    assert code == 0 and "published a" in out and "head 3" in out, out
     async with SQLiteStore.open(tmp_path / "b.sqlite3") as b:
         assert [(e.signal_type, e.category, e.bank) for e in await b.bank_entries()] == [
             ("md5", Category.SPAM, "feed:peer-a")]  # the retracted PDQ came and went

@@ -6,7 +6,8 @@
     fedimod feed serve --key feed.pem [--listen 127.0.0.1:9470]
     fedimod feed export --key feed.pem DIR
     fedimod feed rotate --key feed.pem --new-key next.pem --feed NAME
-    fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...]
+    fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...] [--static]
+    fedimod feed status
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def register(sub: Any, add_config: AddConfig) -> None:
     export.add_argument("--key", type=Path, required=True, help="the signing key (the head is signed with it)")
     export.add_argument("--page-size", type=int, default=1000, help="entries per page file (default 1000)")
     add_config(export)
+    add_config(feed_sub.add_parser("status", help="each feed source's cursor, key and entries; each published "
+                                                  "feed's head"))
     sync = feed_sub.add_parser("sync", help="apply a peer's or hub's new entries to its bank, once")
     sync.add_argument("--url", required=True, help="the feed server's base URL")
     sync.add_argument("--feed", required=True, help="the feed's name on that server")
@@ -81,7 +84,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
             return 0
         config = load_config(args.config, require_token=False)
         runner = {"add": _publish, "retract": _publish, "serve": _serve, "sync": _sync,
-                  "export": _export, "rotate": _rotate}[args.feed_command]
+                  "export": _export, "rotate": _rotate, "status": _status}[args.feed_command]
         result: int = asyncio.run(runner(config, args))
         return result
     except FileExistsError:
@@ -154,6 +157,30 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
         written = await export(store, key, args.directory, page_size=args.page_size)
     for feed, head in written.items():
         print(f"feed '{feed}': {head} entries in {args.directory}/feeds/{feed}/")
+    return 0
+
+
+async def _status(config: Config, args: argparse.Namespace) -> int:
+    """What the store says of each source (the running bot's health, rejections and last success
+    are in its /metrics: fedimod_feed_*)."""
+    from fedimod.store import open_store
+
+    async with open_store(config.store) as store:
+        published = await store.feeds()
+        counts = {(c.bank, c.signal_type): c.entries for c in await store.bank_stats()}
+        lines = []
+        for followed in config.feeds.sources:
+            source = followed.source
+            cursor = await store.get_meta(source.cursor_key) or "0 (never synced)"
+            rotated = (await store.get_meta(source.rotation_key) or "").partition("|")
+            key = rotated[2] if rotated[0] == source.key else source.key
+            entries = sum(n for (bank, _t), n in counts.items() if bank == source.bank)
+            lines.append(f"source {source.name:12} {source.url}/feeds/{source.feed}: cursor {cursor}, "
+                         f"{entries} entries in {source.bank}, key {key[:12]}…"
+                         + (" (rotated from the pinned key)" if key != source.key else ""))
+    for feed in published:
+        lines.append(f"published {feed.name:9} head {feed.head}")
+    print("\n".join(lines) if lines else "no feed sources configured ([[feeds.sources]]) and none published")
     return 0
 
 

@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,14 @@ def verify(entry: Mapping[str, Any], key: str) -> None:
         raise FeedError("key", f"entry {entry.get('seq')!r} is signed by {str(entry.get('key'))[:12]}…, not the "
                                f"pinned key {key[:12]}…")
     try:
-        public = Ed25519PublicKey.from_public_bytes(unb64(key))
-        public.verify(unb64(str(entry.get("sig", ""))), canonical(entry))
+        _public_key(key).verify(unb64(str(entry.get("sig", ""))), canonical(entry))
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise FeedError("signature", f"entry {entry.get('seq')!r}: signature does not verify") from exc
+
+
+@lru_cache(maxsize=64)
+def _public_key(key: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(unb64(key))
 
 
 def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, category: Category,
