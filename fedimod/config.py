@@ -265,7 +265,7 @@ _SOURCE_KEYS = frozenset({"name", "url", "feed", "key", "trust", "categories", "
 
 
 def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
-    serve = table.table("serve", frozenset({"listen", "key_file"}))
+    serve = table.table("serve", frozenset({"listen", "key_file", "tokens_env", "rate_per_s", "burst"}))
     address = _listen(serve, "")
     key_file = serve.get("key_file", str, "")
     if address is not None and not key_file:
@@ -296,7 +296,15 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
             source=source, required=src.get("required", bool, False),
             poll_interval_s=src.number("poll_interval_s", float, {}) if "poll_interval_s" in src else 300.0,
             stale_after_s=src.number("stale_after_s", float, {}) if "stale_after_s" in src else None))
-    settings = FeedsSettings(sources=tuple(sources), key_file=key_file)
+    tokens_env = serve.get("tokens_env", str, "")
+    tokens = frozenset(t.strip() for t in env.get(tokens_env, "").split(",") if t.strip() and tokens_env)
+    if tokens_env and not tokens:
+        raise ConfigError(serve.key("tokens_env"), f"environment variable {tokens_env} holds no tokens "
+                                                   "(comma-separated); unset tokens_env for a public feed")
+    settings = FeedsSettings(
+        sources=tuple(sources), key_file=key_file, serve_tokens=tokens,
+        serve_rate_per_s=serve.number("rate_per_s", float, {}) if "rate_per_s" in serve else 20.0,
+        serve_burst=int(serve.number("burst", int, {})) if "burst" in serve else 60)
     if address is not None:
         settings = replace(settings, serve_host=address[0], serve_port=address[1])
     return _Feeds(settings=settings, trust=trust)

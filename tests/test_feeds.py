@@ -331,3 +331,30 @@ async def test_a_key_rotation_signed_by_the_old_key_hands_over_and_a_forged_one_
     assert await b.get_meta(source.cursor_key) == "4"
     assert await b.get_meta(source.rotation_key) == f"{old.public}|{new.public}"
     assert len(await b.bank_entries()) == 3
+
+
+async def test_a_private_feed_needs_its_token_and_a_client_past_its_rate_is_told_to_wait(
+        stores: tuple[SQLiteStore, SQLiteStore]) -> None:
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    await publish(a, key, "add", PDQ)
+    now = [0.0]
+    async with FeedServer(a, key=key.public, tokens=frozenset({"s3cret-token"}), rate_per_s=1.0, burst=3,
+                          clock=lambda: now[0]) as server, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{server.port}"
+        anonymous = FeedSource(name="anon", url=url, feed="a", key=key.public)
+        with pytest.raises(FeedError) as refused:
+            await FeedClient(session=session, store=b, meta=b).sync(anonymous)
+        assert refused.value.reason == "http" and "401" in str(refused.value)
+        member = FeedSource(name="member", url=url, feed="a", key=key.public, token="s3cret-token")
+        assert (await FeedClient(session=session, store=b, meta=b).sync(member)).added == 1
+        # The bucket held 3; the two requests above took 2 (a refused one counts too); one is left.
+        headers = {"Authorization": "Bearer s3cret-token"}
+        async with session.get(f"{url}/feeds/a/entries", headers=headers) as ok:
+            assert ok.status == 200
+        async with session.get(f"{url}/feeds/a/entries", headers=headers) as limited:
+            assert limited.status == 429 and limited.headers["Retry-After"] == "1"
+        now[0] += 1.0  # one second refills one request
+        async with session.get(f"{url}/feeds/a/entries", headers=headers) as again:
+            assert again.status == 200
+    assert server.stats.answers[401] == 1 and server.stats.answers[429] == 1

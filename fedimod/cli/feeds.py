@@ -138,8 +138,10 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     if not host or not port.isdigit():
         raise ConfigError("--listen", f"{args.listen!r} must be HOST:PORT")
     key = SigningKey.load(args.key)
-    async with open_store(config.store) as store, FeedServer(store, key=key.public, host=host.strip("[]"),
-                                                              port=int(port)) as server:
+    feeds = config.feeds
+    async with open_store(config.store) as store, FeedServer(
+            store, key=key.public, host=host.strip("[]"), port=int(port), tokens=feeds.serve_tokens,
+            rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst) as server:
         print(f"serving feeds on http://{server.host}:{server.port}/.well-known/fedimod; Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()
     return 0

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedimod.feeds.client import FeedClient, FeedSource
 from fedimod.feeds.protocol import FeedError
@@ -41,6 +41,10 @@ class FeedsSettings:
     serve_host: str | None = None  # None: not served by `fedimod run`
     serve_port: int = 9470
     key_file: str = ""  # the signing key whose public half the server announces
+    # Private feeds: the bearer tokens consumers must send (none: public).
+    serve_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    serve_rate_per_s: float = 20.0  # per client address, with bursts of serve_burst
+    serve_burst: int = 60
 
 
 class FeedFollower(Collector):

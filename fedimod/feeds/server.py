@@ -5,16 +5,20 @@
 
 Answers carry an `ETag` (the feed, the page asked for and the feed's head), so a consumer polling
 an unchanged feed gets `304 Not Modified` for the price of one indexed read; bodies are gzipped
-when the client accepts it.
+when the client accepts it. With `tokens`, every request needs `Authorization: Bearer <one of
+them>` (a private feed; 401 otherwise). Each client address gets a token bucket of `rate_per_s`
+requests a second with bursts of `burst`; past it, 429 with `Retry-After`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -27,6 +31,7 @@ from fedimod.store import FeedRepository
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
@@ -41,16 +46,23 @@ class FeedServerStats(Collector):
 class FeedServer:
     """`async with FeedServer(store, key=…) as server:` serves the store's published feeds."""
 
-    def __init__(self, store: FeedRepository, *, key: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, store: FeedRepository, *, key: str, host: str = "127.0.0.1", port: int = 0,
+                 tokens: frozenset[str] = frozenset(), rate_per_s: float = 20.0, burst: int = 60,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._key = key  # the public key the entries are signed with
+        self._tokens = tokens
+        self._rate_per_s = rate_per_s
+        self._burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client address → (tokens left, when)
         self.host = host
         self.port = port
         self.stats = FeedServerStats()
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> FeedServer:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/.well-known/fedimod", self._discovery)
         app.router.add_get("/feeds/{feed}/entries", self._entries)
         self.port = await self._stack.enter_async_context(serving(app, self.host, self.port, event="feeds_listening"))
@@ -58,6 +70,34 @@ class FeedServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The rate first: a flood of requests without a token (or guessing one) is limited too.
+        wait = self._spend(request.remote or "?")
+        if wait > 0:
+            self.stats.answers[429] += 1
+            return web.json_response({"error": "too many requests"}, status=429,
+                                     headers={"Retry-After": str(max(1, round(wait)))})
+        if self._tokens:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not any(hmac.compare_digest(given.encode(), t.encode()) for t in self._tokens):
+                self.stats.answers[401] += 1
+                return web.json_response({"error": "this feed needs a bearer token"}, status=401)
+        return await handler(request)
+
+    def _spend(self, client: str) -> float:
+        """Take one request from the client's bucket; 0 when allowed, else seconds until one is."""
+        now = self._clock()
+        left, at = self._buckets.get(client, (float(self._burst), now))
+        left = min(float(self._burst), left + (now - at) * self._rate_per_s)
+        if left < 1.0:
+            self._buckets[client] = (left, now)
+            return (1.0 - left) / self._rate_per_s
+        self._buckets[client] = (left - 1.0, now)
+        if len(self._buckets) > 10_000:  # forget the idle clients rather than grow without bound
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        return 0.0
 
     def _answer(self, request: web.Request, body: bytes, etag: str) -> web.StreamResponse:
         if etag in request.headers.get("If-None-Match", ""):

@@ -134,7 +134,8 @@ class Pipeline:
             if feeds.serve_host is not None:
                 key = SigningKey.load(Path(feeds.key_file))
                 server = await stack.enter_async_context(
-                    FeedServer(self._store, key=key.public, host=feeds.serve_host, port=feeds.serve_port))
+                    FeedServer(self._store, key=key.public, host=feeds.serve_host, port=feeds.serve_port,
+                               tokens=feeds.serve_tokens, rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst))
                 self.feed_port = server.port
                 self.metrics.register(server.stats)
             sources: list[PostSource] = [self.ingester, self.ingester.timeline]
