@@ -23,6 +23,7 @@ async def test_published_entries_are_numbered_per_feed_and_paged_in_order(store:
         await store.publish_feed_entry("a", _entry("a", f"{n:032x}"))
     await store.publish_feed_entry("b", _entry("b", "f" * 32))
     assert [(f.name, f.head) for f in await store.feeds()] == [("a", 5), ("b", 1)]
+    assert (await store.feed_head("a"), await store.feed_head("b"), await store.feed_head("c")) == (5, 1, None)
     assert [e["seq"] for e in await store.feed_entries("a", after=0, limit=2)] == [1, 2]
     page = await store.feed_entries("a", after=2, limit=10)
     assert [e["seq"] for e in page] == [3, 4, 5] and page[0]["value"] == f"{2:032x}"

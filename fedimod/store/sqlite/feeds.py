@@ -35,6 +35,11 @@ class SQLiteFeeds(SQLiteBanks):
                                (feed, after, limit))
         return [json.loads(r[0]) for r in rows]
 
+    async def feed_head(self, feed: str) -> int | None:
+        """The feed's newest sequence number (None: no such feed), from the primary key alone."""
+        row = await self._one("SELECT MAX(seq) FROM feed_log WHERE feed = ?", (feed,))
+        return None if row is None or row[0] is None else int(row[0])
+
     async def feeds(self) -> list[FeedHead]:
         rows = await self._all("SELECT feed, MAX(seq) FROM feed_log GROUP BY feed ORDER BY feed")
         return [FeedHead(name=r[0], head=int(r[1])) for r in rows]
