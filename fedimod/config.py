@@ -261,7 +261,7 @@ class _Feeds:
 
 
 _SOURCE_KEYS = frozenset({"name", "url", "feed", "key", "trust", "categories", "poll_interval_s", "stale_after_s",
-                          "required", "token_env", "static"})
+                          "required", "token_env", "static", "daily_cap"})
 
 
 def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
@@ -291,7 +291,8 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
         trust[name] = _choice(src, "trust", Trust, src.get("trust", str, Trust.UNKNOWN.value))
         source = FeedSource(name=name, url=url, feed=src.get("feed", str, _REQUIRED), key=key,
                             categories=_choices(src, "categories", Category), token=env.get(token_env, ""),
-                            static=src.get("static", bool, False))
+                            static=src.get("static", bool, False),
+                            daily_cap=int(src.number("daily_cap", int, {})) if "daily_cap" in src else None)
         sources.append(FollowedSource(
             source=source, required=src.get("required", bool, False),
             poll_interval_s=src.number("poll_interval_s", float, {}) if "poll_interval_s" in src else 300.0,

@@ -358,3 +358,32 @@ async def test_a_private_feed_needs_its_token_and_a_client_past_its_rate_is_told
         async with session.get(f"{url}/feeds/a/entries", headers=headers) as again:
             assert again.status == 200
     assert server.stats.answers[401] == 1 and server.stats.answers[429] == 1
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["live", "static"])
+async def test_a_source_over_its_daily_cap_waits_for_the_next_day_and_loses_nothing(
+        stores: tuple[SQLiteStore, SQLiteStore], tmp_path: Path, static: bool) -> None:
+    from fedimod.feeds.static import export
+
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    for value in (PDQ, OTHER_PDQ, MD5):
+        await publish(a, key, "add", value, signal_type="md5" if value == MD5 else "pdq")
+    now = [1764547200.0]  # 2025-12-01, midnight UTC
+    await export(a, key, tmp_path / "export", page_size=2)
+    async with FeedServer(a, key=key.public) as server, aiohttp.ClientSession() as session:
+        runner = await _serve_directory(tmp_path / "export")
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}" if static else f"http://127.0.0.1:{server.port}"
+            source = FeedSource(name="peer-a", url=url, feed="a", key=key.public, daily_cap=2, static=static)
+            client = FeedClient(session=session, store=b, meta=b, clock=lambda: now[0])
+            first = await client.sync(source)
+            assert (first.added, first.cursor) == (2, 2)
+            assert client.stats.rejected == {("peer-a", "daily_cap"): 1}
+            assert (await client.sync(source)).added == 0  # still the same day
+            now[0] += 86400
+            later = await client.sync(source)
+        finally:
+            await runner.cleanup()
+    assert (later.added, later.cursor) == (1, 3)
+    assert len(await b.bank_entries()) == 3

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -43,6 +45,7 @@ class FeedSource:
     categories: frozenset[Category] | None = None  # None: every category
     token: str = field(default="", repr=False)  # bearer token for a private feed
     static: bool = False  # a static export (`fedimod feed export`) rather than a feed server
+    daily_cap: int | None = None  # entries applied per UTC day at most; the rest wait for the next day
 
     @property
     def bank(self) -> str:
@@ -55,6 +58,19 @@ class FeedSource:
     @property
     def rotation_key(self) -> str:
         return f"feed_key:{self.name}"
+
+    @property
+    def day_key(self) -> str:
+        return f"feed_day:{self.name}"
+
+
+@dataclass(slots=True)
+class _Day:
+    """Entries applied from one source on one UTC day (for `daily_cap`)."""
+
+    date: str
+    used: int
+    held: bool = False  # the cap stopped this sync
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,8 +102,9 @@ class FeedClientStats(Collector):
 class FeedClient:
     def __init__(self, *, session: aiohttp.ClientSession, store: FeedRepository, meta: JobRepository,
                  page_limit: int = PAGE_LIMIT, max_page_bytes: int = MAX_PAGE_BYTES,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self._session = session
+        self._clock = clock
         self._store = store
         self._meta = meta
         self._page_limit = page_limit
@@ -117,6 +134,28 @@ class FeedClient:
         pinned, _, rotated = (recorded or "").partition("|")
         return rotated if recorded and pinned == source.key else source.key
 
+    async def _day(self, source: FeedSource) -> _Day:
+        today = datetime.fromtimestamp(self._clock(), UTC).date().isoformat()
+        date, _, used = (await self._meta.get_meta(source.day_key) or "").partition("|")
+        return _Day(date=today, used=int(used) if date == today and used.isdigit() else 0)
+
+    def _capped(self, source: FeedSource, entries: list[object], day: _Day) -> tuple[list[object], dict[str, str]]:
+        """The entries the source's daily cap lets in today, and the day's count to record with them.
+        Entries held back are counted as rejected (`daily_cap`) and applied on a later day: the cursor
+        stops before them, so nothing is lost and nothing beyond the cap is applied."""
+        if source.daily_cap is None:
+            return entries, {}
+        allowed = max(0, source.daily_cap - day.used)
+        if len(entries) > allowed:
+            held = len(entries) - allowed
+            entries = entries[:allowed]
+            day.held = True
+            self.stats.rejected[(source.name, "daily_cap")] += held
+            log_event(logger, logging.WARNING, "feed_daily_cap_reached", source=source.name, cap=source.daily_cap,
+                      held=held, msg="the rest waits for tomorrow (UTC)")
+        day.used += len(entries)
+        return entries, {source.day_key: f"{day.date}|{day.used}"}
+
     def _rotation_meta(self, source: FeedSource, before: str, after: str) -> dict[str, str]:
         if after == before:
             return {}
@@ -128,23 +167,29 @@ class FeedClient:
             return await self._sync_static(source)
         cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
         key = await self._current_key(source)
+        day = await self._day(source)
         pages = added = removed = 0
         while True:
             document = await self._page(source, cursor)
             if document is None:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor, not_modified=pages == 0)
-            adds, removes, last, new_key = self._check(source, document, cursor, key)
+            raw = document["entries"]
+            assert isinstance(raw, list)
+            entries, day_meta = self._capped(source, raw, day)
+            if day.held:  # part of this page waits: ask for it again, not with its ETag
+                self._etags.pop(f"{source.name}|{cursor}", None)
+            adds, removes, last, new_key = self._check(source, {"entries": entries}, cursor, key)
             if last == cursor:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
             applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
                                                         cursor_key=source.cursor_key, cursor=last,
-                                                        meta=self._rotation_meta(source, key, new_key))
+                                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
             key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
             self.stats.cursors[source.name] = cursor
             log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=cursor,
                       added=applied.added, removed=applied.removed)
-            if not document.get("more"):
+            if not document.get("more") or day.held:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
 
     async def _sync_static(self, source: FeedSource) -> SyncResult:
@@ -156,8 +201,13 @@ class FeedClient:
         if head_document is None:
             return SyncResult(pages=0, added=0, removed=0, cursor=cursor, not_modified=True)
         head, size = check_head(head_document, feed=source.feed, key=key)
+        day = await self._day(source)
         pages = added = removed = 0
-        while cursor < head:
+        while cursor < head and not day.held:
+            if source.daily_cap is not None and day.used >= source.daily_cap:
+                day.held = True  # the cap is spent; what the head says lies beyond waits for tomorrow
+                self.stats.rejected[(source.name, "daily_cap")] += head - cursor
+                break
             index = cursor // size
             document = await self._get_json(source, f"{source.url.rstrip('/')}/{page_path(source.feed, index)}",
                                             params=None, tag_key=None)
@@ -165,16 +215,21 @@ class FeedClient:
             raw_entries = document.get("entries")
             if not isinstance(raw_entries, list):
                 raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
-            entries = [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor]
+            entries, day_meta = self._capped(
+                source, [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor], day)
             adds, removes, last, new_key = self._check(source, {"entries": entries}, cursor, key)
             if last == cursor:
+                if day.held:
+                    break
                 raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
             applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
                                                         cursor_key=source.cursor_key, cursor=last,
-                                                        meta=self._rotation_meta(source, key, new_key))
+                                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
             key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
             self.stats.cursors[source.name] = cursor
+        if day.held:  # the head said more than the cap let in: read it again next time, not with its ETag
+            self._etags.pop(f"{source.name}|head", None)
         return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
 
     async def _page(self, source: FeedSource, after: int) -> dict[str, object] | None:
