@@ -24,7 +24,7 @@ from fedimod.feeds.protocol import FeedError, parse_entry
 from fedimod.feeds.static import check_head, page_path
 from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counters, gauges
-from fedimod.models import BankRow, Category
+from fedimod.models import BankRow, Category, FeedApplied
 from fedimod.signals import REGISTRY
 from fedimod.store import FeedRepository, JobRepository
 
@@ -181,14 +181,10 @@ class FeedClient:
             adds, removes, last, new_key = self._check(source, {"entries": entries}, cursor, key)
             if last == cursor:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
-            applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
-                                                        cursor_key=source.cursor_key, cursor=last,
-                                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
+            applied = await self._apply(source, adds, removes, last,
+                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
             key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
-            self.stats.cursors[source.name] = cursor
-            log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=cursor,
-                      added=applied.added, removed=applied.removed)
             if not document.get("more") or day.held:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
 
@@ -222,15 +218,23 @@ class FeedClient:
                 if day.held:
                     break
                 raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
-            applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
-                                                        cursor_key=source.cursor_key, cursor=last,
-                                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
+            applied = await self._apply(source, adds, removes, last,
+                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
             key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
-            self.stats.cursors[source.name] = cursor
         if day.held:  # the head said more than the cap let in: read it again next time, not with its ETag
             self._etags.pop(f"{source.name}|head", None)
         return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
+
+    async def _apply(self, source: FeedSource, adds: list[BankRow], removes: list[tuple[str, int]], last: int, *,
+                     meta: dict[str, str]) -> FeedApplied:
+        """One checked page into the source's bank, with its cursor and `meta`, in one transaction."""
+        applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
+                                                    cursor_key=source.cursor_key, cursor=last, meta=meta)
+        self.stats.cursors[source.name] = last
+        log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=last,
+                  added=applied.added, removed=applied.removed)
+        return applied
 
     async def _page(self, source: FeedSource, after: int) -> dict[str, object] | None:
         """One page after `after`, checked for size and shape; None when the server says 304."""
