@@ -217,6 +217,14 @@ class BankEntry:
     is_allowlist: bool = False
     added_at: int | None = None
     expires_at: int | None = None
+    # Who vouches for the entry: the signing key of a feed entry (its origin's, when a hub relays
+    # it); "" for local entries and imported files, which the source itself vouches for.
+    signer: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The independent source this entry counts as when corroboration is counted."""
+        return self.signer or self.source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,6 +239,29 @@ class BankRow:
     added_at: int | None = None
     expires_at: int | None = None
     is_allowlist: bool | None = None  # None: the file does not say
+    signer: str = ""
+
+
+class Verdict(enum.StrEnum):
+    """A reviewer's word on an entry: it is what it says (confirmed), or a benign collision."""
+
+    CONFIRMED = "confirmed"
+    FALSE_POSITIVE = "false_positive"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerdictRecord:
+    """One verdict on a hash, as a consumed feed (or this instance's moderators) gave it."""
+
+    source: str  # the feed source it came through, or "local"
+    signer: str  # who signed it (its origin's key when a hub relays it); "" for local
+    signal_type: str
+    value: int
+    verdict: Verdict
+
+    @property
+    def identity(self) -> str:
+        return self.signer or self.source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,6 +270,10 @@ class Match:
     signal_type: str
     distance: int
     threshold: int
+    # Verdicts on the matched entry's hash: (source, identity) of each confirmation, and the
+    # sources that called it a false positive. The policy weighs them by the sources' trust.
+    confirmed_by: tuple[tuple[str, str], ...] = ()
+    disputed_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -376,6 +411,8 @@ class BankState:
     removal_seq: int
     next_expiry: int | None
     imports_published: int = 0  # a staged import's rows appear at once, below ids already seen
+    verdicts_seq: int = 0  # the newest verdict's row id: verdicts change what matches weigh
+    quarantine_seq: int = 0  # changes with every quarantine hold and decision
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -481,3 +518,41 @@ class FeedApplied:
 
     added: int
     removed: int
+    verdicts: int = 0
+    relayed: int = 0
+
+
+class QuarantineState(enum.StrEnum):
+    HELD = "held"
+    RELEASED = "released"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantineRecord:
+    """A new entry held back because it matched too much of what was recently scanned."""
+
+    entry_id: int
+    bank: str
+    source: str
+    signal_type: str
+    value: int
+    hits: int
+    accounts: int
+    share: float
+    state: QuarantineState
+    held_at: float
+    decided_at: float | None = None
+    reason: str = ""
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanRow:
+    """One hash of one scanned attachment, as the scan log keeps it (never the media)."""
+
+    job_id: int
+    signal_type: str
+    value: int
+    account_id: str
+    scanned_at: float

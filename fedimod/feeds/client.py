@@ -14,17 +14,18 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 
-from fedimod.feeds.protocol import FeedError, parse_entry
+from fedimod.feeds.protocol import FeedError, ParsedEntry, SigningKey, make_relay, parse_entry
 from fedimod.feeds.static import check_head, page_path
 from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counters, gauges
-from fedimod.models import BankRow, Category, FeedApplied
+from fedimod.models import BankRow, Category, FeedApplied, VerdictRecord
 from fedimod.signals import REGISTRY
 from fedimod.store import FeedRepository, JobRepository
 
@@ -46,6 +47,12 @@ class FeedSource:
     token: str = field(default="", repr=False)  # bearer token for a private feed
     static: bool = False  # a static export (`fedimod feed export`) rather than a feed server
     daily_cap: int | None = None  # entries applied per UTC day at most; the rest wait for the next day
+    # Hub mode: re-publish every fact this source gives into this instance's feed of that name,
+    # with the original signatures intact.
+    relay_to: str | None = None
+    # Keys of the members a hub source relays that count as independent signers here. A relayed
+    # fact signed by any other key counts as the hub's own: a hub cannot mint corroboration.
+    members: frozenset[str] = frozenset()
 
     @property
     def bank(self) -> str:
@@ -102,8 +109,11 @@ class FeedClientStats(Collector):
 class FeedClient:
     def __init__(self, *, session: aiohttp.ClientSession, store: FeedRepository, meta: JobRepository,
                  page_limit: int = PAGE_LIMIT, max_page_bytes: int = MAX_PAGE_BYTES,
-                 timeout_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+                 timeout_s: float = 30.0, clock: Callable[[], float] = time.time,
+                 relay_key: SigningKey | None = None, vouched: frozenset[str] = frozenset()) -> None:
         self._session = session
+        self._relay_key = relay_key
+        self._vouched = vouched  # keys of every configured source: a fact they signed counts as theirs
         self._clock = clock
         self._store = store
         self._meta = meta
@@ -178,11 +188,11 @@ class FeedClient:
             entries, day_meta = self._capped(source, raw, day)
             if day.held:  # part of this page waits: ask for it again, not with its ETag
                 self._etags.pop(f"{source.name}|{cursor}", None)
-            adds, removes, last, new_key = self._check(source, {"entries": entries}, cursor, key)
-            if last == cursor:
+            page = self._check(source, entries, cursor, key)
+            if page.last == cursor:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
-            applied = await self._apply(source, adds, removes, last,
-                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
+            last, new_key = page.last, page.key
+            applied = await self._apply(source, page, meta=self._rotation_meta(source, key, new_key) | day_meta)
             key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
             if not document.get("more") or day.held:
@@ -213,28 +223,40 @@ class FeedClient:
                 raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
             entries, day_meta = self._capped(
                 source, [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor], day)
-            adds, removes, last, new_key = self._check(source, {"entries": entries}, cursor, key)
-            if last == cursor:
+            page = self._check(source, entries, cursor, key)
+            if page.last == cursor:
                 if day.held:
                     break
                 raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
-            applied = await self._apply(source, adds, removes, last,
-                                        meta=self._rotation_meta(source, key, new_key) | day_meta)
+            last, new_key = page.last, page.key
+            applied = await self._apply(source, page, meta=self._rotation_meta(source, key, new_key) | day_meta)
             key = new_key
             pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
         if day.held:  # the head said more than the cap let in: read it again next time, not with its ETag
             self._etags.pop(f"{source.name}|head", None)
         return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
 
-    async def _apply(self, source: FeedSource, adds: list[BankRow], removes: list[tuple[str, int]], last: int, *,
-                     meta: dict[str, str]) -> FeedApplied:
-        """One checked page into the source's bank, with its cursor and `meta`, in one transaction."""
-        applied = await self._store.apply_feed_page(source.bank, source=source.name, adds=adds, removes=removes,
-                                                    cursor_key=source.cursor_key, cursor=last, meta=meta)
-        self.stats.cursors[source.name] = last
-        log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=last,
-                  added=applied.added, removed=applied.removed)
+    async def _apply(self, source: FeedSource, page: _Page, *, meta: dict[str, str]) -> FeedApplied:
+        """One checked page into the source's bank, with its cursor and `meta`, in one transaction;
+        in hub mode its facts are re-published in the same transaction."""
+        relays = []
+        if source.relay_to is not None:
+            if self._relay_key is None:
+                raise FeedError("key", f"source {source.name} relays to feed {source.relay_to!r} but this instance "
+                                       "has no feed key ([feeds.serve] key_file)")
+            relays = [self._relay_signer(source.relay_to, fact, via) for fact, via in page.facts]
+        applied = await self._store.apply_feed_page(
+            source.bank, source=source.name, adds=page.adds, removes=page.removes, verdicts=page.verdicts,
+            relay_feed=source.relay_to, relays=relays, cursor_key=source.cursor_key, cursor=page.last, meta=meta)
+        self.stats.cursors[source.name] = page.last
+        log_event(logger, logging.INFO, "feed_page_applied", source=source.name, cursor=page.last,
+                  added=applied.added, removed=applied.removed, verdicts=applied.verdicts, relayed=applied.relayed)
         return applied
+
+    def _relay_signer(self, feed: str, fact: Mapping[str, Any], via: str) -> Callable[[int], dict[str, Any]]:
+        key, added_at = self._relay_key, int(self._clock())
+        assert key is not None
+        return lambda seq: key.sign(make_relay(feed=feed, seq=seq, origin=fact, via=via, added_at=added_at))
 
     async def _page(self, source: FeedSource, after: int) -> dict[str, object] | None:
         """One page after `after`, checked for size and shape; None when the server says 304."""
@@ -277,38 +299,63 @@ class FeedClient:
             self._etags[tag_key] = etag
         return document
 
-    def _check(self, source: FeedSource, document: dict[str, object], cursor: int,
-               key: str) -> tuple[list[BankRow], list[tuple[str, int]], int, str]:
-        """The page's additions and removals, its last sequence number and the key in force after it;
-        `FeedError` if any entry is unsound. A rotation, signed by the key in force, hands over to
-        the new key for every later entry; a rotation signed by anyone else fails as a wrong key."""
-        adds: list[BankRow] = []
-        removes: list[tuple[str, int]] = []
+    def _check(self, source: FeedSource, entries: list[object], cursor: int, key: str) -> _Page:
+        """The page's additions, removals and verdicts, its last sequence number and the key in force
+        after it; `FeedError` if any entry is unsound. A rotation, signed by the key in force, hands
+        over to the new key for every later entry; a rotation signed by anyone else fails as a wrong key."""
+        page = _Page(last=cursor, key=key)
         expected = cursor + 1
-        entries = document["entries"]
-        assert isinstance(entries, list)
         for raw in entries:
-            entry = parse_entry(raw, feed=source.feed, key=key)
+            entry = parse_entry(raw, feed=source.feed, key=page.key)
             if entry.seq != expected:
                 raise FeedError("replay", f"entry {entry.seq} where {expected} was due: the page is replayed, "
                                           "reordered or has a gap")
             expected += 1
             if entry.op == "rotate" and entry.new_key is not None:
-                key = entry.new_key
+                page.key = entry.new_key
                 continue
+            signer = self._signer(source, entry)
             if entry.op == "remove":
-                removes.append((entry.signal_type, entry.value))
-                continue
-            if source.categories is not None and entry.category not in source.categories:
+                page.removes.append((entry.signal_type, entry.value, signer))
+            elif entry.op == "verdict" and entry.verdict is not None:
+                page.verdicts.append(VerdictRecord(source=source.name, signer=signer, signal_type=entry.signal_type,
+                                                   value=entry.value, verdict=entry.verdict))
+            elif source.categories is not None and entry.category not in source.categories:
                 self.stats.rejected[(source.name, "category")] += 1
                 continue
-            if REGISTRY[entry.signal_type].is_degenerate(entry.value):
+            elif REGISTRY[entry.signal_type].is_degenerate(entry.value):
                 self.stats.rejected[(source.name, "degenerate")] += 1
                 continue
-            adds.append(BankRow(line=entry.seq, signal_type=entry.signal_type, value=entry.value,
-                                category=entry.category, source=source.name, added_at=entry.added_at,
-                                expires_at=entry.expires_at))
-        return adds, removes, expected - 1, key
+            else:
+                page.adds.append(BankRow(line=entry.seq, signal_type=entry.signal_type, value=entry.value,
+                                         category=entry.category, source=source.name, added_at=entry.added_at,
+                                         expires_at=entry.expires_at, signer=signer))
+            if entry.fact is not None:
+                via = source.name if entry.via is None else f"{source.name}/{entry.via}"
+                page.facts.append((entry.fact, via))
+        page.last = expected - 1
+        return page
+
+    def _signer(self, source: FeedSource, entry: ParsedEntry) -> str:
+        """Who a fact counts as: the source itself (by its pinned key, stable across rotations),
+        or, for a fact a hub relays, the member who signed it when that member is vouched for."""
+        if entry.via is None:
+            return source.key
+        if entry.signer in source.members or entry.signer in self._vouched:
+            return entry.signer
+        return source.key
+
+
+@dataclass(slots=True)
+class _Page:
+    """A checked page: what to apply, and the facts a hub passes on."""
+
+    last: int
+    key: str
+    adds: list[BankRow] = field(default_factory=list)
+    removes: list[tuple[str, int, str]] = field(default_factory=list)
+    verdicts: list[VerdictRecord] = field(default_factory=list)
+    facts: list[tuple[Mapping[str, Any], str]] = field(default_factory=list)
 
 
 def _seq(entry: dict[str, object]) -> int:

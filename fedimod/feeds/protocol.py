@@ -25,14 +25,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedimod.errors import FedimodError, HashParseError
-from fedimod.models import Category
+from fedimod.models import Category, Verdict
 from fedimod.signals import signal_type_named
 
 VERSION = 1
-OPS = ("add", "remove", "rotate")
+OPS = ("add", "remove", "verdict", "rotate", "relay")
+FACTS = ("add", "remove", "verdict")  # what a hub may relay: statements about a hash
 MAX_NOTE = 500
+MAX_VIA = 100
 _FIELDS = frozenset({"v", "feed", "seq", "op", "signal_type", "value", "category", "added_at", "expires_at", "note",
-                     "new_key", "key", "sig"})
+                     "new_key", "verdict", "origin", "via", "key", "sig"})
 
 
 class FeedError(FedimodError):
@@ -124,16 +126,37 @@ def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, ca
     return entry
 
 
+def make_verdict(*, feed: str, seq: int, signal_type: str, value: str, verdict: Verdict, added_at: int,
+                 note: str | None = None) -> dict[str, Any]:
+    """A reviewer's verdict on a hash: `confirmed` (a match was reviewed and is what the entry
+    says) or `false_positive` (a benign image collides with it)."""
+    entry: dict[str, Any] = {"v": VERSION, "feed": feed, "seq": seq, "op": "verdict", "signal_type": signal_type,
+                             "value": value, "verdict": verdict.value, "added_at": added_at}
+    if note:
+        entry["note"] = note[:MAX_NOTE]
+    return entry
+
+
+def make_relay(*, feed: str, seq: int, origin: Mapping[str, Any], via: str, added_at: int) -> dict[str, Any]:
+    """A hub's re-publication of a member's signed fact, the member's entry intact inside it."""
+    return {"v": VERSION, "feed": feed, "seq": seq, "op": "relay", "origin": dict(origin), "via": via[:MAX_VIA],
+            "added_at": added_at}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParsedEntry:
     seq: int
-    op: str
+    op: str  # add, remove, verdict or rotate; a relay is parsed as the fact it carries
     added_at: int
     signal_type: str = ""
     value: int = 0
     category: Category = Category.OTHER
     expires_at: int | None = None
     new_key: str | None = None  # op "rotate": the key that signs every later entry
+    verdict: Verdict | None = None  # op "verdict"
+    signer: str = ""  # the key that signed the fact: the feed's own, or a relayed member's
+    via: str | None = None  # a relayed fact: the member feed it came from
+    fact: Mapping[str, Any] | None = None  # the signed fact itself, as a hub relays it onward
 
 
 def make_rotation(*, feed: str, seq: int, new_key: str, added_at: int) -> dict[str, Any]:
@@ -142,21 +165,17 @@ def make_rotation(*, feed: str, seq: int, new_key: str, added_at: int) -> dict[s
 
 
 def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
-    """Check one published entry against its feed and pinned key; the parsed entry, or `FeedError`."""
-    if not isinstance(raw, dict):
-        raise FeedError("malformed", "an entry is not a JSON object")
-    unknown = set(raw) - _FIELDS
-    if unknown:
-        raise FeedError("malformed", f"entry {raw.get('seq')!r} has unknown fields {sorted(unknown)[:3]}")
+    """Check one published entry against its feed and pinned key; the parsed entry, or `FeedError`.
+
+    A relay is checked twice: the hub's signature with the pinned key, then the member's fact
+    inside it with the member's own key, so a hub can pass facts on but cannot alter them."""
+    _check_fields(raw)
     verify(raw, key)  # before anything else is trusted
     if raw.get("v") != VERSION:
         raise FeedError("malformed", f"entry {raw.get('seq')!r} is protocol version {raw.get('v')!r}, not {VERSION}")
     if raw.get("feed") != feed:
         raise FeedError("replay", f"entry {raw.get('seq')!r} belongs to feed {raw.get('feed')!r}, not {feed!r}")
-    seq, added, expires = raw.get("seq"), raw.get("added_at"), raw.get("expires_at")
-    if not (isinstance(seq, int) and _is_int(seq) and seq >= 1 and isinstance(added, int) and _is_int(added)
-            and (expires is None or _is_int(expires))):
-        raise FeedError("malformed", f"entry {seq!r}: seq, added_at and expires_at must be integers")
+    seq, added = _numbers(raw)
     if raw.get("op") not in OPS:
         raise FeedError("malformed", f"entry {seq}: op {raw.get('op')!r} is not one of {', '.join(OPS)}")
     if raw["op"] == "rotate":
@@ -164,14 +183,54 @@ def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
         if not isinstance(new_key, str) or not _is_public_key(new_key) or new_key == key:
             raise FeedError("malformed", f"entry {seq}: a rotation must name a new Ed25519 public key")
         return ParsedEntry(seq=seq, op="rotate", added_at=added, new_key=new_key)
+    if raw["op"] != "relay":
+        return _parse_fact(raw, seq=seq, added=added, signer=key, via=None)
+    origin, via = raw.get("origin"), raw.get("via")
+    if not isinstance(via, str) or not via or len(via) > MAX_VIA:
+        raise FeedError("malformed", f"entry {seq}: a relay must name the feed it relays (via)")
+    _check_fields(origin)
+    member = origin.get("key")
+    if not isinstance(member, str) or not _is_public_key(member):
+        raise FeedError("malformed", f"entry {seq}: the relayed fact carries no valid signing key")
+    verify(origin, member)
+    if origin.get("v") != VERSION or not isinstance(origin.get("feed"), str) or origin.get("op") not in FACTS:
+        raise FeedError("malformed", f"entry {seq}: a relay carries one signed add, remove or verdict of version "
+                                     f"{VERSION}")
+    _numbers(origin)
+    return _parse_fact(origin, seq=seq, added=added, signer=member, via=via)
+
+
+def _check_fields(raw: Any) -> None:
+    if not isinstance(raw, dict):
+        raise FeedError("malformed", "an entry is not a JSON object")
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise FeedError("malformed", f"entry {raw.get('seq')!r} has unknown fields {sorted(unknown)[:3]}")
+
+
+def _numbers(raw: Mapping[str, Any]) -> tuple[int, int]:
+    seq, added, expires = raw.get("seq"), raw.get("added_at"), raw.get("expires_at")
+    if not (isinstance(seq, int) and _is_int(seq) and seq >= 1 and isinstance(added, int) and _is_int(added)
+            and (expires is None or _is_int(expires))):
+        raise FeedError("malformed", f"entry {seq!r}: seq, added_at and expires_at must be integers")
+    return seq, added
+
+
+def _parse_fact(raw: Mapping[str, Any], *, seq: int, added: int, signer: str, via: str | None) -> ParsedEntry:
+    verdict: Verdict | None = None
     try:
         signal_type = signal_type_named(str(raw.get("signal_type")))
         value = signal_type.parse(str(raw.get("value")))
-        category = Category(str(raw.get("category")))
+        if raw["op"] == "verdict":
+            verdict = Verdict(str(raw.get("verdict")))
+            category = Category.OTHER
+        else:
+            category = Category(str(raw.get("category")))
     except (HashParseError, ValueError) as exc:
         raise FeedError("malformed", f"entry {seq}: {exc}") from exc
     return ParsedEntry(seq=seq, op=raw["op"], signal_type=signal_type.name, value=value, category=category,
-                       added_at=added, expires_at=expires)
+                       added_at=added, expires_at=raw.get("expires_at"), verdict=verdict, signer=signer, via=via,
+                       fact=raw)
 
 
 def _is_public_key(text: str) -> bool:

@@ -12,13 +12,15 @@ from fedimod.store.protocols import (
     BankRepository,
     FeedRepository,
     JobRepository,
+    RetroRepository,
     Store,
 )
 from fedimod.store.settings import StoreSettings
 from fedimod.store.sqlite import SQLiteStore, StoreProbe
 
 __all__ = [
-    "ActionRepository", "AuditRepository", "BankRepository", "FeedRepository", "JobRepository", "SQLiteStore",
+    "ActionRepository", "AuditRepository", "BankRepository", "FeedRepository", "JobRepository", "RetroRepository",
+    "SQLiteStore",
     "Store", "StoreProbe", "StoreSettings", "open_store",
 ]
 

@@ -36,12 +36,17 @@ from fedimod.models import (
     PendingReport,
     Post,
     PostRecord,
+    QuarantineRecord,
+    QuarantineState,
     ReportRecord,
     ReportState,
     ReviewState,
     ScanCounts,
+    ScanRow,
+    Signal,
     StoreCounts,
     StoredAction,
+    VerdictRecord,
 )
 
 
@@ -143,9 +148,51 @@ class FeedRepository(Protocol):
     async def feeds(self) -> list[FeedHead]: ...
 
     async def apply_feed_page(self, bank: str, *, source: str, adds: Sequence[BankRow],
-                              removes: Sequence[tuple[str, int]], cursor_key: str, cursor: int,
+                              removes: Sequence[tuple[str, int, str]], cursor_key: str, cursor: int,
+                              verdicts: Sequence[VerdictRecord] = (), relay_feed: str | None = None,
+                              relays: Sequence[Callable[[int], dict[str, Any]]] = (),
                               meta: Mapping[str, str] | None = None, now: float | None = None) -> FeedApplied:
-        """Apply a verified page to the source's bank and move its cursor (and set `meta`), all or nothing."""
+        """Apply a verified page to the source's bank (adds; removes by type, value and signer;
+        verdicts), re-publish its facts into `relay_feed` (hub mode), move its cursor and set
+        `meta`: all or nothing."""
+        ...
+
+    async def record_verdicts(self, verdicts: Sequence[VerdictRecord], now: float | None = None) -> None:
+        """Record verdicts; each replaces the same source and signer's earlier verdict on the hash."""
+        ...
+
+    async def verdicts(self) -> list[VerdictRecord]:
+        """Every verdict in force, oldest first."""
+        ...
+
+
+class RetroRepository(Protocol):
+    """The scan log (hashes of scanned media, never media) and the quarantine of flooding entries."""
+
+    async def scan_log(self, *, since: float, after_job: int = 0, limit: int | None = None) -> list[ScanRow]:
+        """Hashes of media scanned since `since`, in job order after `after_job`."""
+        ...
+
+    async def prune_scan_log(self, *, before: float) -> int:
+        """Forget hashes of media scanned before `before`; how many hashes went."""
+        ...
+
+    async def scanned_media(self, job_ids: Sequence[int]) -> list[tuple[MediaJob, tuple[Signal, ...]]]:
+        """Jobs with their stored hashes, to judge them again."""
+        ...
+
+    async def hold_in_quarantine(self, record: QuarantineRecord) -> None:
+        """Hold an entry back from every automatic action (once per entry)."""
+        ...
+
+    async def quarantined(self, state: QuarantineState | None = None, *,
+                          after_version: int = 0) -> list[QuarantineRecord]:
+        """Quarantine records changed after `after_version`, in the state given (None: any)."""
+        ...
+
+    async def decide_quarantine(self, entry_id: int, state: QuarantineState,
+                                now: float | None = None) -> QuarantineRecord | None:
+        """Release or reject a held entry (None: not held). Rejecting removes it from its bank."""
         ...
 
 
@@ -221,5 +268,6 @@ class AuditRepository(Protocol):
     async def counts(self) -> StoreCounts: ...
 
 
-class Store(JobRepository, BankRepository, FeedRepository, ActionRepository, AuditRepository, Protocol):
+class Store(JobRepository, BankRepository, FeedRepository, RetroRepository, ActionRepository, AuditRepository,
+            Protocol):
     """Every repository over one database (and one transaction helper)."""

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from fedimod.errors import HashParseError
-from fedimod.models import BankRow, Category
+from dataclasses import replace
+
+from fedimod.models import BankRow, Category, Verdict, VerdictRecord
 from fedimod.store import Store
 from tests.store_contract.records import PDQ_A, PDQ_B, row
 
@@ -38,7 +40,7 @@ async def test_a_page_is_applied_with_its_cursor_and_its_removals_are_logged(sto
     assert {(e.value, e.source, e.bank) for e in await store.bank_entries()} == {(PDQ_A, "p", "feed:p"),
                                                                                 (PDQ_B, "p", "feed:p")}
     start = (await store.bank_state()).removal_seq
-    again = await store.apply_feed_page("feed:p", source="p", adds=[row(3, PDQ_A)], removes=[("pdq", PDQ_B)],
+    again = await store.apply_feed_page("feed:p", source="p", adds=[row(3, PDQ_A)], removes=[("pdq", PDQ_B, "")],
                                         cursor_key="feed_cursor:p", cursor=4)
     assert (again.added, again.removed) == (0, 1)  # the add was already there
     assert [e.value for e in await store.bank_entries()] == [PDQ_A]
@@ -50,7 +52,45 @@ async def test_a_page_that_fails_part_way_changes_nothing(store: Store) -> None:
     await store.apply_feed_page("feed:p", source="p", adds=[row(1, PDQ_A)], removes=[], cursor_key="c", cursor=1)
     bad = BankRow(line=3, signal_type="nope", value=1, category=Category.OTHER)
     with pytest.raises(HashParseError):
-        await store.apply_feed_page("feed:p", source="p", adds=[row(2, PDQ_B), bad], removes=[("pdq", PDQ_A)],
+        await store.apply_feed_page("feed:p", source="p", adds=[row(2, PDQ_B), bad], removes=[("pdq", PDQ_A, "")],
                                     cursor_key="c", cursor=3)
     assert [e.value for e in await store.bank_entries()] == [PDQ_A]
     assert await store.get_meta("c") == "1"
+
+
+async def test_one_bank_holds_a_hash_once_per_signer_and_a_removal_takes_only_its_signers(store: Store) -> None:
+    adds = [replace(row(1, PDQ_A), signer="key-a"), replace(row(2, PDQ_A), signer="key-c")]
+    applied = await store.apply_feed_page("feed:hub", source="hub", adds=adds, removes=[], cursor_key="c", cursor=2)
+    assert applied.added == 2
+    assert sorted(e.identity for e in await store.bank_entries()) == ["key-a", "key-c"]
+    await store.apply_feed_page("feed:hub", source="hub", adds=[], removes=[("pdq", PDQ_A, "key-a")],
+                                cursor_key="c", cursor=3)
+    assert [e.identity for e in await store.bank_entries()] == ["key-c"]
+
+
+async def test_a_verdict_replaces_the_same_signers_earlier_one_and_moves_the_bank_state(store: Store) -> None:
+    before = (await store.bank_state()).verdicts_seq
+    fp = VerdictRecord(source="hub", signer="key-a", signal_type="pdq", value=PDQ_A, verdict=Verdict.FALSE_POSITIVE)
+    await store.apply_feed_page("feed:hub", source="hub", adds=[], removes=[], verdicts=[fp], cursor_key="c",
+                                cursor=1)
+    assert await store.verdicts() == [fp]
+    middle = (await store.bank_state()).verdicts_seq
+    assert middle > before
+    confirmed = replace(fp, verdict=Verdict.CONFIRMED)
+    await store.record_verdicts([confirmed, replace(confirmed, signer="", source="local")])
+    assert await store.verdicts() == [confirmed, replace(confirmed, signer="", source="local")]
+    assert (await store.bank_state()).verdicts_seq > middle
+
+
+async def test_a_hub_relays_a_page_in_the_transaction_that_applies_it(store: Store) -> None:
+    def relay(value: str) -> Any:
+        return lambda seq: {"feed": "hub", "seq": seq, "op": "relay", "origin": {"signal_type": "pdq", "value": value}}
+    await store.apply_feed_page("feed:a", source="a", adds=[row(1, PDQ_A)], removes=[], relay_feed="hub",
+                                relays=[relay("x"), relay("y")], cursor_key="c", cursor=1)
+    assert [(e["seq"], e["origin"]["value"]) for e in await store.feed_entries("hub", after=0, limit=10)] == [
+        (1, "x"), (2, "y")]
+    bad = BankRow(line=3, signal_type="nope", value=1, category=Category.OTHER)
+    with pytest.raises(HashParseError):
+        await store.apply_feed_page("feed:a", source="a", adds=[bad], removes=[], relay_feed="hub",
+                                    relays=[relay("z")], cursor_key="c", cursor=2)
+    assert await store.feed_head("hub") == 2  # the failed page relayed nothing

@@ -24,11 +24,12 @@ from fedimod.store.sqlite.audit import SQLiteAudit
 from fedimod.store.sqlite.banks import SQLiteBanks
 from fedimod.store.sqlite.feeds import SQLiteFeeds
 from fedimod.store.sqlite.jobs import SQLiteJobs
+from fedimod.store.sqlite.retro import SQLiteRetro
 
 __all__ = ["SQLiteStore", "StoreProbe"]
 
 
-class SQLiteStore(SQLiteJobs, SQLiteFeeds, SQLiteBanks, SQLiteActions, SQLiteAudit):
+class SQLiteStore(SQLiteJobs, SQLiteFeeds, SQLiteBanks, SQLiteRetro, SQLiteActions, SQLiteAudit):
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path | str) -> AsyncIterator[SQLiteStore]:

@@ -71,7 +71,8 @@ class SQLiteBanks(Database):
             for row in rows:
                 batch.append((bank, row.signal_type, signal_type_named(row.signal_type).format(row.value),
                               row.category.value, row.source or "local",
-                              row.added_at if row.added_at is not None else added_at, row.expires_at, import_id))
+                              row.added_at if row.added_at is not None else added_at, row.expires_at, import_id,
+                              row.signer))
                 if len(batch) >= _STAGE_BATCH:
                     added += await self._stage(batch)
                     done += len(batch)
@@ -96,7 +97,7 @@ class SQLiteBanks(Database):
             before = self._conn.total_changes
             await self._conn.executemany(
                 "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
-                "expires_at, import_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+                "expires_at, import_id, signer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
             return self._conn.total_changes - before
 
     async def _abandon_import(self, import_id: int | None) -> None:
@@ -164,7 +165,8 @@ class SQLiteBanks(Database):
             where.append("b.enabled = 1 AND (e.expires_at IS NULL OR e.expires_at > ?)")
             params.append(now_s)
         rows = await self._all(
-            "SELECT e.id, e.bank, e.signal_type, e.value, e.category, e.source, b.kind, e.added_at, e.expires_at "
+            "SELECT e.id, e.bank, e.signal_type, e.value, e.category, e.source, b.kind, e.added_at, e.expires_at, "
+            "e.signer "
             f"FROM bank_entries e JOIN banks b ON b.name = e.bank WHERE {' AND '.join(where)} ORDER BY e.id",
             params,
         )
@@ -172,7 +174,7 @@ class SQLiteBanks(Database):
             BankEntry(
                 id=r[0], bank=r[1], signal_type=r[2], value=signal_type_named(r[2]).parse(r[3]),
                 category=Category(r[4]), source=r[5], is_allowlist=r[6] == BankKind.ALLOW.value,
-                added_at=int(r[7]), expires_at=r[8],
+                added_at=int(r[7]), expires_at=r[8], signer=r[9],
             )
             for r in rows
         ]
@@ -189,11 +191,14 @@ class SQLiteBanks(Database):
         published = await self._one("SELECT COUNT(*) FROM bank_imports WHERE state = 'done'")
         removal = await self._one("SELECT COALESCE(MAX(seq), 0) FROM bank_removals")
         expiry = await self._one("SELECT MIN(expires_at) FROM bank_entries WHERE expires_at > ?", (now_s,))
+        verdicts = await self._one("SELECT COALESCE(MAX(id), 0) FROM verdicts")
+        quarantine = await self._one("SELECT COALESCE(MAX(version), 0) FROM quarantine")
         return BankState(
             banks=tuple(BankInfo(name=r[0], kind=BankKind(r[1]), enabled=bool(r[2])) for r in banks),
             max_entry_id=int(top[0]),
             removal_seq=int(removal[0]), next_expiry=None if expiry[0] is None else int(expiry[0]),
-            imports_published=int(published[0]),
+            imports_published=int(published[0]), verdicts_seq=int(verdicts[0]),
+            quarantine_seq=int(quarantine[0]),
         )
 
     async def bank_stats(self) -> list[BankCount]:

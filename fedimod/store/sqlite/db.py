@@ -231,6 +231,58 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (feed, seq)
     );
     """,
+    # 7: corroboration, verdicts, retroactive matching. A bank entry names who vouches for it (its
+    # signing key), so one bank may hold the same hash from two signers (a hub relaying two
+    # members); verdicts on hashes from feeds and moderators; entries held in quarantine; and an
+    # index for the scan log's retention.
+    """
+    CREATE TABLE bank_entries_v7 (
+        id INTEGER PRIMARY KEY,
+        bank TEXT NOT NULL,
+        signal_type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        category TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT 'local',
+        expires_at INTEGER,
+        import_id INTEGER,
+        signer TEXT NOT NULL DEFAULT '',
+        UNIQUE (bank, signal_type, value, signer)
+    );
+    INSERT INTO bank_entries_v7 (id, bank, signal_type, value, category, added_at, source, expires_at, import_id)
+        SELECT id, bank, signal_type, value, category, added_at, source, expires_at, import_id FROM bank_entries;
+    DROP TABLE bank_entries;
+    ALTER TABLE bank_entries_v7 RENAME TO bank_entries;
+    CREATE INDEX bank_entries_by_expiry ON bank_entries (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX bank_entries_by_import ON bank_entries (import_id) WHERE import_id IS NOT NULL;
+    CREATE INDEX bank_entries_by_value ON bank_entries (signal_type, value);
+    CREATE TABLE verdicts (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        signer TEXT NOT NULL,
+        signal_type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        at REAL NOT NULL,
+        UNIQUE (source, signer, signal_type, value)
+    );
+    CREATE TABLE quarantine (
+        entry_id INTEGER PRIMARY KEY,
+        bank TEXT NOT NULL,
+        source TEXT NOT NULL,
+        signal_type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        hits INTEGER NOT NULL,
+        accounts INTEGER NOT NULL,
+        share REAL NOT NULL,
+        reason TEXT NOT NULL,
+        state TEXT NOT NULL,
+        held_at REAL NOT NULL,
+        decided_at REAL,
+        version INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_by_created ON jobs (created_at);
+    """,
 )
 
 

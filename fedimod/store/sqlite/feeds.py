@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fedimod.models import BankKind, BankRow, FeedApplied, FeedHead
+from fedimod.models import BankKind, BankRow, FeedApplied, FeedHead, Verdict, VerdictRecord
 from fedimod.signals import signal_type_named
 from fedimod.store.sqlite.banks import SQLiteBanks
 
@@ -21,13 +21,17 @@ class SQLiteFeeds(SQLiteBanks):
         so two publishers never take the same sequence number."""
         now = time.time() if now is None else now
         async with self._transaction():
-            row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM feed_log WHERE feed = ?", (feed,))
-            entry = sign(int(row[0]) + 1)
-            await self._conn.execute(
-                "INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (feed, entry["seq"], entry["op"], entry.get("signal_type", ""), entry.get("value", ""),
-                 json.dumps(entry, separators=(",", ":"), sort_keys=True), now))
+            return await self._publish(feed, sign, now)
+
+    async def _publish(self, feed: str, sign: Signer, now: float) -> dict[str, Any]:
+        row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM feed_log WHERE feed = ?", (feed,))
+        entry = sign(int(row[0]) + 1)
+        fact = entry.get("origin", entry)
+        await self._conn.execute(
+            "INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (feed, entry["seq"], entry["op"], fact.get("signal_type", ""), fact.get("value", ""),
+             json.dumps(entry, separators=(",", ":"), sort_keys=True), now))
         return entry
 
     async def feed_entries(self, feed: str, *, after: int, limit: int) -> list[dict[str, Any]]:
@@ -45,33 +49,64 @@ class SQLiteFeeds(SQLiteBanks):
         return [FeedHead(name=r[0], head=int(r[1])) for r in rows]
 
     async def apply_feed_page(self, bank: str, *, source: str, adds: Sequence[BankRow],
-                              removes: Sequence[tuple[str, int]], cursor_key: str, cursor: int,
-                              meta: Mapping[str, str] | None = None, now: float | None = None) -> FeedApplied:
+                              removes: Sequence[tuple[str, int, str]], cursor_key: str, cursor: int,
+                              verdicts: Sequence[VerdictRecord] = (), relay_feed: str | None = None,
+                              relays: Sequence[Signer] = (), meta: Mapping[str, str] | None = None,
+                              now: float | None = None) -> FeedApplied:
         """Apply one verified page of a consumed feed to its source's bank, and move the source's
-        cursor, all at once: a page is applied whole or not at all. Removals are logged, so a
-        running index (and the actions an entry caused) follow them."""
+        cursor, all at once: a page is applied whole or not at all. A removal (signal type, value,
+        signer) takes that signer's entry; removals are logged, so a running index (and the actions
+        an entry caused) follow them. Verdicts replace the same signer's earlier verdict on the hash.
+        A hub re-publishes the page's facts into `relay_feed` in the same transaction, so nothing
+        it accepted is ever missing from what it serves."""
         now_s = time.time() if now is None else now
         async with self._transaction():
             await self._ensure_bank(bank, BankKind.BLOCK)
             before = self._conn.total_changes
             await self._conn.executemany(
                 "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
-                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "expires_at, signer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(bank, r.signal_type, signal_type_named(r.signal_type).format(r.value), r.category.value, source,
-                  r.added_at if r.added_at is not None else int(now_s), r.expires_at) for r in adds])
+                  r.added_at if r.added_at is not None else int(now_s), r.expires_at, r.signer) for r in adds])
             added = self._conn.total_changes - before
             removed = 0
-            for signal_type, value in removes:
+            for signal_type, value, signer in removes:
                 text = signal_type_named(signal_type).format(value)
-                rows = await self._all("SELECT id FROM bank_entries WHERE bank = ? AND signal_type = ? AND value = ?",
-                                       (bank, signal_type, text))
+                rows = await self._all("SELECT id FROM bank_entries WHERE bank = ? AND signal_type = ? AND value = ? "
+                                       "AND signer = ?", (bank, signal_type, text, signer))
                 for (entry_id,) in rows:
                     await self._conn.execute(
                         "INSERT INTO bank_removals (entry_id, bank, signal_type, value, removed_at) "
                         "VALUES (?, ?, ?, ?, ?)", (entry_id, bank, signal_type, text, now_s))
                     await self._conn.execute("DELETE FROM bank_entries WHERE id = ?", (entry_id,))
                     removed += 1
+            await self._upsert_verdicts(verdicts, now_s)
+            if relay_feed is not None:
+                for sign in relays:
+                    await self._publish(relay_feed, sign, now_s)
             await self._conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [(cursor_key, str(cursor)), *(meta or {}).items()])
-        return FeedApplied(added=added, removed=removed)
+        return FeedApplied(added=added, removed=removed, verdicts=len(verdicts),
+                           relayed=len(relays) if relay_feed is not None else 0)
+
+    async def record_verdicts(self, verdicts: Sequence[VerdictRecord], now: float | None = None) -> None:
+        """Record verdicts given here (a moderator's), as a consumed feed's are."""
+        async with self._transaction():
+            await self._upsert_verdicts(verdicts, time.time() if now is None else now)
+
+    async def _upsert_verdicts(self, verdicts: Sequence[VerdictRecord], now: float) -> None:
+        # DELETE then INSERT, not an upsert: the row id is the change counter the index follows.
+        for v in verdicts:
+            text = signal_type_named(v.signal_type).format(v.value)
+            await self._conn.execute(
+                "DELETE FROM verdicts WHERE source = ? AND signer = ? AND signal_type = ? AND value = ?",
+                (v.source, v.signer, v.signal_type, text))
+            await self._conn.execute(
+                "INSERT INTO verdicts (source, signer, signal_type, value, verdict, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (v.source, v.signer, v.signal_type, text, v.verdict.value, now))
+
+    async def verdicts(self) -> list[VerdictRecord]:
+        rows = await self._all("SELECT source, signer, signal_type, value, verdict FROM verdicts ORDER BY id")
+        return [VerdictRecord(source=r[0], signer=r[1], signal_type=r[2], value=signal_type_named(r[2]).parse(r[3]),
+                              verdict=Verdict(r[4])) for r in rows]

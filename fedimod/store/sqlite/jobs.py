@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from fedimod.models import FailedJob, JobState, MediaJob, Post
 from fedimod.outputs import scrub_urls
 from fedimod.store.sqlite.db import Database
 
-_JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
+JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
                 "account_acct")
+
+
+
+def job_from_row(job: Sequence[Any]) -> MediaJob:
+    """A `MediaJob` from a row of `JOB_COLUMNS`."""
+    return MediaJob(id=job[0], status_id=job[1], attachment_id=job[2], media_type=job[3], media_url=job[4],
+                    remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8], account_acct=job[9])
+
 
 # A job a worker may take: pending and due, or leased by someone whose lease has run out.
 _RUNNABLE = "((state = ? AND available_at <= ?) OR (state = ? AND lease_until < ?))"
@@ -129,14 +138,10 @@ class SQLiteJobs(Database):
                 return []
             ids = [row[0] for row in claimed]
             rows = await self._all(
-                f"SELECT {_JOB_COLUMNS} FROM jobs JOIN posts USING (status_id) "
+                f"SELECT {JOB_COLUMNS} FROM jobs JOIN posts USING (status_id) "
                 f"WHERE jobs.id IN ({','.join('?' * len(ids))}) ORDER BY jobs.id", ids,
             )
-        return [
-            MediaJob(id=job[0], status_id=job[1], attachment_id=job[2], media_type=job[3], media_url=job[4],
-                     remote_url=job[5], account_id=job[6], status_url=job[7], attempts=job[8], account_acct=job[9])
-            for job in rows
-        ]
+        return [job_from_row(job) for job in rows]
 
     async def set_job_urls(self, job_id: int, media_url: str | None, remote_url: str | None) -> None:
         """Record the URLs an attachment has now (a video's `url` is null until it is processed)."""
