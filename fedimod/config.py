@@ -33,6 +33,7 @@ from fedimod.media.settings import MediaSettings
 from fedimod.models import ACCOUNT_ACTIONS, ActionType, Category, Trust
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
+from fedimod.pipeline.retro import RetroSettings
 from fedimod.pipeline.settings import STREAMS, Config, InstanceSettings, WorkerSettings
 from fedimod.signals import REGISTRY
 from fedimod.store.settings import StoreSettings
@@ -132,7 +133,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
-                                       "webhooks", "watchdog", "logging", "feeds"}))
+                                       "webhooks", "watchdog", "logging", "feeds", "retro"}))
     feeds = _feeds(top.table("feeds", frozenset({"serve", "sources"})), env)
     policy = _policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"}))))
     return Config(
@@ -149,6 +150,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         feeds=feeds.settings,
         webhooks=_webhooks(top.table("webhooks", frozenset({"listen", "path", "secret_env"})), env, require_token),
         watchdog=_watchdog(top.table("watchdog", _names(WatchdogSettings))),
+        retro=_read(top.table("retro", _names(RetroSettings)), RetroSettings),
         log_level=_log_level(top.table("logging", frozenset({"level"}))),
     )
 
@@ -261,7 +263,7 @@ class _Feeds:
 
 
 _SOURCE_KEYS = frozenset({"name", "url", "feed", "key", "trust", "categories", "poll_interval_s", "stale_after_s",
-                          "required", "token_env", "static", "daily_cap"})
+                          "required", "token_env", "static", "daily_cap", "relay_to", "members"})
 
 
 def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
@@ -288,11 +290,19 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
         if len(key) != 43:
             raise ConfigError(src.key("key"), "must be the source's Ed25519 public key (43 base64url characters)")
         token_env = src.get("token_env", str, "")
+        relay_to = src.get("relay_to", str, "") or None
+        if relay_to is not None and not key_file:
+            raise ConfigError(src.key("relay_to"), "relaying a source (hub mode) needs this instance's feed key: "
+                                                   "set [feeds.serve] key_file")
+        members = src.get("members", list, [])
+        if not all(isinstance(m, str) and len(m) == 43 for m in members):
+            raise ConfigError(src.key("members"), "must list Ed25519 public keys (43 base64url characters each)")
         trust[name] = _choice(src, "trust", Trust, src.get("trust", str, Trust.UNKNOWN.value))
         source = FeedSource(name=name, url=url, feed=src.get("feed", str, _REQUIRED), key=key,
                             categories=_choices(src, "categories", Category), token=env.get(token_env, ""),
                             static=src.get("static", bool, False),
-                            daily_cap=int(src.number("daily_cap", int, {})) if "daily_cap" in src else None)
+                            daily_cap=int(src.number("daily_cap", int, {})) if "daily_cap" in src else None,
+                            relay_to=relay_to, members=frozenset(members))
         sources.append(FollowedSource(
             source=source, required=src.get("required", bool, False),
             poll_interval_s=src.number("poll_interval_s", float, {}) if "poll_interval_s" in src else 300.0,

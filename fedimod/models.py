@@ -413,6 +413,7 @@ class BankState:
     imports_published: int = 0  # a staged import's rows appear at once, below ids already seen
     verdicts_seq: int = 0  # the newest verdict's row id: verdicts change what matches weigh
     quarantine_seq: int = 0  # changes with every quarantine hold and decision
+    settled_id: int = 0  # entries up to this id are all published (none of an import still staging)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,7 +3,11 @@
 A rule looks at the blocking matches of one piece of media and keeps those it qualifies: category,
 signal type, distance, PDQ quality, and the trust level of the source that carries the entry. It
 fires when the kept matches come from at least `min_sources` independent sources (corroboration)
-and the post is in its scope (local or remote account). The first rule that fires decides; when
+and the post is in its scope (local or remote account). Sources are counted by signer, not by
+copy: a hub relaying a member's entry is that member, once; a `confirmed` verdict from a source
+the rule trusts counts its signer too. A `false_positive` verdict from a trusted source keeps the
+match out of every rule stronger than a report: a benign collision is never acted on
+automatically, though a rule may still file it for review. The first rule that fires decides; when
 none does, the match is only logged. Every decision says which rule fired and why, or why each
 rule did not, which is what `fedimod policy check` prints.
 """
@@ -53,7 +57,21 @@ class Rule:
         level = trust_of.level(entry.source)
         if self.trust is not None and level not in self.trust:
             return f"source {entry.source} is {level.value}, rule wants {_names(self.trust)}"
+        if self.action.rank > ActionType.REPORT.rank:
+            disputed = sorted(s for s in match.disputed_by if trust_of.level(s) is Trust.TRUSTED)
+            if disputed:
+                return f"a trusted source ({', '.join(disputed)}) called {entry.signal_type} entry {entry.id} a " \
+                       "false positive"
         return None
+
+    def signers(self, kept: Sequence[Match], trust_of: TrustMap) -> set[str]:
+        """The independent sources behind the kept matches: each entry's signer, and the signer of
+        each confirmation from a source this rule trusts."""
+        found = {m.entry.identity for m in kept}
+        for m in kept:
+            found.update(identity for source, identity in m.confirmed_by
+                         if self.trust is None or trust_of.level(source) in self.trust)
+        return found
 
     def explain(self, evidence: Evidence, trust_of: TrustMap) -> tuple[bool, str, list[Match]]:
         """(fires, why, the matches it counts)."""
@@ -66,13 +84,18 @@ class Rule:
                                                                                   trust_of))})
         if not kept:
             return False, "no qualifying match: " + "; ".join(rejected), []
-        sources = sorted({m.entry.source for m in kept})
+        sources = sorted(_short(s) for s in self.signers(kept, trust_of))
         if len(sources) < self.min_sources:
             why = f"{len(sources)} source(s) ({', '.join(sources)}) < min_sources {self.min_sources}"
             return False, why + "".join(f"; not counted: {r}" for r in rejected), kept
         best = min(kept, key=lambda m: m.distance)
         return True, (f"{len(kept)} qualifying match(es) from {len(sources)} source(s) ({', '.join(sources)}); "
                       f"closest {best.signal_type} distance {best.distance}"), kept
+
+
+def _short(identity: str) -> str:
+    """A signer for people to read: a source name as it is, a 43-character key by its start."""
+    return identity[:10] + "…" if len(identity) == 43 else identity
 
 
 def _names(values: frozenset[Category] | frozenset[Trust] | frozenset[str]) -> str:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from fedimod.match.hamming import MultiIndexHamming, ints_to_words, words_to_int
 from fedimod.match.settings import default_thresholds
-from fedimod.models import BankEntry, Category, Match, Signal
+from fedimod.models import BankEntry, Category, Match, Signal, Verdict, VerdictRecord
 from fedimod.signals import REGISTRY
 
 _CATEGORIES = tuple(Category)
@@ -49,22 +49,23 @@ class _Meta:
         self.ids = np.zeros(0, dtype=np.int64)
         self.bank = np.zeros(0, dtype=np.int16)
         self.source = np.zeros(0, dtype=np.int16)
+        self.signer = np.zeros(0, dtype=np.int16)
         self.category = np.zeros(0, dtype=np.int8)
         self.allow = np.zeros(0, dtype=np.bool_)
         self.size = 0
 
     def append(self, ids: npt.NDArray[np.int64], bank: npt.NDArray[np.int16], source: npt.NDArray[np.int16],
-               category: npt.NDArray[np.int8], allow: npt.NDArray[np.bool_]) -> None:
+               signer: npt.NDArray[np.int16], category: npt.NDArray[np.int8], allow: npt.NDArray[np.bool_]) -> None:
         if self.size and len(ids) and ids[0] <= self.ids[self.size - 1]:
             raise ValueError("bank entries must be added in increasing id order")
         need = self.size + len(ids)
         if need > len(self.ids):
             cap = max(need, 2 * len(self.ids), 1024)
-            for name in ("ids", "bank", "source", "category", "allow"):
+            for name in ("ids", "bank", "source", "signer", "category", "allow"):
                 setattr(self, name, np.resize(getattr(self, name), cap))
         sl = slice(self.size, need)
-        self.ids[sl], self.bank[sl], self.source[sl], self.category[sl], self.allow[sl] = (
-            ids, bank, source, category, allow)
+        self.ids[sl], self.bank[sl], self.source[sl], self.signer[sl], self.category[sl], self.allow[sl] = (
+            ids, bank, source, signer, category, allow)
         self.size = need
 
     def positions_of(self, entry_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -76,7 +77,13 @@ class _Meta:
 
     @property
     def nbytes(self) -> int:
-        return self.size * (8 + 2 + 2 + 1 + 1)
+        return self.size * (8 + 2 + 2 + 2 + 1 + 1)
+
+
+@dataclass(slots=True)
+class _Verdicts:
+    confirmed: list[tuple[str, str]] = field(default_factory=list)  # (source, identity)
+    disputed: list[str] = field(default_factory=list)  # sources
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +106,8 @@ class BankIndex:
         self.thresholds.update(thresholds or {})
         self._banks = _Interner()
         self._sources = _Interner()
+        self._signers = _Interner()
+        self._verdicts: dict[tuple[str, int], _Verdicts] = {}
         self._hamming: dict[str, MultiIndexHamming] = {}
         self._meta: dict[str, _Meta] = {}
         self._exact: dict[str, dict[int, list[BankEntry]]] = defaultdict(dict)
@@ -150,13 +159,14 @@ class BankIndex:
                 words=ints_to_words([e.value for e in group], REGISTRY[signal_type].bits),
                 banks=[e.bank for e in group],
                 sources=[e.source for e in group],
+                signers=[e.signer for e in group],
                 categories=[e.category for e in group],
                 allow=np.array([e.is_allowlist for e in group], dtype=np.bool_),
             )
 
     def add_arrays(self, signal_type: str, *, ids: npt.NDArray[np.int64], words: npt.NDArray[np.uint64],
                    banks: list[str], sources: list[str], categories: list[Category],
-                   allow: npt.NDArray[np.bool_]) -> None:
+                   allow: npt.NDArray[np.bool_], signers: list[str] | None = None) -> None:
         """Bulk add for a perceptual type (the store loader and the benchmark use this)."""
         if signal_type not in self._hamming:
             self._hamming[signal_type] = MultiIndexHamming(REGISTRY[signal_type].bits, self.thresholds[signal_type])
@@ -165,6 +175,7 @@ class BankIndex:
             ids,
             np.array([self._banks.code(b) for b in banks], dtype=np.int16),
             np.array([self._sources.code(s) for s in sources], dtype=np.int16),
+            np.array([self._signers.code(s) for s in (signers or [""] * len(ids))], dtype=np.int16),
             np.array([_CATEGORIES.index(c) for c in categories], dtype=np.int8),
             allow,
         )
@@ -188,7 +199,27 @@ class BankIndex:
             id=int(meta.ids[position]), bank=self._banks.names[meta.bank[position]], signal_type=signal_type,
             value=value, category=_CATEGORIES[meta.category[position]],
             source=self._sources.names[meta.source[position]], is_allowlist=bool(meta.allow[position]),
+            signer=self._signers.names[meta.signer[position]],
         )
+
+    def set_verdicts(self, verdicts: Iterable[VerdictRecord]) -> None:
+        """The verdicts in force (the latest per source and signer); each match carries those on its
+        entry's hash."""
+        table: dict[tuple[str, int], _Verdicts] = {}
+        for v in verdicts:
+            slot = table.setdefault((v.signal_type, v.value), _Verdicts())
+            if v.verdict is Verdict.CONFIRMED:
+                slot.confirmed.append((v.source, v.identity))
+            else:
+                slot.disputed.append(v.source)
+        self._verdicts = table
+
+    def _match(self, entry: BankEntry, signal_type: str, distance: int, threshold: int) -> Match:
+        verdicts = self._verdicts.get((entry.signal_type, entry.value))
+        if verdicts is None:
+            return Match(entry=entry, signal_type=signal_type, distance=distance, threshold=threshold)
+        return Match(entry=entry, signal_type=signal_type, distance=distance, threshold=threshold,
+                     confirmed_by=tuple(verdicts.confirmed), disputed_by=tuple(verdicts.disputed))
 
     def match(self, signals: Iterable[Signal]) -> list[Match]:
         """Every entry within its type's threshold of any signal, nearest first.
@@ -204,7 +235,7 @@ class BankIndex:
                 continue
             if not signal_type.is_perceptual:
                 for entry in self._exact.get(signal.signal_type, {}).get(signal.value, ()):
-                    found.append(Match(entry=entry, signal_type=signal.signal_type, distance=0, threshold=0))
+                    found.append(self._match(entry, signal.signal_type, 0, 0))
                 continue
             index = self._hamming.get(signal.signal_type)
             if index is None:
@@ -213,7 +244,7 @@ class BankIndex:
             query = ints_to_words([signal.value], signal_type.bits)
             for position, distance in index.query(query[0]):
                 value = words_to_int(index.words_at(position))
-                found.append(Match(entry=self._entry(signal.signal_type, position, value),
-                                   signal_type=signal.signal_type, distance=distance, threshold=threshold))
+                found.append(self._match(self._entry(signal.signal_type, position, value), signal.signal_type,
+                                         distance, threshold))
         found.sort(key=lambda m: (m.distance, m.entry.id))
         return found

@@ -10,7 +10,9 @@ alert when:
 - `stage_failing`: a stage of the service failed and was restarted during the last interval;
 - `store_unwritable`: the store's last probe could not commit a write (disk full, read-only file);
 - `feed_stale`: a feed source has gone without a successful sync for longer than its
-  `stale_after_s` (three polls unless set): a feed that stopped updating is a scanner switched off.
+  `stale_after_s` (three polls unless set): a feed that stopped updating is a scanner switched off;
+- `entry_quarantined`: a new bank entry matched an outsized share of recently scanned media and is
+  held back from every automatic action until `fedimod feed quarantine release|reject` decides.
 
 An alert is logged at error, shown as `fedimod_alert{name}` = 1 in /metrics, and sent to the
 configured notifiers (a direct message to the admin account, an HTTP POST of JSON). When its
@@ -50,7 +52,8 @@ def _id_key(status_id: str) -> tuple[int, str]:
     return len(status_id), status_id
 
 
-ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable", "feed_stale")
+ALERTS = ("hashing_stalled", "ingest_stalled", "hash_errors", "stage_failing", "store_unwritable", "feed_stale",
+          "entry_quarantined")
 
 
 class Watchdog(Collector):
@@ -81,7 +84,8 @@ class Watchdog(Collector):
         m = self._metrics
         conditions = {"hashing_stalled": self._hashing_stalled(m), "hash_errors": self._error_rate(m),
                       "ingest_stalled": await self._ingest_stalled(m), "stage_failing": self._stage_failing(m),
-                      "store_unwritable": self._store_unwritable(m), "feed_stale": self._feed_stale(m)}
+                      "store_unwritable": self._store_unwritable(m), "feed_stale": self._feed_stale(m),
+                      "entry_quarantined": self._quarantined(m)}
         for name, message in conditions.items():
             if message is not None and name not in self.active:
                 self.active[name] = message
@@ -107,6 +111,14 @@ class Watchdog(Collector):
             return None
         error = next(iter(m.values("fedimod_store_error")), "unknown error")
         return f"the store cannot commit writes ({error}); nothing new is recorded"
+
+    @staticmethod
+    def _quarantined(m: Metrics) -> str | None:
+        held = int(m.value("fedimod_quarantine_held", default=0))
+        if not held:
+            return None
+        return (f"{held} bank entr{'y' if held == 1 else 'ies'} held in quarantine: each matched too much recently "
+                "scanned media; see `fedimod feed quarantine list`")
 
     @staticmethod
     def _feed_stale(m: Metrics) -> str | None:

@@ -12,38 +12,52 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 from fedimod.logs import log_event
 from fedimod.match import BankIndex
 from fedimod.metrics import Collector, Metric, gauge
-from fedimod.models import BankState, Match, Signal
-from fedimod.store import BankRepository
+from fedimod.models import BankState, Match, QuarantineState, Signal
+from fedimod.store import BankRepository, FeedRepository, RetroRepository
 
 logger = logging.getLogger(__name__)
 
 INCREMENTAL_LIMIT = 20_000  # more new entries than this at once: rebuild off the loop instead
 
 
+class KeeperStore(BankRepository, FeedRepository, RetroRepository, Protocol):
+    """What the keeper reads: entries, verdicts, and which entries are held in quarantine."""
+
+
 class IndexKeeper(Collector):
-    def __init__(self, store: BankRepository, thresholds: Mapping[str, int]) -> None:
+    def __init__(self, store: KeeperStore, thresholds: Mapping[str, int]) -> None:
         self._store = store
         self._thresholds = thresholds
         self.index = BankIndex((), thresholds)
         self._state: BankState | None = None
+        self.held: frozenset[int] = frozenset()  # entries in quarantine: never matched
 
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def thresholds(self) -> Mapping[str, int]:
+        return self._thresholds
+
     def match(self, signals: Sequence[Signal]) -> list[Match]:
-        return self.index.match(signals)
+        found = self.index.match(signals)
+        return [m for m in found if m.entry.id not in self.held] if self.held else found
 
     def collect(self) -> Iterator[Metric]:
         yield gauge("fedimod_bank_entries", "Bank entries being matched against", len(self.index))
 
-    async def refresh(self) -> bool:
-        """Follow the store; True when entries may have gone away (actions to reconsider)."""
-        state = await self._store.bank_state()
+    async def refresh(self, state: BankState | None = None) -> bool:
+        """Follow the store (up to `state`, read now unless given); True when entries may have gone
+        away (actions to reconsider)."""
+        state = await self._store.bank_state() if state is None else state
         previous = self._state
+        if previous is None or previous.quarantine_seq != state.quarantine_seq:
+            self.held = frozenset(r.entry_id for r in await self._store.quarantined(QuarantineState.HELD))
         if previous == state:
             return False
         incremental = (
@@ -68,5 +82,8 @@ class IndexKeeper(Collector):
             log_event(logger, logging.INFO, "banks_loaded", entries=len(self.index), index_bytes=self.index.nbytes,
                       seconds=round(time.monotonic() - started, 3))
             retracted = previous is not None  # banks disabled, expired or replaced: look again
+        if (previous is None or not incremental or previous.verdicts_seq != state.verdicts_seq):
+            self.index.set_verdicts(await self._store.verdicts())
+            retracted = retracted or previous is not None  # a false-positive verdict may undo an action
         self._state = state
         return retracted

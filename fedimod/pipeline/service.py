@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ from fedimod.ops import OpsServer
 from fedimod.ops.watchdog import Watchdog
 from fedimod.pipeline.health import StoreHealth, notifiers
 from fedimod.pipeline.index import IndexKeeper
+from fedimod.pipeline.retro import RetroMatcher
 from fedimod.pipeline.settings import Config
 from fedimod.pipeline.workers import Workers, wait_for
 from fedimod.store import Store, open_store
@@ -68,6 +70,11 @@ class Pipeline:
         self.executor = ActionExecutor(store=store, actions=client, category=config.report.category,
                                        forward=config.report.forward, dry_run=config.report.dry_run)
         self.index = IndexKeeper(store, config.banks.thresholds)
+        self.retro: RetroMatcher | None = None
+        if config.retro.enabled:
+            self.retro = RetroMatcher(settings=config.retro, store=store, keeper=self.index, decider=self.decider,
+                                      on_queued=self._reports_due.set)
+            self.metrics.register(self.retro.stats)
         self.health = StoreHealth(config.store.path, config.ops.probe_interval_s)
         self.intake = PostIntake(store.record_posts, self._post_recorded)
         self.ingester = StreamIngester(
@@ -82,7 +89,8 @@ class Pipeline:
         self.workers = Workers(settings=config.workers, max_video_bytes=config.media.max_video_bytes, store=store,
                                fetcher=fetcher, hasher=hasher, index=self.index, decider=self.decider,
                                fetch_status=self.ingester.timeline.fetch_status, on_queued=self._reports_due.set,
-                               draining=self._draining)
+                               draining=self._draining,
+                               on_scanned=self.retro.observe if self.retro is not None else None)
         self.watchdog = Watchdog(settings=config.watchdog, metrics=self.metrics, newest_ids=self._newest_ids,
                                  notifiers=notifiers(config.watchdog, client=client, session=session,
                                                      instance=self._instance))
@@ -91,7 +99,11 @@ class Pipeline:
                               self.restarts, self.watchdog)
         self.feeds: FeedFollower | None = None
         if config.feeds.sources:
-            feed_client = FeedClient(session=session, store=store, meta=store)
+            relays = any(f.source.relay_to for f in config.feeds.sources)
+            feed_client = FeedClient(
+                session=session, store=store, meta=store,
+                relay_key=SigningKey.load(Path(config.feeds.key_file)) if relays else None,
+                vouched=frozenset(f.source.key for f in config.feeds.sources))
             self.feeds = FeedFollower(feed_client, config.feeds.sources)
             self.metrics.register(feed_client.stats, self.feeds)
         self.feed_port: int | None = None
@@ -116,7 +128,9 @@ class Pipeline:
         if released:
             log_event(logger, logging.WARNING, "leases_released", jobs=released,
                       msg="jobs in flight when the previous process stopped will run again")
-        await self.index.refresh()
+        if self.retro is not None:
+            await self.retro.load()
+        await self._banks_changed()
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self.index),
                   workers=self._config.workers.concurrency, dry_run=self._config.report.dry_run)
         async with contextlib.AsyncExitStack() as stack:
@@ -177,9 +191,24 @@ class Pipeline:
     async def _follow_banks(self) -> None:
         while True:
             await asyncio.sleep(self._config.banks.refresh_s)
-            if await self.index.refresh():
+            if await self._banks_changed():
                 await self.executor.reconsider(self._justified_action,
                                                reverse=self._config.policy.reverse_on_retraction)
+
+    async def _banks_changed(self) -> bool:
+        """Follow the banks: new entries are screened for floods before the index uses them, and
+        once it does, matched against the scan log; True when entries may have gone away."""
+        state = await self._store.bank_state()
+        if self.retro is None:
+            return await self.index.refresh(state)
+        fresh = await self.retro.screen(state.settled_id)
+        # The entries the index takes are those screened; the holds the screen just made apply now.
+        held = (await self._store.bank_state()).quarantine_seq
+        retracted = await self.index.refresh(replace(state, quarantine_seq=held))
+        await self.retro.act(fresh, state.settled_id)
+        await self.retro.released()
+        await self.retro.prune()
+        return retracted
 
     async def _justified_action(self, account_id: str) -> ActionType | None:
         """The strongest action that the account's hashed media justifies under the current banks."""

@@ -13,6 +13,7 @@ from fedimod.match.settings import BankSettings
 from fedimod.media.settings import MediaSettings
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
+from fedimod.pipeline.retro import RetroSettings
 from fedimod.store.settings import StoreSettings
 
 # The streams fedimod can follow (Mastodon's public ones; user streams carry no strangers' media).
@@ -67,4 +68,5 @@ class Config:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     feeds: FeedsSettings = field(default_factory=FeedsSettings)
+    retro: RetroSettings = field(default_factory=RetroSettings)
     log_level: str = "INFO"

@@ -74,7 +74,8 @@ async def wait_for(event: asyncio.Event, next_due: float | None) -> None:
 class Workers:
     def __init__(self, *, settings: WorkerSettings, max_video_bytes: int, store: JobRepository,
                  fetcher: MediaFetcher, hasher: HashPool, index: IndexKeeper, decider: Decider,
-                 fetch_status: StatusFetcher, on_queued: Callable[[], None], draining: asyncio.Event) -> None:
+                 fetch_status: StatusFetcher, on_queued: Callable[[], None], draining: asyncio.Event,
+                 on_scanned: Callable[[MediaJob, tuple[Signal, ...]], None] | None = None) -> None:
         self._settings = settings
         self._max_video_bytes = max_video_bytes
         self._store = store
@@ -84,6 +85,7 @@ class Workers:
         self._decider = decider
         self._fetch_status = fetch_status
         self._on_queued = on_queued  # a report or action was queued: wake the executor
+        self._on_scanned = on_scanned  # a job's hashes are recorded: the scan log index takes them
         self._draining = draining
         self.work = asyncio.Event()
         self.active = 0
@@ -209,6 +211,8 @@ class Workers:
         matches = self._index.match(result.signals)
         outcome = self._decide(job, result.signals, matches)
         completed = await self._store.complete_job(job, outcome)
+        if self._on_scanned is not None:
+            self._on_scanned(job, result.signals)
         log_event(logger, logging.INFO, "media_hashed", job_id=job.id, status_id=job.status_id,
                   attachment_id=job.attachment_id, format=result.format, width=result.width, height=result.height,
                   frames=result.frames, quality=quality_of(result.signals), matches=len(matches))

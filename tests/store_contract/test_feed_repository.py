@@ -3,13 +3,12 @@ its source's bank together with its cursor, all or nothing."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from fedimod.errors import HashParseError
-from dataclasses import replace
-
 from fedimod.models import BankRow, Category, Verdict, VerdictRecord
 from fedimod.store import Store
 from tests.store_contract.records import PDQ_A, PDQ_B, row

@@ -192,6 +192,8 @@ class SQLiteBanks(Database):
         removal = await self._one("SELECT COALESCE(MAX(seq), 0) FROM bank_removals")
         expiry = await self._one("SELECT MIN(expires_at) FROM bank_entries WHERE expires_at > ?", (now_s,))
         verdicts = await self._one("SELECT COALESCE(MAX(id), 0) FROM verdicts")
+        staging = await self._one(
+            "SELECT MIN(e.id) FROM bank_entries e JOIN bank_imports i ON i.id = e.import_id WHERE i.state = 'staging'")
         quarantine = await self._one("SELECT COALESCE(MAX(version), 0) FROM quarantine")
         return BankState(
             banks=tuple(BankInfo(name=r[0], kind=BankKind(r[1]), enabled=bool(r[2])) for r in banks),
@@ -199,6 +201,7 @@ class SQLiteBanks(Database):
             removal_seq=int(removal[0]), next_expiry=None if expiry[0] is None else int(expiry[0]),
             imports_published=int(published[0]), verdicts_seq=int(verdicts[0]),
             quarantine_seq=int(quarantine[0]),
+            settled_id=int(top[0]) if staging[0] is None else int(staging[0]) - 1,
         )
 
     async def bank_stats(self) -> list[BankCount]:
