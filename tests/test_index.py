@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fedimod.match import BankIndex
 from fedimod.match.hamming import ChunkPlan, MultiIndexHamming, ints_to_words, words_to_int
-from fedimod.models import BankEntry, Category, Signal
+from fedimod.models import BankEntry, Category, Signal, Verdict, VerdictRecord
 from fedimod.signals import REGISTRY
 from tests.helpers import hamming_distance
 
@@ -117,6 +117,25 @@ def test_matches_carry_bank_category_source_and_allowlist_flag() -> None:
         ("famous", Category.OTHER, "local", True, 1),
     ]
     assert found[0].entry.value == value
+
+
+def test_matches_carry_their_signer_and_the_verdicts_on_their_hash() -> None:
+    value = random.Random(6).getrandbits(256)
+    index = BankIndex([
+        BankEntry(id=1, bank="feed:hub", signal_type="pdq", value=value, category=Category.CSAM, source="hub",
+                  signer="key-a"),
+        BankEntry(id=2, bank="feed:hub", signal_type="md5", value=5, category=Category.CSAM, source="hub",
+                  signer="key-c"),
+    ])
+    index.set_verdicts([
+        VerdictRecord(source="hub", signer="key-b", signal_type="pdq", value=value, verdict=Verdict.CONFIRMED),
+        VerdictRecord(source="peer", signer="key-p", signal_type="pdq", value=value, verdict=Verdict.FALSE_POSITIVE),
+        VerdictRecord(source="peer", signer="key-p", signal_type="pdq", value=value ^ 1, verdict=Verdict.CONFIRMED),
+    ])
+    found = index.match([Signal(signal_type="pdq", value=value ^ 3, quality=90), Signal(signal_type="md5", value=5)])
+    pdq, md5 = sorted(found, key=lambda m: m.signal_type != "pdq")
+    assert (pdq.entry.signer, pdq.confirmed_by, pdq.disputed_by) == ("key-a", (("hub", "key-b"),), ("peer",))
+    assert (md5.entry.identity, md5.confirmed_by, md5.disputed_by) == ("key-c", (), ())
 
 
 def test_memory_per_pdq_hash_is_reported_and_bounded() -> None:

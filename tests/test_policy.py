@@ -14,9 +14,12 @@ from fedimod.models import ActionType, BankEntry, Category, Match, Trust
 
 
 def match(category: str = "csam", source: str = "local", signal: str = "pdq", distance: int = 5,
-          entry_id: int = 1) -> Match:
-    entry = BankEntry(id=entry_id, bank="b", signal_type=signal, value=0, category=Category(category), source=source)
-    return Match(entry=entry, signal_type=signal, distance=distance, threshold=31)
+          entry_id: int = 1, signer: str = "", confirmed_by: tuple[tuple[str, str], ...] = (),
+          disputed_by: tuple[str, ...] = ()) -> Match:
+    entry = BankEntry(id=entry_id, bank="b", signal_type=signal, value=0, category=Category(category), source=source,
+                      signer=signer)
+    return Match(entry=entry, signal_type=signal, distance=distance, threshold=31, confirmed_by=confirmed_by,
+                 disputed_by=disputed_by)
 
 
 def evidence(*matches: Match, quality: int | None = 90, local: bool = True) -> Evidence:
@@ -50,6 +53,35 @@ def test_corroboration_counts_independent_trusted_sources_only() -> None:
     assert decision.action is ActionType.LOG
     (_, fires, why), = policy.trace(evidence(match(source="local"), match(source="stranger", entry_id=2)))
     assert not fires and "source stranger is unknown" in why
+
+
+def test_corroboration_counts_signers_not_copies_and_trusted_confirmations_count() -> None:
+    rule = Rule(name="two", action=ActionType.SILENCE, min_sources=2, trust=frozenset({Trust.TRUSTED, Trust.KNOWN}))
+    policy = Policy((rule,), TrustMap({"peer-a": Trust.KNOWN, "hub": Trust.KNOWN, "c": Trust.KNOWN}))
+    # A's entry straight from A and relayed by the hub: one signer, however many copies.
+    copies = evidence(match(source="peer-a", signer="key-a"), match(source="hub", signer="key-a", entry_id=2))
+    assert policy.decide(copies).action is ActionType.LOG
+    (_, _, why), = policy.trace(copies)
+    assert "1 source(s) (key-a) < min_sources 2" in why
+    two = evidence(match(source="peer-a", signer="key-a"), match(source="hub", signer="key-c", entry_id=2))
+    assert policy.decide(two).action is ActionType.SILENCE
+    # A reviewer's confirmation counts its signer, but only through a source the rule trusts.
+    confirmed = match(source="peer-a", signer="key-a", confirmed_by=(("c", "key-c"),))
+    assert policy.decide(evidence(confirmed)).action is ActionType.SILENCE
+    stranger = match(source="peer-a", signer="key-a", confirmed_by=(("stranger", "key-s"),))
+    assert policy.decide(evidence(stranger)).action is ActionType.LOG
+
+
+def test_a_trusted_false_positive_verdict_stops_automatic_action_but_not_a_report() -> None:
+    rules = (Rule(name="silence", action=ActionType.SILENCE), Rule(name="review", action=ActionType.REPORT))
+    trust = TrustMap({"local": Trust.TRUSTED, "peer": Trust.TRUSTED, "loud": Trust.UNKNOWN})
+    policy = Policy(rules, trust)
+    disputed = policy.decide(evidence(match(disputed_by=("peer",))))
+    assert (disputed.action, disputed.rule_name) == (ActionType.REPORT, "review")
+    (_, fires, why), _ = policy.trace(evidence(match(disputed_by=("peer",))))
+    assert not fires and "a trusted source (peer) called pdq entry 1 a false positive" in why
+    # An untrusted source's verdict changes nothing.
+    assert policy.decide(evidence(match(disputed_by=("loud",)))).action is ActionType.SILENCE
 
 
 def test_quality_applies_to_pdq_only_and_scope_separates_local_from_remote() -> None:

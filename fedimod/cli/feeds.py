@@ -7,6 +7,8 @@
     fedimod feed export --key feed.pem DIR
     fedimod feed rotate --key feed.pem --new-key next.pem --feed NAME
     fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...] [--static]
+    fedimod feed verdict --key feed.pem --feed NAME TYPE HEX confirmed|false_positive [--note TEXT]
+    fedimod feed quarantine list | release ENTRY_ID | reject ENTRY_ID
     fedimod feed status
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 
 from fedimod.config import Config, load_config
 from fedimod.errors import ConfigError, FedimodError, HashParseError
-from fedimod.models import Category
+from fedimod.models import Category, Verdict
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 
@@ -44,6 +46,22 @@ def register(sub: Any, add_config: AddConfig) -> None:
         if verb == "add":
             cmd.add_argument("--note", default=None, help="for moderators; never a post or an account")
         add_config(cmd)
+    verdict = feed_sub.add_parser("verdict", help="publish a reviewer's verdict on a hash (and apply it here)")
+    verdict.add_argument("--key", type=Path, required=True, help="the feed's signing key (from keygen)")
+    verdict.add_argument("--feed", required=True, help="the feed's name")
+    verdict.add_argument("signal_type", help="pdq, phash, md5 or sha256")
+    verdict.add_argument("value", help="the hash, in hex")
+    verdict.add_argument("verdict", choices=[v.value for v in Verdict],
+                         help="confirmed: a match was reviewed and is what the entry says; false_positive: a benign "
+                              "image collides with it (no automatic action from it, here or at trusting peers)")
+    verdict.add_argument("--note", default=None, help="for moderators; never a post or an account")
+    add_config(verdict)
+    quarantine = feed_sub.add_parser("quarantine", help="entries held back because they matched too much")
+    quarantine.add_argument("decision", choices=("list", "release", "reject"),
+                            help="list what is held; release an entry (it acts from now on, on earlier posts too) "
+                                 "or reject it (it leaves its bank)")
+    quarantine.add_argument("entry_id", nargs="?", type=int, help="the entry (from list)")
+    add_config(quarantine)
     rotate = feed_sub.add_parser("rotate", help="hand a feed over to a new signing key, announced with the old")
     rotate.add_argument("--key", type=Path, required=True, help="the key in force (signs the announcement)")
     rotate.add_argument("--new-key", type=Path, required=True, help="the key that signs every later entry")
@@ -84,7 +102,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
             return 0
         config = load_config(args.config, require_token=False)
         runner = {"add": _publish, "retract": _publish, "serve": _serve, "sync": _sync,
-                  "export": _export, "rotate": _rotate, "status": _status}[args.feed_command]
+                  "export": _export, "rotate": _rotate, "status": _status, "verdict": _verdict,
+                  "quarantine": _quarantine}[args.feed_command]
         result: int = asyncio.run(runner(config, args))
         return result
     except FileExistsError:
@@ -112,6 +131,58 @@ async def _publish(config: Config, args: argparse.Namespace) -> int:
             feed=args.feed, seq=seq, op=op, signal_type=signal_type.name, value=value,
             category=Category(args.category), added_at=now, note=getattr(args, "note", None))))
     print(f"published {op} of {signal_type.name} {value} as entry {entry['seq']} of feed '{args.feed}'")
+    return 0
+
+
+async def _verdict(config: Config, args: argparse.Namespace) -> int:
+    from fedimod.feeds.protocol import SigningKey, make_verdict
+    from fedimod.models import VerdictRecord
+    from fedimod.signals import signal_type_named
+    from fedimod.store import open_store
+
+    key = SigningKey.load(args.key)
+    try:
+        signal_type = signal_type_named(args.signal_type)
+        value = signal_type.parse(args.value)
+    except HashParseError as exc:
+        raise ConfigError("value", str(exc)) from exc
+    verdict, now = Verdict(args.verdict), int(time.time())
+    async with open_store(config.store) as store:
+        entry = await store.publish_feed_entry(args.feed, lambda seq: key.sign(make_verdict(
+            feed=args.feed, seq=seq, signal_type=signal_type.name, value=signal_type.format(value),
+            verdict=verdict, added_at=now, note=args.note)))
+        await store.record_verdicts([VerdictRecord(source="local", signer="", signal_type=signal_type.name,
+                                                   value=value, verdict=verdict)])
+    print(f"published verdict {verdict.value} on {signal_type.name} {signal_type.format(value)} as entry "
+          f"{entry['seq']} of feed '{args.feed}'; it applies here at once")
+    return 0
+
+
+async def _quarantine(config: Config, args: argparse.Namespace) -> int:
+    from fedimod.models import QuarantineState
+    from fedimod.signals import REGISTRY
+    from fedimod.store import open_store
+
+    async with open_store(config.store) as store:
+        if args.decision == "list":
+            held = await store.quarantined(QuarantineState.HELD)
+            for r in held:
+                print(f"entry {r.entry_id:<8} {r.bank:16} {r.signal_type} {REGISTRY[r.signal_type].format(r.value)}"
+                      f"\n    held {time.strftime('%Y-%m-%d %H:%M', time.gmtime(r.held_at))} UTC: {r.reason}; "
+                      f"{r.hits} attachments, {r.accounts} accounts")
+            print(f"{len(held)} entr{'y' if len(held) == 1 else 'ies'} held"
+                  + ("; decide with: fedimod feed quarantine release|reject ENTRY_ID" if held else ""))
+            return 0
+        if args.entry_id is None:
+            raise ConfigError("entry_id", f"quarantine {args.decision} needs the entry's id (see quarantine list)")
+        state = QuarantineState.RELEASED if args.decision == "release" else QuarantineState.REJECTED
+        record = await store.decide_quarantine(args.entry_id, state)
+    if record is None:
+        print(f"fedimod: error: entry {args.entry_id} is not held in quarantine", file=sys.stderr)
+        return 1
+    print(f"entry {record.entry_id} {state.value}" + (
+        ": the running bot acts on it from now on, on the earlier posts it matched too"
+        if state is QuarantineState.RELEASED else ": removed from its bank; nothing comes from it"))
     return 0
 
 
@@ -165,6 +236,7 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
 async def _status(config: Config, args: argparse.Namespace) -> int:
     """What the store says of each source (the running bot's health, rejections and last success
     are in its /metrics: fedimod_feed_*)."""
+    from fedimod.models import QuarantineState
     from fedimod.store import open_store
 
     async with open_store(config.store) as store:
@@ -180,8 +252,15 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
             lines.append(f"source {source.name:12} {source.url}/feeds/{source.feed}: cursor {cursor}, "
                          f"{entries} entries in {source.bank}, key {key[:12]}…"
                          + (" (rotated from the pinned key)" if key != source.key else ""))
+        held = await store.quarantined(QuarantineState.HELD)
+        verdicts = await store.verdicts()
     for feed in published:
         lines.append(f"published {feed.name:9} head {feed.head}")
+    if verdicts:
+        lines.append(f"verdicts in force: {sum(v.verdict is Verdict.CONFIRMED for v in verdicts)} confirmed, "
+                     f"{sum(v.verdict is Verdict.FALSE_POSITIVE for v in verdicts)} false positive")
+    if held:
+        lines.append(f"{len(held)} entries held in quarantine: fedimod feed quarantine list")
     print("\n".join(lines) if lines else "no feed sources configured ([[feeds.sources]]) and none published")
     return 0
 
