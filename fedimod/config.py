@@ -267,7 +267,7 @@ _SOURCE_KEYS = frozenset({"name", "url", "feed", "key", "trust", "categories", "
 
 
 def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
-    serve = table.table("serve", frozenset({"listen", "key_file", "tokens_env", "rate_per_s", "burst"}))
+    serve = table.table("serve", frozenset({"listen", "key_file", "tokens_env", "rate_per_s", "burst", "feeds"}))
     address = _listen(serve, "")
     key_file = serve.get("key_file", str, "")
     if address is not None and not key_file:
@@ -315,7 +315,8 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
     settings = FeedsSettings(
         sources=tuple(sources), key_file=key_file, serve_tokens=tokens,
         serve_rate_per_s=serve.number("rate_per_s", float, {}) if "rate_per_s" in serve else 20.0,
-        serve_burst=int(serve.number("burst", int, {})) if "burst" in serve else 60)
+        serve_burst=int(serve.number("burst", int, {})) if "burst" in serve else 60,
+        serve_feeds=frozenset(str(f) for f in serve.get("feeds", list, [])))
     if address is not None:
         settings = replace(settings, serve_host=address[0], serve_port=address[1])
     return _Feeds(settings=settings, trust=trust)

@@ -87,7 +87,8 @@ async def test_error_rate_and_ingest_stall_raise_and_clear() -> None:
     await dog.check()
     assert set(dog.active) == {"hash_errors", "ingest_stalled"}
     assert metrics.values("fedimod_alert") == {"hash_errors": 1, "ingest_stalled": 1, "hashing_stalled": 0,
-                                               "stage_failing": 0, "store_unwritable": 0, "feed_stale": 0}
+                                               "stage_failing": 0, "store_unwritable": 0, "feed_stale": 0,
+                                               "entry_quarantined": 0}
     workers.media_hashed, workers.job_errors["timeout"] = 22, 19
     state["ours"] = "200"
     await dog.check()

@@ -269,14 +269,20 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
     import aiohttp
 
     from fedimod.feeds.client import FeedClient, FeedSource
+    from fedimod.feeds.verify import SignatureChecker
     from fedimod.store import open_store
 
     categories = None if not args.category else frozenset(Category(c) for c in args.category)
     source = FeedSource(name=args.source, url=args.url, feed=args.feed, key=args.pin, categories=categories,
                         static=args.static)
-    async with open_store(config.store) as store, aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as http:
-        client = FeedClient(session=http, store=store, meta=store)
-        result = await client.sync(source)
+    checker = SignatureChecker()
+    try:
+        async with (open_store(config.store) as store,
+                    aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as http):
+            client = FeedClient(session=http, store=store, meta=store, checker=checker)
+            result = await client.sync(source)
+    finally:
+        checker.close()
     skipped = sum(n for (name, _reason), n in client.stats.rejected.items() if name == source.name)
     print(f"source '{source.name}': {result.pages} pages, {result.added} added, {result.removed} removed, "
           f"{skipped} skipped; cursor {result.cursor}")

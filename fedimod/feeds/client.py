@@ -23,6 +23,7 @@ import aiohttp
 
 from fedimod.feeds.protocol import FeedError, ParsedEntry, SigningKey, make_relay, parse_entry
 from fedimod.feeds.static import check_head, page_path
+from fedimod.feeds.verify import SignatureChecker, signature_pairs
 from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counters, gauges
 from fedimod.models import BankRow, Category, FeedApplied, VerdictRecord
@@ -110,8 +111,10 @@ class FeedClient:
     def __init__(self, *, session: aiohttp.ClientSession, store: FeedRepository, meta: JobRepository,
                  page_limit: int = PAGE_LIMIT, max_page_bytes: int = MAX_PAGE_BYTES,
                  timeout_s: float = 30.0, clock: Callable[[], float] = time.time,
-                 relay_key: SigningKey | None = None, vouched: frozenset[str] = frozenset()) -> None:
+                 relay_key: SigningKey | None = None, vouched: frozenset[str] = frozenset(),
+                 checker: SignatureChecker | None = None) -> None:
         self._session = session
+        self._checker = checker or SignatureChecker(processes=1)
         self._relay_key = relay_key
         self._vouched = vouched  # keys of every configured source: a fact they signed counts as theirs
         self._clock = clock
@@ -188,7 +191,7 @@ class FeedClient:
             entries, day_meta = self._capped(source, raw, day)
             if day.held:  # part of this page waits: ask for it again, not with its ETag
                 self._etags.pop(f"{source.name}|{cursor}", None)
-            page = self._check(source, entries, cursor, key)
+            page = await self._check(source, entries, cursor, key)
             if page.last == cursor:
                 return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
             last, new_key = page.last, page.key
@@ -223,7 +226,7 @@ class FeedClient:
                 raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
             entries, day_meta = self._capped(
                 source, [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor], day)
-            page = self._check(source, entries, cursor, key)
+            page = await self._check(source, entries, cursor, key)
             if page.last == cursor:
                 if day.held:
                     break
@@ -299,14 +302,16 @@ class FeedClient:
             self._etags[tag_key] = etag
         return document
 
-    def _check(self, source: FeedSource, entries: list[object], cursor: int, key: str) -> _Page:
+    async def _check(self, source: FeedSource, entries: list[object], cursor: int, key: str) -> _Page:
         """The page's additions, removals and verdicts, its last sequence number and the key in force
         after it; `FeedError` if any entry is unsound. A rotation, signed by the key in force, hands
-        over to the new key for every later entry; a rotation signed by anyone else fails as a wrong key."""
+        over to the new key for every later entry; a rotation signed by anyone else fails as a wrong key.
+        The signatures are checked in bulk first; if any fails, entry by entry, to say which and why."""
+        verified = await self._checker.all_valid(signature_pairs(entries, key))
         page = _Page(last=cursor, key=key)
         expected = cursor + 1
         for raw in entries:
-            entry = parse_entry(raw, feed=source.feed, key=page.key)
+            entry = parse_entry(raw, feed=source.feed, key=page.key, verified=verified)
             if entry.seq != expected:
                 raise FeedError("replay", f"entry {entry.seq} where {expected} was due: the page is replayed, "
                                           "reordered or has a gap")

@@ -45,6 +45,7 @@ class FeedsSettings:
     serve_tokens: frozenset[str] = field(default=frozenset(), repr=False)
     serve_rate_per_s: float = 20.0  # per client address, with bursts of serve_burst
     serve_burst: int = 60
+    serve_feeds: frozenset[str] = frozenset()  # feeds announced before their first entry (a hub's relay feed)
 
 
 class FeedFollower(Collector):

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import rfc8785
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from fedimod.errors import FedimodError, HashParseError
 from fedimod.models import Category, Verdict
@@ -105,15 +106,25 @@ def verify(entry: Mapping[str, Any], key: str) -> None:
     if entry.get("key") != key:
         raise FeedError("key", f"entry {entry.get('seq')!r} is signed by {str(entry.get('key'))[:12]}…, not the "
                                f"pinned key {key[:12]}…")
+    if not is_signed_by(entry, key):
+        raise FeedError("signature", f"entry {entry.get('seq')!r}: signature does not verify")
+
+
+def is_signed_by(entry: Mapping[str, Any], key: str) -> bool:
+    """Whether `entry` carries `key` and a valid signature by it (libsodium's verify)."""
+    if entry.get("key") != key:
+        return False
     try:
-        _public_key(key).verify(unb64(str(entry.get("sig", ""))), canonical(entry))
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise FeedError("signature", f"entry {entry.get('seq')!r}: signature does not verify") from exc
+        signature = unb64(str(entry.get("sig", "")))
+        _verify_key(key).verify(canonical(entry), signature)
+    except (BadSignatureError, ValueError, TypeError, rfc8785.CanonicalizationError):
+        return False
+    return len(signature) == 64
 
 
-@lru_cache(maxsize=64)
-def _public_key(key: str) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(unb64(key))
+@lru_cache(maxsize=256)
+def _verify_key(key: str) -> VerifyKey:
+    return VerifyKey(unb64(key))
 
 
 def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, category: Category,
@@ -164,13 +175,15 @@ def make_rotation(*, feed: str, seq: int, new_key: str, added_at: int) -> dict[s
     return {"v": VERSION, "feed": feed, "seq": seq, "op": "rotate", "new_key": new_key, "added_at": added_at}
 
 
-def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
+def parse_entry(raw: Any, *, feed: str, key: str, verified: bool = False) -> ParsedEntry:
     """Check one published entry against its feed and pinned key; the parsed entry, or `FeedError`.
 
     A relay is checked twice: the hub's signature with the pinned key, then the member's fact
-    inside it with the member's own key, so a hub can pass facts on but cannot alter them."""
+    inside it with the member's own key, so a hub can pass facts on but cannot alter them.
+    `verified`: the signatures were already checked (`feeds.verify`, the page in bulk)."""
     _check_fields(raw)
-    verify(raw, key)  # before anything else is trusted
+    if not verified:
+        verify(raw, key)  # before anything else is trusted
     if raw.get("v") != VERSION:
         raise FeedError("malformed", f"entry {raw.get('seq')!r} is protocol version {raw.get('v')!r}, not {VERSION}")
     if raw.get("feed") != feed:
@@ -192,7 +205,8 @@ def parse_entry(raw: Any, *, feed: str, key: str) -> ParsedEntry:
     member = origin.get("key")
     if not isinstance(member, str) or not _is_public_key(member):
         raise FeedError("malformed", f"entry {seq}: the relayed fact carries no valid signing key")
-    verify(origin, member)
+    if not verified:
+        verify(origin, member)
     if origin.get("v") != VERSION or not isinstance(origin.get("feed"), str) or origin.get("op") not in FACTS:
         raise FeedError("malformed", f"entry {seq}: a relay carries one signed add, remove or verdict of version "
                                      f"{VERSION}")

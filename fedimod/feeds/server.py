@@ -48,8 +48,9 @@ class FeedServer:
 
     def __init__(self, store: FeedRepository, *, key: str, host: str = "127.0.0.1", port: int = 0,
                  tokens: frozenset[str] = frozenset(), rate_per_s: float = 20.0, burst: int = 60,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 feeds: frozenset[str] = frozenset(), clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        self._declared = feeds  # served (empty) before their first entry: a new hub is not a dead one
         self._key = key  # the public key the entries are signed with
         self._tokens = tokens
         self._rate_per_s = rate_per_s
@@ -110,9 +111,11 @@ class FeedServer:
         return response
 
     async def _discovery(self, request: web.Request) -> web.StreamResponse:
-        feeds = await self._store.feeds()
+        heads = {f.name: f.head for f in await self._store.feeds()}
+        heads = {name: 0 for name in self._declared} | heads
         body = dumps({"fedimod": VERSION, "feeds": [
-            {"name": f.name, "key": self._key, "head": f.head, "entries": f"/feeds/{f.name}/entries"} for f in feeds]})
+            {"name": name, "key": self._key, "head": head, "entries": f"/feeds/{name}/entries"}
+            for name, head in sorted(heads.items())]})
         return self._answer(request, body, _etag(body))
 
     async def _entries(self, request: web.Request) -> web.StreamResponse:
@@ -127,6 +130,8 @@ class FeedServer:
             self.stats.answers[400] += 1
             return web.json_response({"error": "after must be 0 or more and limit 1 or more"}, status=400)
         head = await self._store.feed_head(feed)  # one index probe: what a 304 costs
+        if head is None and feed in self._declared:
+            head = 0
         if head is None:
             self.stats.answers[404] += 1
             return web.json_response({"error": f"no feed named {feed!r}"}, status=404)

@@ -32,6 +32,7 @@ from fedimod.feeds.client import FeedClient
 from fedimod.feeds.follow import FeedFollower
 from fedimod.feeds.protocol import SigningKey
 from fedimod.feeds.server import FeedServer
+from fedimod.feeds.verify import SignatureChecker
 from fedimod.ingest import PostSource, StreamIngester
 from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
@@ -98,10 +99,12 @@ class Pipeline:
                               hasher.stats, self.index, self.executor.stats, client, client.budget, self.health,
                               self.restarts, self.watchdog)
         self.feeds: FeedFollower | None = None
+        self._checker: SignatureChecker | None = None
         if config.feeds.sources:
             relays = any(f.source.relay_to for f in config.feeds.sources)
+            self._checker = SignatureChecker()  # processes start with the first large page
             feed_client = FeedClient(
-                session=session, store=store, meta=store,
+                session=session, store=store, meta=store, checker=self._checker,
                 relay_key=SigningKey.load(Path(config.feeds.key_file)) if relays else None,
                 vouched=frozenset(f.source.key for f in config.feeds.sources))
             self.feeds = FeedFollower(feed_client, config.feeds.sources)
@@ -134,6 +137,8 @@ class Pipeline:
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self.index),
                   workers=self._config.workers.concurrency, dry_run=self._config.report.dry_run)
         async with contextlib.AsyncExitStack() as stack:
+            if self._checker is not None:
+                stack.callback(self._checker.close)
             if self._config.ops.host is not None:
                 ops = await stack.enter_async_context(
                     OpsServer(self.metrics, host=self._config.ops.host, port=self._config.ops.port))
@@ -149,7 +154,9 @@ class Pipeline:
                 key = SigningKey.load(Path(feeds.key_file))
                 server = await stack.enter_async_context(
                     FeedServer(self._store, key=key.public, host=feeds.serve_host, port=feeds.serve_port,
-                               tokens=feeds.serve_tokens, rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst))
+                               tokens=feeds.serve_tokens, rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst,
+                               feeds=feeds.serve_feeds | {f.source.relay_to for f in feeds.sources
+                                                          if f.source.relay_to}))
                 self.feed_port = server.port
                 self.metrics.register(server.stats)
             sources: list[PostSource] = [self.ingester, self.ingester.timeline]
