@@ -126,7 +126,7 @@ def retro_bench(log_rows: int, new_entries: int) -> None:
         distances = np.zeros(len(values), dtype=np.int64)
         for w in range(4):
             x = words[:, w] ^ q[w]
-            distances += np.unpackbits(x.view(np.uint8)).reshape(-1, 64).sum(axis=1)
+            distances += np.unpackbits(x.view(np.uint8)).reshape(-1, 64).sum(axis=1, dtype=np.int64)
     linear = (time.perf_counter() - started) / sample * new_entries
     log(f"retroactive match:           {new_entries:,} new entries against {log_rows:,} scanned hashes in "
         f"{lookup:.3f} s (goal < 1 s; {found:,} planted copies found of {len(planted):,}); linear scan "

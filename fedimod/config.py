@@ -134,7 +134,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
                                        "webhooks", "watchdog", "logging", "feeds", "retro"}))
-    feeds = _feeds(top.table("feeds", frozenset({"serve", "sources"})), env)
+    feeds = _feeds(top.table("feeds", frozenset({"serve", "sources", "publish_confirmed"})), env)
     policy = _policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"}))))
     return Config(
         instance=_instance(top.table("instance", _names(InstanceSettings, without=frozenset({"token"}))), env,
@@ -312,8 +312,12 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
     if tokens_env and not tokens:
         raise ConfigError(serve.key("tokens_env"), f"environment variable {tokens_env} holds no tokens "
                                                    "(comma-separated); unset tokens_env for a public feed")
+    publish = table.get("publish_confirmed", str, "")
+    if publish and not key_file:
+        raise ConfigError(table.key("publish_confirmed"), "publishing confirmed hashes needs this instance's feed "
+                                                          "key: set [feeds.serve] key_file")
     settings = FeedsSettings(
-        sources=tuple(sources), key_file=key_file, serve_tokens=tokens,
+        sources=tuple(sources), key_file=key_file, serve_tokens=tokens, publish_confirmed=publish,
         serve_rate_per_s=serve.number("rate_per_s", float, {}) if "rate_per_s" in serve else 20.0,
         serve_burst=int(serve.number("burst", int, {})) if "burst" in serve else 60,
         serve_feeds=frozenset(str(f) for f in serve.get("feeds", list, [])))

@@ -25,7 +25,7 @@ from PIL import Image
 from fedimod.act.policy import PolicySettings
 from fedimod.cli import main
 from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
-from fedimod.models import ActionType, Category
+from fedimod.models import ActionType, Category, Verdict
 from fedimod.sandbox import Sandbox
 from fedimod.sandbox.state import SandboxStatus
 from fedimod.store import SQLiteStore
@@ -151,6 +151,43 @@ async def test_review_reject_undoes_a_provisional_action_and_confirm_then_refuse
     async with SQLiteStore.open(s.db) as store:
         rollbacks = [r.as_dict() for r in await store.audit_rows() if r.event.event == "rollback"]
     assert [(r["detail"]["review"], r["account_id"]) for r in rollbacks] == [("rejected", str(spam_account))]
+
+
+async def test_review_confirm_publishes_the_confirmed_hashes_and_a_verdict_when_configured(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedimod.feeds.protocol import SigningKey, parse_entry
+    from fedimod.media import hash_media
+
+    monkeypatch.setenv("FEDIMOD_TEST_TOKEN", bot_token)
+    hold = rule("hold", ActionType.SILENCE, Category.SPAM, provisional=True, review_s=3600.0)
+    s = await scenario(sandbox, bot_token, tmp_path, PolicySettings(rules=(hold, *LADDER.rules)))
+    key = SigningKey.generate()
+    key.save(tmp_path / "feed.pem")
+    config = write_config(tmp_path, sandbox, s.db, f"""
+[feeds]
+publish_confirmed = "confirmed"
+[feeds.serve]
+key_file = "{tmp_path / 'feed.pem'}"
+""")
+    code, out, _ = await cli(capsys, "review", "list", "-c", str(config))
+    action_id = out.split()[0]
+    code, out, _ = await cli(capsys, "review", "confirm", action_id, "-c", str(config))
+    assert code == 0 and "published" in out, out
+    async with SQLiteStore.open(s.db) as store:
+        published = await store.feed_entries("confirmed", after=0, limit=100)
+        causes = await store.keys_caused_by(signal_type="pdq", value=next(
+            e["value"] for e in published if e["op"] == "verdict" and e["signal_type"] == "pdq"))
+    parsed = [parse_entry(e, feed="confirmed", key=key.public) for e in published]
+    uploaded = {(sig.signal_type, sig.value) for sig in hash_media(altered_copy(SPAM_IMAGE, 0.5)).signals}
+    added = {(p.signal_type, p.value) for p in parsed if p.op == "add"}
+    assert added and added <= uploaded  # the re-upload's own hashes, as the moderator confirmed them
+    assert {p.category for p in parsed if p.op == "add"} == {Category.SPAM}
+    assert {p.verdict for p in parsed if p.op == "verdict"} == {Verdict.CONFIRMED}
+    assert causes  # the verdict is on the entry that caused the action
+    spam = s.statuses["spam"]
+    text = json.dumps(published)
+    assert f'"{spam.id}"' not in text and sandbox.base_url not in text and "spam@" not in text  # no post or account
 
 
 async def test_policy_check_names_the_rule_that_fires_and_rejects_a_bad_rule(

@@ -251,6 +251,16 @@ async def _review(config: Config, args: argparse.Namespace) -> int:
             if not await store.set_review(action.id, ReviewState.AWAITING, ReviewState.CONFIRMED, event):
                 raise FedimodError(f"action {action.id} was decided meanwhile; see `fedimod audit`")
             print(f"action {action.id} ({request.action} of account {request.account_id}) confirmed")
+            feed = config.feeds.publish_confirmed
+            if feed:
+                from fedimod.feeds.protocol import SigningKey
+                from fedimod.feeds.publish import publish_confirmed
+
+                media, causes = await store.confirmed_hashes(request.idempotency_key)
+                published = await publish_confirmed(store, SigningKey.load(Path(config.feeds.key_file)), feed,
+                                                    media=media, causes=causes)
+                print(f"published {len(published)} entries on feed '{feed}' ({len(media)} confirmed hashes, "
+                      f"{len(causes)} confirmed verdicts); no post or account is named in them")
             return 0
         from fedimod.act import MastodonClient
         from fedimod.act.executor import ActionExecutor

@@ -46,6 +46,9 @@ class FeedsSettings:
     serve_rate_per_s: float = 20.0  # per client address, with bursts of serve_burst
     serve_burst: int = 60
     serve_feeds: frozenset[str] = frozenset()  # feeds announced before their first entry (a hub's relay feed)
+    # `fedimod review confirm` publishes the confirmed media's hashes (and a `confirmed` verdict on
+    # the entries behind the action) on this feed; "" to publish nothing by itself.
+    publish_confirmed: str = ""
 
 
 class FeedFollower(Collector):

@@ -24,6 +24,7 @@ from fedimod.models import (
     BankRemovals,
     BankRow,
     BankState,
+    Category,
     Completed,
     FailedJob,
     FeedApplied,
@@ -256,6 +257,11 @@ class AuditRepository(Protocol):
 
     async def keys_caused_by(self, *, entry_id: int | None = None, signal_type: str | None = None,
                              value: str | None = None) -> list[str]: ...
+
+    async def confirmed_hashes(self, key: str) -> tuple[list[tuple[Signal, Category]], list[tuple[str, int]]]:
+        """For an account action's key: the matched media's hashes (with the matched category) and
+        the (type, value) of the entries behind it."""
+        ...
 
     async def post_record(self, status_id: str) -> PostRecord | None: ...
 

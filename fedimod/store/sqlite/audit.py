@@ -7,7 +7,17 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 
-from fedimod.models import AuditEvent, AuditRecord, JobState, MediaRecord, PostRecord, ScanCounts, Signal, StoreCounts
+from fedimod.models import (
+    AuditEvent,
+    AuditRecord,
+    Category,
+    JobState,
+    MediaRecord,
+    PostRecord,
+    ScanCounts,
+    Signal,
+    StoreCounts,
+)
 from fedimod.signals import signal_type_named
 from fedimod.store.sqlite.banks import VISIBLE
 from fedimod.store.sqlite.db import Database
@@ -41,6 +51,27 @@ class SQLiteAudit(Database):
                     event=r[2], key=r[3], status_id=r[4], account_id=r[5], action=r[6], rule=r[7], result=r[8],
                     dry_run=bool(r[9]), detail=json.loads(r[10])))
                 for r in await self._all(sql, params)]
+
+    async def confirmed_hashes(self, key: str) -> tuple[list[tuple[Signal, Category]], list[tuple[str, int]]]:
+        """For a report or action key: the hashes of the media that matched (with the category
+        of the entry it matched), and the (type, value) of the entries that caused it: what a
+        moderator's confirmation publishes."""
+        media = await self._all(
+            "SELECT DISTINCT s.signal_type, s.value, s.quality, c.category FROM action_causes c "
+            "JOIN actions a ON a.idempotency_key = c.key "
+            "JOIN matches m ON m.entry_id = c.entry_id AND m.is_allowlist = 0 "
+            "JOIN posts p ON p.status_id = m.status_id AND p.account_id = a.account_id "
+            "JOIN job_signals s ON s.job_id = m.job_id WHERE c.key = ? ORDER BY s.job_id, s.rowid", (key,))
+        causes = await self._all("SELECT DISTINCT signal_type, value FROM action_causes WHERE key = ? "
+                                 "ORDER BY signal_type, value", (key,))
+        seen: set[tuple[str, str]] = set()
+        found = []
+        for signal_type, value, quality, category in media:
+            if (signal_type, value) not in seen:
+                seen.add((signal_type, value))
+                found.append((Signal(signal_type=signal_type, value=signal_type_named(signal_type).parse(value),
+                                     quality=quality), Category(category)))
+        return found, [(t, signal_type_named(t).parse(v)) for t, v in causes]
 
     async def keys_caused_by(self, *, entry_id: int | None = None, signal_type: str | None = None,
                              value: str | None = None) -> list[str]:
