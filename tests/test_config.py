@@ -113,6 +113,24 @@ def test_feed_sources_and_serving_are_read_and_their_trust_reaches_the_policy() 
     assert "t0ken" not in repr(config)
 
 
+def test_a_hub_source_relays_and_vouches_and_retro_settings_are_read() -> None:
+    key, member = "A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg", "m" * 43
+    raw = minimal(feeds={"serve": {"listen": "127.0.0.1:9470", "key_file": "feed.pem", "feeds": ["local"]},
+                         "publish_confirmed": "local",
+                         "sources": [{"name": "a", "url": "https://a.example", "feed": "a", "key": key,
+                                      "relay_to": "hub", "members": [member]}]},
+                  retro={"retention_days": 30, "max_share": 0.1, "min_hits": 4})
+    config = parse_config(raw, ENV)
+    (followed,) = config.feeds.sources
+    assert (followed.source.relay_to, followed.source.members) == ("hub", frozenset({member}))
+    assert (config.feeds.serve_feeds, config.feeds.publish_confirmed) == (frozenset({"local"}), "local")
+    assert (config.retro.retention_days, config.retro.max_share, config.retro.min_hits,
+            config.retro.max_accounts) == (30.0, 0.1, 4, 25)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(retro={"max_share": "lots"}), ENV)
+    assert caught.value.path == "retro.max_share"
+
+
 @pytest.mark.parametrize(("feeds", "key", "fragment"), [
     ({"serve": {"listen": "127.0.0.1:9470"}}, "feeds.serve.key_file", "signing key"),
     ({"sources": [{"name": "hub", "url": "https://h.example", "feed": "f", "key": "short"}]},
@@ -123,6 +141,11 @@ def test_feed_sources_and_serving_are_read_and_their_trust_reaches_the_policy() 
      "feeds.sources[0].url", "http(s) URL"),
     ({"sources": [{"name": "hub", "url": "https://h.example", "feed": "f", "key": "k" * 43, "trust": "total"}]},
      "feeds.sources[0].trust", "not one of"),
+    ({"sources": [{"name": "a", "url": "https://a.example", "feed": "f", "key": "k" * 43, "relay_to": "hub"}]},
+     "feeds.sources[0].relay_to", "feed key"),
+    ({"sources": [{"name": "hub", "url": "https://h.example", "feed": "f", "key": "k" * 43, "members": ["x"]}]},
+     "feeds.sources[0].members", "43 base64url"),
+    ({"publish_confirmed": "local"}, "feeds.publish_confirmed", "feed key"),
 ])
 def test_bad_feed_settings_name_their_key(feeds: dict[str, Any], key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
