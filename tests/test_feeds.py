@@ -90,20 +90,27 @@ async def test_a_consumer_follows_the_feed_applies_retractions_and_polls_cheaply
     assert not any(k in json.dumps(page) for k in ("status", "account", "https://"))  # hashes only
 
 
-async def test_entries_outside_the_trusted_categories_are_skipped_and_counted(
+async def test_unwanted_or_unusable_entries_are_skipped_and_counted_and_the_sync_goes_on(
         stores: tuple[SQLiteStore, SQLiteStore]) -> None:
     a, b = stores
     key = SigningKey.from_seed(SEED)
     await publish(a, key, "add", PDQ)
     await publish(a, key, "add", MD5, signal_type="md5", category=Category.SPAM)
     await publish(a, key, "add", "0" * 64)  # a degenerate hash: matches every flat image
+    await publish(a, key, "add", "0" * 62 + "ff")  # nearly so: 8 bits set of 256
+    for unusable in ({"signal_type": "vpdq"}, {"category": "future-category"}, {"quality": 20}):
+        await a.publish_feed_entry("a", lambda seq, u=unusable: key.sign(make_entry(
+            feed="a", seq=seq, op="add", signal_type="pdq", value=OTHER_PDQ, category=Category.CSAM,
+            added_at=1764547200) | u))
+    await publish(a, key, "add", OTHER_PDQ)  # after all of them: still applied
     async with FeedServer(a, key=key.public) as server, aiohttp.ClientSession() as session:
         source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{server.port}", feed="a", key=key.public,
                             categories=frozenset({Category.CSAM}))
         client = FeedClient(session=session, store=b, meta=b)
         result = await client.sync(source)
-    assert (result.added, result.cursor) == (1, 3)
-    assert client.stats.rejected == {("peer-a", "category"): 1, ("peer-a", "degenerate"): 1}
+    assert (result.added, result.cursor) == (2, 8)
+    assert client.stats.rejected == {("peer-a", "category"): 2, ("peer-a", "degenerate"): 2,
+                                     ("peer-a", "signal_type"): 1, ("peer-a", "low_quality"): 1}
 
 
 Tamper = Callable[[list[dict[str, Any]]], object]

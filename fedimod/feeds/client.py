@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from fedimod.feeds.protocol import FeedError, ParsedEntry, SigningKey, make_relay, parse_entry
+from fedimod.feeds.protocol import FeedError, ParsedEntry, SigningKey, UnusableEntry, make_relay, parse_entry
 from fedimod.feeds.static import check_head, page_path
 from fedimod.feeds.verify import SignatureChecker, signature_pairs
 from fedimod.logs import log_event
@@ -311,7 +311,14 @@ class FeedClient:
         page = _Page(last=cursor, key=key)
         expected = cursor + 1
         for raw in entries:
-            entry = parse_entry(raw, feed=source.feed, key=page.key, verified=verified)
+            try:
+                entry = parse_entry(raw, feed=source.feed, key=page.key, verified=verified)
+            except UnusableEntry as exc:  # signed and in sequence, but of a kind this version cannot use
+                if _seq(raw) != expected:
+                    raise FeedError("replay", f"entry {_seq(raw)} where {expected} was due") from exc
+                expected += 1
+                self.stats.rejected[(source.name, exc.reason)] += 1
+                continue
             if entry.seq != expected:
                 raise FeedError("replay", f"entry {entry.seq} where {expected} was due: the page is replayed, "
                                           "reordered or has a gap")
@@ -330,6 +337,9 @@ class FeedClient:
                 continue
             elif REGISTRY[entry.signal_type].is_degenerate(entry.value):
                 self.stats.rejected[(source.name, "degenerate")] += 1
+                continue
+            elif _low_quality(entry):
+                self.stats.rejected[(source.name, "low_quality")] += 1
                 continue
             else:
                 page.adds.append(BankRow(line=entry.seq, signal_type=entry.signal_type, value=entry.value,
@@ -363,6 +373,12 @@ class _Page:
     facts: list[tuple[Mapping[str, Any], str]] = field(default_factory=list)
 
 
-def _seq(entry: dict[str, object]) -> int:
-    seq = entry.get("seq")
+def _seq(entry: object) -> int:
+    seq = entry.get("seq") if isinstance(entry, dict) else None
     return seq if isinstance(seq, int) else 0
+
+
+def _low_quality(entry: ParsedEntry) -> bool:
+    """The producer says its picture's quality is below the floor this instance matches at."""
+    floor = REGISTRY[entry.signal_type].min_quality
+    return floor is not None and entry.quality is not None and entry.quality < floor

@@ -35,7 +35,7 @@ FACTS = ("add", "remove", "verdict")  # what a hub may relay: statements about a
 MAX_NOTE = 500
 MAX_VIA = 100
 _FIELDS = frozenset({"v", "feed", "seq", "op", "signal_type", "value", "category", "added_at", "expires_at", "note",
-                     "new_key", "verdict", "origin", "via", "key", "sig"})
+                     "new_key", "verdict", "origin", "via", "quality", "key", "sig"})
 
 
 class FeedError(FedimodError):
@@ -44,6 +44,11 @@ class FeedError(FedimodError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason  # a stable label: signature, key, malformed, replay, http, size
+
+
+class UnusableEntry(FeedError):
+    """A soundly signed entry this consumer cannot use (a signal type or category it does not
+    know, from a newer producer): skipped and counted, not a reason to refuse the page."""
 
 
 def b64(data: bytes) -> str:
@@ -128,10 +133,13 @@ def _verify_key(key: str) -> VerifyKey:
 
 
 def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, category: Category,
-               added_at: int, expires_at: int | None = None, note: str | None = None) -> dict[str, Any]:
+               added_at: int, expires_at: int | None = None, note: str | None = None,
+               quality: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"v": VERSION, "feed": feed, "seq": seq, "op": op, "signal_type": signal_type,
                              "value": value, "category": category.value, "added_at": added_at,
                              "expires_at": expires_at}
+    if quality is not None:
+        entry["quality"] = quality
     if note:
         entry["note"] = note[:MAX_NOTE]
     return entry
@@ -165,6 +173,7 @@ class ParsedEntry:
     expires_at: int | None = None
     new_key: str | None = None  # op "rotate": the key that signs every later entry
     verdict: Verdict | None = None  # op "verdict"
+    quality: int | None = None  # the producer's PDQ quality of the hashed picture, when it says
     signer: str = ""  # the key that signed the fact: the feed's own, or a relayed member's
     via: str | None = None  # a relayed fact: the member feed it came from
     fact: Mapping[str, Any] | None = None  # the signed fact itself, as a hub relays it onward
@@ -234,6 +243,14 @@ def _parse_fact(raw: Mapping[str, Any], *, seq: int, added: int, signer: str, vi
     verdict: Verdict | None = None
     try:
         signal_type = signal_type_named(str(raw.get("signal_type")))
+    except HashParseError as exc:
+        raise UnusableEntry("signal_type", f"entry {seq}: {exc}") from exc
+    if raw["op"] != "verdict" and str(raw.get("category")) not in Category.__members__.values():
+        raise UnusableEntry("category", f"entry {seq}: unknown category {raw.get('category')!r}")
+    quality = raw.get("quality")
+    if quality is not None and not (_is_int(quality) and 0 <= quality <= 100):
+        raise FeedError("malformed", f"entry {seq}: quality must be an integer from 0 to 100")
+    try:
         value = signal_type.parse(str(raw.get("value")))
         if raw["op"] == "verdict":
             verdict = Verdict(str(raw.get("verdict")))
@@ -244,7 +261,7 @@ def _parse_fact(raw: Mapping[str, Any], *, seq: int, added: int, signer: str, vi
         raise FeedError("malformed", f"entry {seq}: {exc}") from exc
     return ParsedEntry(seq=seq, op=raw["op"], signal_type=signal_type.name, value=value, category=category,
                        added_at=added, expires_at=raw.get("expires_at"), verdict=verdict, signer=signer, via=via,
-                       fact=raw)
+                       fact=raw, quality=quality)
 
 
 def _is_public_key(text: str) -> bool:

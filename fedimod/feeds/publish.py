@@ -28,9 +28,10 @@ async def publish_confirmed(store: FeedRepository, key: SigningKey, feed: str, *
         text = kind.format(signal.value)
 
         def add(seq: int, signal_type: str = signal.signal_type, value: str = text,
-                category: Category = category) -> dict[str, Any]:
+                category: Category = category, quality: int | None = signal.quality) -> dict[str, Any]:
             return key.sign(make_entry(feed=feed, seq=seq, op="add", signal_type=signal_type, value=value,
-                                       category=category, added_at=added_at, note="confirmed by a moderator"))
+                                       category=category, added_at=added_at, note="confirmed by a moderator",
+                                       quality=quality))
         published.append(await store.publish_feed_entry(feed, add))
     for signal_type, value in causes:
         def confirm(seq: int, signal_type: str = signal_type, value: str = REGISTRY[signal_type].format(value)

@@ -53,7 +53,7 @@ def _hash(line: int, type_name: str, text: str) -> tuple[str, int]:
     except HashParseError as exc:
         raise BankFileError(line, str(exc)) from None
     if signal_type.is_degenerate(value):
-        raise BankFileError(line, f"{signal_type.name} hash {text.strip()} is degenerate (all bits equal)")
+        raise BankFileError(line, f"{signal_type.name} hash {text.strip()} is degenerate (nearly all bits equal)")
     return signal_type.name, value
 
 

@@ -92,8 +92,14 @@ class SignalType:
         return f"{value:0{self.hex_digits}x}"
 
     def is_degenerate(self, value: int) -> bool:
-        """All-zero or all-one perceptual hashes come from flat images and match far too much."""
-        return self.is_perceptual and value in (0, (1 << self.bits) - 1)
+        """A perceptual hash with (nearly) all bits equal: all-zero and all-one hashes come from flat
+        images and match far too much. PDQ and pHash threshold at the median, so a real picture's
+        hash has about half its bits set (PDQ exactly 128 of 256); one with fewer than an eighth of
+        its bits differing from the rest is no picture's, and would match every near-flat one."""
+        if not self.is_perceptual:
+            return False
+        ones, floor = value.bit_count(), self.bits // 8
+        return ones < floor or ones > self.bits - floor
 
     def hash_frame(self, frame: Image.Image) -> Signal:
         """This type's signal of one decoded RGB picture (`FRAME` types)."""

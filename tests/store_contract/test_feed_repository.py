@@ -3,6 +3,7 @@ its source's bank together with its cursor, all or nothing."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,9 @@ async def test_published_entries_are_numbered_per_feed_and_paged_in_order(store:
     assert [e["seq"] for e in page] == [3, 4, 5] and page[0]["value"] == f"{2:032x}"
     assert await store.feed_entries("a", after=5, limit=10) == []
     assert [e["seq"] for e in await store.feed_entries("b", after=0, limit=10)] == [1]
+    bodies = await store.feed_bodies("a", after=3, limit=10)
+    assert [(seq, json.loads(text)) for seq, text in bodies] == [
+        (e["seq"], e) for e in await store.feed_entries("a", after=3, limit=10)]
 
 
 async def test_a_page_is_applied_with_its_cursor_and_its_removals_are_logged(store: Store) -> None:

@@ -35,9 +35,13 @@ class SQLiteFeeds(SQLiteBanks):
         return entry
 
     async def feed_entries(self, feed: str, *, after: int, limit: int) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT body FROM feed_log WHERE feed = ? AND seq > ? ORDER BY seq LIMIT ?",
+        return [json.loads(body) for _seq, body in await self.feed_bodies(feed, after=after, limit=limit)]
+
+    async def feed_bodies(self, feed: str, *, after: int, limit: int) -> list[tuple[int, str]]:
+        """(seq, the signed entry's JSON text as published): what a server pages out unparsed."""
+        rows = await self._all("SELECT seq, body FROM feed_log WHERE feed = ? AND seq > ? ORDER BY seq LIMIT ?",
                                (feed, after, limit))
-        return [json.loads(r[0]) for r in rows]
+        return [(int(r[0]), str(r[1])) for r in rows]
 
     async def feed_head(self, feed: str) -> int | None:
         """The feed's newest sequence number (None: no such feed), from the primary key alone."""
