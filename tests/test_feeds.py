@@ -13,6 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aiohttp import web
 
 from fedimod.feeds.client import FeedClient, FeedSource
@@ -39,6 +42,24 @@ def test_the_documented_test_vector_verifies_and_is_what_fedimod_signs() -> None
         unsigned = {k: v for k, v in documented.items() if k not in ("key", "sig")}
         assert key.sign(unsigned)["sig"] == documented["sig"]  # Ed25519 is deterministic
     assert canonical(blocks[0]).decode() in doc  # the signed bytes are printed as they are
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=10), _JSON, max_size=8))
+def test_the_fast_canonical_form_is_rfc_8785_byte_for_byte(body: dict[str, Any]) -> None:
+    try:
+        expected = rfc8785.dumps(body)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+        with pytest.raises((rfc8785.CanonicalizationError, UnicodeEncodeError)):
+            canonical(body)
+        return
+    assert canonical(body) == expected
 
 
 async def publish(store: SQLiteStore, key: SigningKey, op: str, value: str, *, feed: str = "a",

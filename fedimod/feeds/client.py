@@ -10,11 +10,12 @@ interrupted anywhere resumes where it stopped and never applies half a page.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -181,25 +182,44 @@ class FeedClient:
         cursor = int(await self._meta.get_meta(source.cursor_key) or 0)
         key = await self._current_key(source)
         day = await self._day(source)
-        pages = added = removed = 0
-        while True:
-            document = await self._page(source, cursor)
-            if document is None:
-                return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor, not_modified=pages == 0)
-            raw = document["entries"]
-            assert isinstance(raw, list)
-            entries, day_meta = self._capped(source, raw, day)
-            if day.held:  # part of this page waits: ask for it again, not with its ETag
-                self._etags.pop(f"{source.name}|{cursor}", None)
-            page = await self._check(source, entries, cursor, key)
-            if page.last == cursor:
-                return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
-            last, new_key = page.last, page.key
-            applied = await self._apply(source, page, meta=self._rotation_meta(source, key, new_key) | day_meta)
-            key = new_key
-            pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
-            if not document.get("more") or day.held:
-                return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
+        applying = _Applying()
+        not_modified = False
+        # The next page is fetched while this one's signatures are checked on the other cores and
+        # the one before is written: (after, its fetch), dropped if this page is not applied whole.
+        ahead: tuple[int, asyncio.Task[dict[str, object] | None]] | None = None
+        try:
+            while True:
+                if ahead is not None and ahead[0] == cursor:
+                    document = await ahead[1]
+                else:
+                    document = await self._page(source, cursor)
+                ahead = None
+                if document is None:
+                    not_modified = applying.submitted == 0
+                    break
+                raw = document["entries"]
+                assert isinstance(raw, list)
+                entries, day_meta = self._capped(source, raw, day)
+                if day.held:  # part of this page waits: ask for it again, not with its ETag
+                    self._etags.pop(f"{source.name}|{cursor}", None)
+                elif document.get("more") and entries and _seq(entries[-1]) > cursor:
+                    after = _seq(entries[-1])
+                    ahead = (after, asyncio.ensure_future(self._page(source, after)))
+                page = await self._check(source, entries, cursor, key)
+                if page.last == cursor:
+                    break
+                await applying.submit(self._apply(source, page,
+                                                  meta=self._rotation_meta(source, key, page.key) | day_meta))
+                key, cursor = page.key, page.last
+                if not document.get("more") or day.held:
+                    break
+        finally:
+            if ahead is not None:
+                ahead[1].cancel()
+                await asyncio.gather(ahead[1], return_exceptions=True)
+            await applying.wait()
+        return SyncResult(pages=applying.pages, added=applying.added, removed=applying.removed, cursor=cursor,
+                          not_modified=not_modified)
 
     async def _sync_static(self, source: FeedSource) -> SyncResult:
         """A static export: the signed head says how far the feed goes; the pages are plain files."""
@@ -211,33 +231,35 @@ class FeedClient:
             return SyncResult(pages=0, added=0, removed=0, cursor=cursor, not_modified=True)
         head, size = check_head(head_document, feed=source.feed, key=key)
         day = await self._day(source)
-        pages = added = removed = 0
-        while cursor < head and not day.held:
-            if source.daily_cap is not None and day.used >= source.daily_cap:
-                day.held = True  # the cap is spent; what the head says lies beyond waits for tomorrow
-                self.stats.rejected[(source.name, "daily_cap")] += head - cursor
-                break
-            index = cursor // size
-            document = await self._get_json(source, f"{source.url.rstrip('/')}/{page_path(source.feed, index)}",
-                                            params=None, tag_key=None)
-            assert document is not None  # no If-None-Match was sent
-            raw_entries = document.get("entries")
-            if not isinstance(raw_entries, list):
-                raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
-            entries, day_meta = self._capped(
-                source, [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor], day)
-            page = await self._check(source, entries, cursor, key)
-            if page.last == cursor:
-                if day.held:
+        applying = _Applying()
+        try:
+            while cursor < head and not day.held:
+                if source.daily_cap is not None and day.used >= source.daily_cap:
+                    day.held = True  # the cap is spent; what the head says lies beyond waits for tomorrow
+                    self.stats.rejected[(source.name, "daily_cap")] += head - cursor
                     break
-                raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
-            last, new_key = page.last, page.key
-            applied = await self._apply(source, page, meta=self._rotation_meta(source, key, new_key) | day_meta)
-            key = new_key
-            pages, added, removed, cursor = pages + 1, added + applied.added, removed + applied.removed, last
+                index = cursor // size
+                document = await self._get_json(source, f"{source.url.rstrip('/')}/{page_path(source.feed, index)}",
+                                                params=None, tag_key=None)
+                assert document is not None  # no If-None-Match was sent
+                raw_entries = document.get("entries")
+                if not isinstance(raw_entries, list):
+                    raise FeedError("malformed", f"page {index} of {source.feed} has no entries list")
+                entries, day_meta = self._capped(
+                    source, [e for e in raw_entries if not isinstance(e, dict) or _seq(e) > cursor], day)
+                page = await self._check(source, entries, cursor, key)
+                if page.last == cursor:
+                    if day.held:
+                        break
+                    raise FeedError("replay", f"page {index} of {source.feed} ends before the head says it does")
+                await applying.submit(self._apply(source, page,
+                                                  meta=self._rotation_meta(source, key, page.key) | day_meta))
+                key, cursor = page.key, page.last
+        finally:
+            await applying.wait()
         if day.held:  # the head said more than the cap let in: read it again next time, not with its ETag
             self._etags.pop(f"{source.name}|head", None)
-        return SyncResult(pages=pages, added=added, removed=removed, cursor=cursor)
+        return SyncResult(pages=applying.pages, added=applying.added, removed=applying.removed, cursor=cursor)
 
     async def _apply(self, source: FeedSource, page: _Page, *, meta: dict[str, str]) -> FeedApplied:
         """One checked page into the source's bank, with its cursor and `meta`, in one transaction;
@@ -359,6 +381,30 @@ class FeedClient:
         if entry.signer in source.members or entry.signer in self._vouched:
             return entry.signer
         return source.key
+
+
+class _Applying:
+    """At most one checked page being applied while the next one is fetched and checked: the
+    signatures of page N+1 are verified (on the other cores) while page N is written."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[FeedApplied] | None = None
+        self.submitted = self.pages = self.added = self.removed = 0
+
+    async def submit(self, apply: Coroutine[Any, Any, FeedApplied]) -> None:
+        await self.wait()
+        self._task = asyncio.ensure_future(apply)
+        self.submitted += 1
+
+    async def wait(self) -> None:
+        """The page in flight, applied (its error raised), and counted."""
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        applied = await task
+        self.pages += 1
+        self.added += applied.added
+        self.removed += applied.removed
 
 
 @dataclass(slots=True)

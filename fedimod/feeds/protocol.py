@@ -102,8 +102,34 @@ class SigningKey:
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:
-    """RFC 8785 canonical JSON of an entry without its signature: what is signed."""
-    return rfc8785.dumps({k: v for k, v in body.items() if k != "sig"})
+    """RFC 8785 canonical JSON of an entry without its signature: what is signed.
+
+    For what entries hold (ASCII member names, strings, integers within ±2⁵³, booleans, null,
+    nested objects and lists) the standard library's sorted, compact, non-ASCII-preserving JSON is
+    byte for byte RFC 8785, at a fifth of the `rfc8785` package's cost; anything else (a float, a
+    huge integer, a lone surrogate) goes to the package. `tests/test_feeds.py` checks the two agree."""
+    payload = {k: v for k, v in body.items() if k != "sig"}
+    if _plain(payload):
+        try:
+            return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate
+            pass
+    return rfc8785.dumps(payload)
+
+
+_SAFE_INT = 2**53 - 1
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -_SAFE_INT <= value <= _SAFE_INT
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return False
 
 
 def verify(entry: Mapping[str, Any], key: str) -> None:
