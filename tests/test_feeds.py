@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 import rfc8785
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from aiohttp import web
 
 from fedimod.feeds.client import FeedClient, FeedSource
 from fedimod.feeds.protocol import FeedError, SigningKey, canonical, make_entry, verify
