@@ -245,6 +245,10 @@ async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys
         code, out = await cli("feed", argv[0], "--key", str(key_file), "--feed", "a", *argv[1:], "-c", str(a_conf))
         assert code == 0, out
     assert (await cli("feed", "add", "--key", str(key_file), "--feed", "a", "pdq", "abc", "-c", str(a_conf)))[0] == 2
+    code, out = await cli("feed", "add", "--key", str(key_file), "--feed", "a", "pdq", "0" * 64, "-c", str(a_conf))
+    assert code == 2 and "degenerate" in out  # a producer never publishes a hash that matches every flat image
+    async with SQLiteStore.open(tmp_path / "a.sqlite3") as a:  # one that did anyway
+        await publish(a, SigningKey.load(key_file), "add", "0" * 64)
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fedimod", "feed", "serve", "--key", str(key_file), "--listen", "127.0.0.1:0",
         "-c", str(a_conf), stdout=asyncio.subprocess.PIPE, env={**os.environ, "FEDIMOD_TOKEN": "unused"})
@@ -255,20 +259,25 @@ async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys
         assert url, line
         code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", public,
                               "--source", "peer-a", "-c", str(b_conf))
-        assert code == 0 and "2 added, 1 removed, 0 skipped; cursor 3" in out, out
+        assert code == 0 and "2 added, 1 removed, 1 skipped; cursor 4" in out, out
         wrong = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", SigningKey.generate().public,
                           "--source", "other", "-c", str(b_conf))
         assert wrong[0] == 1 and "(key)" in wrong[1]
     finally:
         server.kill()
         await server.wait()
+    code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", public,
+                          "--source", "peer-a", "-c", str(b_conf))
+    assert code == 1 and "(http)" in out  # the server is gone
     followed = b_conf.read_text() + (f'[[feeds.sources]]\nname = "peer-a"\nurl = "{url.group(0)}"\nfeed = "a"\n'
                                      f'key = "{public}"\n')
     b_conf.write_text(followed)
     code, out = await cli("feed", "status", "-c", str(b_conf))
-    assert code == 0 and "cursor 3, 1 entries in feed:peer-a" in out, out
+    assert code == 0 and "cursor 4, 1 entries in feed:peer-a" in out, out
+    assert "last success 20" in out and "rejected 1 degenerate" in out, out
+    assert "failing since 20" in out and ": http: " in out, out
     code, out = await cli("feed", "status", "-c", str(a_conf))
-    assert code == 0 and "published a" in out and "head 3" in out, out
+    assert code == 0 and "published a" in out and "head 4" in out, out
     async with SQLiteStore.open(tmp_path / "b.sqlite3") as b:
         assert [(e.signal_type, e.category, e.bank) for e in await b.bank_entries()] == [
             ("md5", Category.SPAM, "feed:peer-a")]  # the retracted PDQ came and went

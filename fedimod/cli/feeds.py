@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -121,10 +122,14 @@ async def _publish(config: Config, args: argparse.Namespace) -> int:
     key = SigningKey.load(args.key)
     try:
         signal_type = signal_type_named(args.signal_type)
-        value = signal_type.format(signal_type.parse(args.value))
+        parsed = signal_type.parse(args.value)
     except HashParseError as exc:
         raise ConfigError("value", str(exc)) from exc
+    value = signal_type.format(parsed)
     op = "add" if args.feed_command == "add" else "remove"
+    if op == "add" and signal_type.is_degenerate(parsed):
+        raise ConfigError("value", f"{signal_type.name} {value} is degenerate (nearly all bits equal): it would "
+                                   "match every near-flat picture, and consumers refuse it")
     now = int(time.time())
     async with open_store(config.store) as store:
         entry = await store.publish_feed_entry(args.feed, lambda seq: key.sign(make_entry(
@@ -252,6 +257,18 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
             lines.append(f"source {source.name:12} {source.url}/feeds/{source.feed}: cursor {cursor}, "
                          f"{entries} entries in {source.bank}, key {key[:12]}…"
                          + (" (rotated from the pinned key)" if key != source.key else ""))
+            try:
+                state = json.loads(await store.get_meta(source.state_key) or "{}")
+            except ValueError:
+                state = {}
+            success = state.get("last_success")
+            lines.append("    last success " + (_when(success) if success else "never")
+                         + (f", {state['lag']} entries behind" if state.get("lag") else ""))
+            if state.get("last_failure") and (not success or state["last_failure"] > success):
+                lines.append(f"    failing since {_when(state['last_failure'])}: {state.get('last_error')}")
+            rejected = state.get("rejected") or {}
+            if rejected:
+                lines.append("    rejected " + ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items())))
         held = await store.quarantined(QuarantineState.HELD)
         verdicts = await store.verdicts()
     for feed in published:
@@ -263,6 +280,10 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
         lines.append(f"{len(held)} entries held in quarantine: fedimod feed quarantine list")
     print("\n".join(lines) if lines else "no feed sources configured ([[feeds.sources]]) and none published")
     return 0
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 async def _sync(config: Config, args: argparse.Namespace) -> int:

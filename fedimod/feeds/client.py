@@ -72,6 +72,10 @@ class FeedSource:
     def day_key(self) -> str:
         return f"feed_day:{self.name}"
 
+    @property
+    def state_key(self) -> str:
+        return f"feed_state:{self.name}"
+
 
 @dataclass(slots=True)
 class _Day:
@@ -97,6 +101,7 @@ class FeedClientStats(Collector):
     failures: Counter[tuple[str, ...]] = field(default_factory=Counter)  # (source, reason): whole answers refused
     cursors: dict[str, int] = field(default_factory=dict)
     healthy: dict[str, bool] = field(default_factory=dict)  # False from a refused answer to the next good sync
+    lag: dict[str, int] = field(default_factory=dict)  # entries the source has that are not applied here
 
     def collect(self) -> Iterator[Metric]:
         yield counters("fedimod_feed_entries_rejected", "Feed entries skipped, by source and reason",
@@ -106,6 +111,8 @@ class FeedClientStats(Collector):
         yield gauges("fedimod_feed_cursor", "The last sequence number applied, by source", "source", self.cursors)
         yield gauges("fedimod_feed_healthy", "1 while the source's last sync succeeded", "source",
                      {name: int(ok) for name, ok in self.healthy.items()})
+        yield gauges("fedimod_feed_lag_entries", "Entries the source has published beyond what is applied here",
+                     "source", self.lag)
 
 
 class FeedClient:
@@ -130,6 +137,7 @@ class FeedClient:
     async def sync(self, source: FeedSource) -> SyncResult:
         """Apply every new page of `source`. Raises `FeedError` (counted, logged) when an answer is
         refused; the pages before it stay applied, nothing of it is."""
+        before = Counter({reason: n for (name, reason), n in self.stats.rejected.items() if name == source.name})
         try:
             result = await self._sync(source)
         except FeedError as exc:
@@ -137,9 +145,29 @@ class FeedClient:
             self.stats.failures[(source.name, exc.reason)] += 1
             log_event(logger, logging.ERROR, "feed_sync_failed", source=source.name, reason=exc.reason,
                       error=str(exc))
+            await self._record(source, before, error=f"{exc.reason}: {exc}")
             raise
         self.stats.healthy[source.name] = True
+        await self._record(source, before, error=None)
         return result
+
+    async def _record(self, source: FeedSource, before: Counter[str], *, error: str | None) -> None:
+        """What `fedimod feed status` shows of a source, kept in the store: the last success, the
+        last failure and why, and the entries rejected so far by reason."""
+        try:
+            state = json.loads(await self._meta.get_meta(source.state_key) or "{}")
+        except ValueError:
+            state = {}
+        rejected = Counter(state.get("rejected", {}))
+        rejected.update({reason: n - before[reason] for (name, reason), n in self.stats.rejected.items()
+                         if name == source.name and n > before[reason]})
+        now = self._clock()
+        state |= {"rejected": dict(rejected), "lag": self.stats.lag.get(source.name)}
+        if error is None:
+            state["last_success"] = now
+        else:
+            state |= {"last_failure": now, "last_error": error[:300]}
+        await self._meta.set_meta(source.state_key, json.dumps(state, sort_keys=True))
 
     async def _current_key(self, source: FeedSource) -> str:
         """The pinned key, or the key it was rotated to (recorded as `pinned|new`, so re-pinning in
@@ -199,6 +227,9 @@ class FeedClient:
                     break
                 raw = document["entries"]
                 assert isinstance(raw, list)
+                head = document.get("head")
+                if isinstance(head, int) and not isinstance(head, bool):
+                    self.stats.lag[source.name] = max(0, head - cursor)
                 entries, day_meta = self._capped(source, raw, day)
                 if day.held:  # part of this page waits: ask for it again, not with its ETag
                     self._etags.pop(f"{source.name}|{cursor}", None)
@@ -211,6 +242,8 @@ class FeedClient:
                 await applying.submit(self._apply(source, page,
                                                   meta=self._rotation_meta(source, key, page.key) | day_meta))
                 key, cursor = page.key, page.last
+                if isinstance(head, int) and not isinstance(head, bool):
+                    self.stats.lag[source.name] = max(0, head - cursor)
                 if not document.get("more") or day.held:
                     break
         finally:
@@ -257,6 +290,7 @@ class FeedClient:
                 key, cursor = page.key, page.last
         finally:
             await applying.wait()
+            self.stats.lag[source.name] = max(0, head - cursor)
         if day.held:  # the head said more than the cap let in: read it again next time, not with its ETag
             self._etags.pop(f"{source.name}|head", None)
         return SyncResult(pages=applying.pages, added=applying.added, removed=applying.removed, cursor=cursor)

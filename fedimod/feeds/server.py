@@ -142,7 +142,7 @@ class FeedServer:
         last = rows[-1][0] if rows else after
         # The stored entries go out as stored: spliced into the page, not parsed and re-serialised.
         body = (b'{"entries":[' + ",".join(text for _seq, text in rows).encode() + b"]," + dumps(
-            {"feed": feed, "next": last, "more": last < head})[1:])
+            {"feed": feed, "next": last, "more": last < head, "head": head})[1:])
         return self._answer(request, body, etag)
 
 
