@@ -7,7 +7,8 @@ The consumer then does each of the following, every one on its own fresh store, 
 signature:
 - an initial sync of all N from a live `FeedServer` on loopback (pages of 1,000), checking the
   signatures on one core (the baseline) and then on every core (`feeds.verify`);
-- the same from a static export served by a plain aiohttp file server;
+- the same from the server's snapshot (built on that first request), and from a static export
+  served by a plain aiohttp file server;
 - an incremental sync of 1,000 new entries;
 - conditional GETs of an unchanged page, as 304s per second;
 - 1,000 new entries matched retroactively against a scan log of M hashes (`match.scanlog`),
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import resource
@@ -56,7 +58,7 @@ def rss_mb() -> int:
 
 
 def value_of(n: int) -> str:
-    return f"{(n * 0x9E3779B97F4A7C15 + 0xABCDEF) % (1 << 256):064x}"
+    return hashlib.sha256(n.to_bytes(8, "big")).hexdigest()  # balanced, like a real PDQ hash
 
 
 async def fill(store: SQLiteStore, key: SigningKey, count: int, start: int = 0) -> None:
@@ -70,10 +72,10 @@ async def fill(store: SQLiteStore, key: SigningKey, count: int, start: int = 0) 
             entry = key.sign(make_entry(feed="bench", seq=n + 1, op="add", signal_type="pdq", value=value_of(n),
                                         category=Category.CSAM, added_at=1764547200))
             rows.append(("bench", n + 1, "add", "pdq", entry["value"], json.dumps(entry, separators=(",", ":"),
-                                                                                  sort_keys=True), 0.0))
+                                                                                  sort_keys=True), 0.0, "add"))
         async with store._transaction():
-            await conn.executemany("INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            await conn.executemany("INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at, "
+                                   "fact_op) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         done = min(batch + 10_000, start + count) - start
         if done % 100_000 == 0 or done == count:
             rate = done / (time.monotonic() - started)
@@ -89,11 +91,11 @@ def verify_only(entries: list[dict[str, object]], key: str) -> float:
     return time.perf_counter() - started
 
 
-async def timed_sync(source: FeedSource, db: Path, processes: int) -> tuple[float, int]:
+async def timed_sync(source: FeedSource, db: Path, processes: int, snapshots: bool = False) -> tuple[float, int]:
     checker = SignatureChecker(processes=processes)
     try:
         async with SQLiteStore.open(db) as consumer, aiohttp.ClientSession() as session:
-            client = FeedClient(session=session, store=consumer, meta=consumer, checker=checker)
+            client = FeedClient(session=session, store=consumer, meta=consumer, checker=checker, snapshots=snapshots)
             started = time.perf_counter()
             result = await client.sync(source)
             return time.perf_counter() - started, result.cursor
@@ -152,7 +154,7 @@ async def main(entries: int, log_rows: int) -> None:
             static_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
             try:
                 # No rate limit here: the last figure is the server's own 304 throughput.
-                async with FeedServer(publisher, key=key.public, rate_per_s=1e9, burst=10**9) as server:
+                async with FeedServer(publisher, key=key.public, signer=key, rate_per_s=1e9, burst=10**9) as server:
                     live = FeedSource(name="live", url=f"http://127.0.0.1:{server.port}", feed="bench",
                                       key=key.public)
                     one, _ = await timed_sync(live, work / "one.sqlite3", processes=1)
@@ -162,6 +164,11 @@ async def main(entries: int, log_rows: int) -> None:
                     log(f"initial sync, live, {cores} cores: {entries:,} entries in {seconds:6.1f} s "
                         f"({entries / seconds:,.0f}/s; goal < 60 s): {one / seconds:.2f}x one core; "
                         f"peak RSS {rss_mb()} MB")
+                    seconds, cursor = await timed_sync(live, work / "snapshot.sqlite3", processes=cores,
+                                                       snapshots=True)
+                    log(f"initial sync, snapshot:      {entries:,} entries in {seconds:6.1f} s "
+                        f"({entries / seconds:,.0f}/s; the server builds it on this first request): "
+                        f"{one / seconds:.2f}x live on one core; peak RSS {rss_mb()} MB")
                     static = FeedSource(name="static", url=static_url, feed="bench", key=key.public, static=True)
                     seconds, cursor = await timed_sync(static, work / "static.sqlite3", processes=cores)
                     log(f"initial sync, static export: {entries:,} entries in {seconds:6.1f} s "

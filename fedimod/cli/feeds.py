@@ -216,7 +216,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     key = SigningKey.load(args.key)
     feeds = config.feeds
     async with open_store(config.store) as store, FeedServer(
-            store, key=key.public, host=host.strip("[]"), port=int(port), tokens=feeds.serve_tokens,
+            store, key=key.public, signer=key, host=host.strip("[]"), port=int(port), tokens=feeds.serve_tokens,
             rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst) as server:
         print(f"serving feeds on http://{server.host}:{server.port}/.well-known/fedimod; Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()

@@ -11,6 +11,7 @@ interrupted anywhere resumes where it stopped and never applies half a page.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -22,7 +23,15 @@ from typing import Any
 
 import aiohttp
 
-from fedimod.feeds.protocol import FeedError, ParsedEntry, SigningKey, UnusableEntry, make_relay, parse_entry
+from fedimod.feeds.protocol import (
+    FeedError,
+    ParsedEntry,
+    SigningKey,
+    UnusableEntry,
+    check_manifest,
+    make_relay,
+    parse_entry,
+)
 from fedimod.feeds.static import check_head, page_path
 from fedimod.feeds.verify import SignatureChecker, signature_pairs
 from fedimod.logs import log_event
@@ -120,8 +129,9 @@ class FeedClient:
                  page_limit: int = PAGE_LIMIT, max_page_bytes: int = MAX_PAGE_BYTES,
                  timeout_s: float = 30.0, clock: Callable[[], float] = time.time,
                  relay_key: SigningKey | None = None, vouched: frozenset[str] = frozenset(),
-                 checker: SignatureChecker | None = None) -> None:
+                 checker: SignatureChecker | None = None, snapshots: bool = True) -> None:
         self._session = session
+        self._snapshots = snapshots  # a first sync reads the server's compacted snapshot when it has one
         self._checker = checker or SignatureChecker(processes=1)
         self._relay_key = relay_key
         self._vouched = vouched  # keys of every configured source: a fact they signed counts as theirs
@@ -212,6 +222,13 @@ class FeedClient:
         day = await self._day(source)
         applying = _Applying()
         not_modified = False
+        if cursor == 0 and key == source.key and source.daily_cap is None and self._snapshots:
+            try:
+                start = await self._from_snapshot(source, applying)
+            finally:
+                await applying.wait()
+            if start is not None:
+                cursor, key = start
         # The next page is fetched while this one's signatures are checked on the other cores and
         # the one before is written: (after, its fetch), dropped if this page is not applied whole.
         ahead: tuple[int, asyncio.Task[dict[str, object] | None]] | None = None
@@ -327,8 +344,9 @@ class FeedClient:
         return document
 
     async def _get_json(self, source: FeedSource, url: str, *, params: dict[str, str] | None,
-                        tag_key: str | None) -> dict[str, object] | None:
-        """A JSON object from `url`, under the size cap; None for a 304 to the ETag kept under `tag_key`."""
+                        tag_key: str | None, digest: str | None = None) -> dict[str, object] | None:
+        """A JSON object from `url`, under the size cap; None for a 304 to the ETag kept under `tag_key`.
+        With `digest`, the body must have that SHA-256 (a snapshot page its manifest names)."""
         headers = {"Accept-Encoding": "gzip"}
         if source.token:
             headers["Authorization"] = f"Bearer {source.token}"
@@ -339,7 +357,7 @@ class FeedClient:
                 if resp.status == 304:
                     return None
                 if resp.status != 200:
-                    raise FeedError("http", f"{url} answered {resp.status}")
+                    raise HttpStatus(resp.status, f"{url} answered {resp.status}")
                 body = bytearray()
                 async for chunk in resp.content.iter_chunked(65536):
                     body += chunk
@@ -348,6 +366,8 @@ class FeedClient:
                 etag = resp.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise FeedError("http", f"{url}: {type(exc).__name__}: {exc}") from exc
+        if digest is not None and hashlib.sha256(body).hexdigest() != digest:
+            raise FeedError("signature", f"{url}: the page is not the one its signed manifest names")
         try:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -358,11 +378,51 @@ class FeedClient:
             self._etags[tag_key] = etag
         return document
 
-    async def _check(self, source: FeedSource, entries: list[object], cursor: int, key: str) -> _Page:
+    async def _from_snapshot(self, source: FeedSource, applying: _Applying) -> tuple[int, str] | None:
+        """A first sync from the server's snapshot, if it has one: the manifest checked against the
+        pinned key, every page against the manifest's digest, every entry as on the log; each page
+        applied with its last sequence number as the cursor, the last with the snapshot's end. If
+        the sync stops part-way, the log from that cursor on replays everything after it, so the
+        bank ends the same. (cursor, key) afterwards; None when the server has no snapshot."""
+        base = f"{source.url.rstrip('/')}/feeds/{source.feed}/snapshot"
+        try:
+            raw = await self._get_json(source, base, params=None, tag_key=None)
+        except HttpStatus as exc:
+            if exc.status == 404:
+                return None
+            raise
+        manifest = check_manifest(raw, feed=source.feed, key=source.key)
+        cursor, key, count = 0, source.key, 0
+        for index, digest in enumerate(manifest.pages):
+            document = await self._get_json(source, f"{base}/{index}", params=None, tag_key=None, digest=digest)
+            assert document is not None
+            entries = document.get("entries")
+            if not isinstance(entries, list) or not entries:
+                raise FeedError("malformed", f"snapshot page {index} of {source.feed} has no entries")
+            count += len(entries)
+            page = await self._check(source, entries, cursor, key, upto=manifest.upto)
+            last = index == len(manifest.pages) - 1
+            if last:
+                if count != manifest.count or page.key != manifest.key:
+                    raise FeedError("replay", f"the snapshot of {source.feed} does not add up to its manifest")
+                page.last = manifest.upto
+            await applying.submit(self._apply(source, page, meta=self._rotation_meta(source, key, page.key)))
+            cursor, key = page.last, page.key
+        if not manifest.pages:
+            await applying.submit(self._apply(source, _Page(last=manifest.upto, key=manifest.key),
+                                              meta=self._rotation_meta(source, key, manifest.key)))
+            cursor, key = manifest.upto, manifest.key
+        log_event(logger, logging.INFO, "feed_snapshot_applied", source=source.name, upto=manifest.upto,
+                  entries=manifest.count, pages=len(manifest.pages))
+        return cursor, key
+
+    async def _check(self, source: FeedSource, entries: list[object], cursor: int, key: str, *,
+                     upto: int | None = None) -> _Page:
         """The page's additions, removals and verdicts, its last sequence number and the key in force
         after it; `FeedError` if any entry is unsound. A rotation, signed by the key in force, hands
         over to the new key for every later entry; a rotation signed by anyone else fails as a wrong key.
-        The signatures are checked in bulk first; if any fails, entry by entry, to say which and why."""
+        The signatures are checked in bulk first; if any fails, entry by entry, to say which and why.
+        With `upto` (a snapshot), numbers may skip what was compacted away but must rise, up to it."""
         verified = await self._checker.all_valid(signature_pairs(entries, key))
         page = _Page(last=cursor, key=key)
         expected = cursor + 1
@@ -370,15 +430,15 @@ class FeedClient:
             try:
                 entry = parse_entry(raw, feed=source.feed, key=page.key, verified=verified)
             except UnusableEntry as exc:  # signed and in sequence, but of a kind this version cannot use
-                if _seq(raw) != expected:
+                if not _in_order(_seq(raw), expected, upto):
                     raise FeedError("replay", f"entry {_seq(raw)} where {expected} was due") from exc
-                expected += 1
+                expected = _seq(raw) + 1
                 self.stats.rejected[(source.name, exc.reason)] += 1
                 continue
-            if entry.seq != expected:
+            if not _in_order(entry.seq, expected, upto):
                 raise FeedError("replay", f"entry {entry.seq} where {expected} was due: the page is replayed, "
                                           "reordered or has a gap")
-            expected += 1
+            expected = entry.seq + 1
             if entry.op == "rotate" and entry.new_key is not None:
                 page.key = entry.new_key
                 continue
@@ -415,6 +475,12 @@ class FeedClient:
         if entry.signer in source.members or entry.signer in self._vouched:
             return entry.signer
         return source.key
+
+
+class HttpStatus(FeedError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__("http", message)
+        self.status = status
 
 
 class _Applying:
@@ -456,6 +522,11 @@ class _Page:
 def _seq(entry: object) -> int:
     seq = entry.get("seq") if isinstance(entry, dict) else None
     return seq if isinstance(seq, int) else 0
+
+
+def _in_order(seq: int, expected: int, upto: int | None) -> bool:
+    """The log: exactly the next number. A snapshot: a later one, not past its end."""
+    return seq == expected if upto is None else expected <= seq <= upto
 
 
 def _low_quality(entry: ParsedEntry) -> bool:

@@ -13,7 +13,7 @@ import base64
 import json
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -247,6 +247,43 @@ def parse_entry(raw: Any, *, feed: str, key: str, verified: bool = False) -> Par
                                      f"{VERSION}")
     _numbers(origin)
     return _parse_fact(origin, seq=seq, added=added, signer=member, via=via)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """A checked snapshot manifest: what the snapshot's pages must hash to, and the key in force."""
+
+    upto: int
+    count: int
+    pages: tuple[str, ...]  # SHA-256 (hex) of each page's body, in order
+    key: str  # the key in force at `upto` (after the rotations the manifest lists)
+
+
+def make_manifest(*, feed: str, upto: int, count: int, pages: list[str], rotations: Sequence[Mapping[str, Any]],
+                  made_at: int) -> dict[str, Any]:
+    """A snapshot's manifest, to be signed with the key in force at `upto`."""
+    return {"v": VERSION, "feed": feed, "op": "snapshot", "upto": upto, "count": count, "pages": pages,
+            "rotations": [dict(r) for r in rotations], "made_at": made_at}
+
+
+def check_manifest(raw: Any, *, feed: str, key: str) -> Manifest:
+    """A snapshot manifest checked against the pinned key: its rotations, each signed by the key
+    before it, lead from `key` to the key that signed the manifest."""
+    if not isinstance(raw, dict) or raw.get("op") != "snapshot" or raw.get("v") != VERSION:
+        raise FeedError("malformed", "not a version-1 snapshot manifest")
+    if raw.get("feed") != feed:
+        raise FeedError("replay", f"the snapshot is of feed {raw.get('feed')!r}, not {feed!r}")
+    rotations, pages, upto, count = raw.get("rotations"), raw.get("pages"), raw.get("upto"), raw.get("count")
+    if not (isinstance(rotations, list) and isinstance(pages, list) and isinstance(upto, int) and _is_int(upto)
+            and isinstance(count, int) and _is_int(count) and all(isinstance(p, str) and len(p) == 64 for p in pages)):
+        raise FeedError("malformed", "a snapshot manifest needs upto, count, pages and rotations")
+    for rotation in rotations:
+        entry = parse_entry(rotation, feed=feed, key=key)
+        if entry.op != "rotate" or entry.new_key is None or entry.seq > upto:
+            raise FeedError("malformed", "a snapshot manifest lists only the feed's rotations up to its end")
+        key = entry.new_key
+    verify(raw, key)
+    return Manifest(upto=upto, count=count, pages=tuple(pages), key=key)
 
 
 def _check_fields(raw: Any) -> None:

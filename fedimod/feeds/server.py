@@ -1,7 +1,10 @@
 """The feed server: discovery, and each published feed's entries by sequence number.
 
 - `GET /.well-known/fedimod` → `{"fedimod": 1, "feeds": [{"name", "key", "head", "entries"}]}`
-- `GET /feeds/{feed}/entries?after=S&limit=N` → `{"feed", "entries": [...], "next": S', "more": bool}`
+- `GET /feeds/{feed}/entries?after=S&limit=N` → `{"feed", "entries": [...], "next": S', "more": bool, "head"}`
+- `GET /feeds/{feed}/snapshot` → a signed manifest of the feed compacted at a recent head (what
+  was retracted left out), and `GET /feeds/{feed}/snapshot/{k}` its pages: a first sync of a large
+  feed reads only what is still in force (served when the server holds the signing key).
 
 Answers carry an `ETag` (the feed, the page asked for and the feed's head), so a consumer polling
 an unchanged feed gets `304 Not Modified` for the price of one indexed read; bodies are gzipped
@@ -12,18 +15,22 @@ requests a second with bursts of `burst`; past it, 429 with `Retry-After`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
-from fedimod.feeds.protocol import VERSION, dumps
+from fedimod.feeds.protocol import VERSION, SigningKey, dumps, make_manifest
+from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counters
 from fedimod.serve import serving
 from fedimod.store import FeedRepository
@@ -48,8 +55,18 @@ class FeedServer:
 
     def __init__(self, store: FeedRepository, *, key: str, host: str = "127.0.0.1", port: int = 0,
                  tokens: frozenset[str] = frozenset(), rate_per_s: float = 20.0, burst: int = 60,
-                 feeds: frozenset[str] = frozenset(), clock: Callable[[], float] = time.monotonic) -> None:
+                 feeds: frozenset[str] = frozenset(), signer: SigningKey | None = None,
+                 snapshot_every: int = 10_000, snapshot_max_age_s: float = 3600.0, snapshot_page: int = MAX_PAGE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        # With the signing key, first syncs get a compacted snapshot; it is rebuilt once the feed
+        # has grown by `snapshot_every` entries or the snapshot is older than `snapshot_max_age_s`.
+        self._signer = signer
+        self._snapshot_every = snapshot_every
+        self._snapshot_max_age_s = snapshot_max_age_s
+        self._snapshot_size = snapshot_page
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._building = asyncio.Lock()
         self._declared = feeds  # served (empty) before their first entry: a new hub is not a dead one
         self._key = key  # the public key the entries are signed with
         self._tokens = tokens
@@ -66,6 +83,8 @@ class FeedServer:
         app = web.Application(middlewares=[self._guard])
         app.router.add_get("/.well-known/fedimod", self._discovery)
         app.router.add_get("/feeds/{feed}/entries", self._entries)
+        app.router.add_get("/feeds/{feed}/snapshot", self._snapshot_manifest)
+        app.router.add_get("/feeds/{feed}/snapshot/{page}", self._snapshot_page)
         self.port = await self._stack.enter_async_context(serving(app, self.host, self.port, event="feeds_listening"))
         return self
 
@@ -144,6 +163,72 @@ class FeedServer:
         body = (b'{"entries":[' + ",".join(text for _seq, text in rows).encode() + b"]," + dumps(
             {"feed": feed, "next": last, "more": last < head, "head": head})[1:])
         return self._answer(request, body, etag)
+
+
+    async def _snapshot(self, feed: str) -> _Snapshot | None:
+        """The feed's current snapshot, rebuilt when too old or too far behind (one build at a time)."""
+        if self._signer is None:
+            return None
+        head = await self._store.feed_head(feed)
+        if head is None:
+            return None
+        async with self._building:
+            current = self._snapshots.get(feed)
+            if current is not None and head - current.upto < self._snapshot_every and (
+                    self._clock() - current.made_at < self._snapshot_max_age_s):
+                return current
+            started = time.monotonic()
+            seqs = await self._store.feed_live(feed, upto=head)
+            digests: list[str] = []
+            rotations: list[dict[str, Any]] = []
+            size = self._snapshot_size
+            for index in range(0, len(seqs), size):
+                rows = await self._store.feed_bodies_at(feed, seqs[index:index + size])
+                digests.append(hashlib.sha256(self._page_body(feed, index // size, rows)).hexdigest())
+                # A string value cannot hold `"op":"rotate"` unescaped: only a rotation's own op reads so.
+                rotations += [e for _seq, text in rows if '"op":"rotate"' in text
+                              if (e := json.loads(text)).get("op") == "rotate"]
+            manifest = self._signer.sign(make_manifest(feed=feed, upto=head, count=len(seqs), pages=digests,
+                                                       rotations=rotations, made_at=int(time.time())))
+            snapshot = _Snapshot(upto=head, seqs=tuple(seqs), manifest=dumps(manifest), made_at=self._clock())
+            self._snapshots[feed] = snapshot
+            log_event(logger, logging.INFO, "feed_snapshot_built", feed=feed, upto=head, entries=len(seqs),
+                      pages=len(digests), seconds=round(time.monotonic() - started, 2))
+            return snapshot
+
+    @staticmethod
+    def _page_body(feed: str, page: int, rows: list[tuple[int, str]]) -> bytes:
+        return (b'{"entries":[' + ",".join(text for _seq, text in rows).encode() + b"]," +
+                dumps({"feed": feed, "page": page})[1:])
+
+    async def _snapshot_manifest(self, request: web.Request) -> web.StreamResponse:
+        snapshot = await self._snapshot(request.match_info["feed"])
+        if snapshot is None:
+            self.stats.answers[404] += 1
+            return web.json_response({"error": "no snapshot of this feed here; page through its entries"},
+                                     status=404)
+        return self._answer(request, snapshot.manifest, _etag(snapshot.manifest))
+
+    async def _snapshot_page(self, request: web.Request) -> web.StreamResponse:
+        feed = request.match_info["feed"]
+        snapshot = self._snapshots.get(feed)
+        page = request.match_info["page"]
+        size = self._snapshot_size
+        if snapshot is None or not page.isdigit() or int(page) * size >= max(1, len(snapshot.seqs)):
+            self.stats.answers[404] += 1
+            return web.json_response({"error": "no such snapshot page (fetch the manifest again)"}, status=404)
+        index = int(page)
+        seqs = snapshot.seqs[index * size:(index + 1) * size]
+        body = self._page_body(feed, index, await self._store.feed_bodies_at(feed, seqs))
+        return self._answer(request, body, _etag(body))
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    upto: int
+    seqs: tuple[int, ...]
+    manifest: bytes
+    made_at: float
 
 
 def _etag(data: bytes) -> str:

@@ -153,7 +153,7 @@ class Pipeline:
             if feeds.serve_host is not None:
                 key = SigningKey.load(Path(feeds.key_file))
                 server = await stack.enter_async_context(
-                    FeedServer(self._store, key=key.public, host=feeds.serve_host, port=feeds.serve_port,
+                    FeedServer(self._store, key=key.public, signer=key, host=feeds.serve_host, port=feeds.serve_port,
                                tokens=feeds.serve_tokens, rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst,
                                feeds=feeds.serve_feeds | {f.source.relay_to for f in feeds.sources
                                                           if f.source.relay_to}))

@@ -97,3 +97,21 @@ async def test_a_hub_relays_a_page_in_the_transaction_that_applies_it(store: Sto
         await store.apply_feed_page("feed:a", source="a", adds=[bad], removes=[], relay_feed="hub",
                                     relays=[relay("z")], cursor_key="c", cursor=2)
     assert await store.feed_head("hub") == 2  # the failed page relayed nothing
+
+
+async def test_the_live_part_of_a_feed_leaves_out_what_its_signer_retracted_and_older_verdicts(store: Store) -> None:
+    def entry(op: str, value: str, **extra: Any) -> Any:
+        return lambda seq: {"feed": "h", "seq": seq, "op": op, "signal_type": "md5", "value": value, **extra}
+
+    def relay(op: str, value: str, key: str) -> Any:
+        return lambda seq: {"feed": "h", "seq": seq, "op": "relay", "origin": {
+            "op": op, "signal_type": "md5", "value": value, "key": key}}
+    for sign in (entry("add", "a" * 32), entry("add", "b" * 32), relay("add", "a" * 32, "member"),  # 1-3
+                 entry("remove", "a" * 32),  # 4: takes the hub's own a, not the member's
+                 entry("verdict", "b" * 32, verdict="confirmed"), entry("verdict", "b" * 32, verdict="false_positive"),
+                 lambda seq: {"feed": "h", "seq": seq, "op": "rotate", "new_key": "k"},  # 7
+                 relay("remove", "c" * 32, "member")):  # 8: a retraction alone is not live
+        await store.publish_feed_entry("h", sign)
+    assert await store.feed_live("h", upto=8) == [2, 3, 6, 7]
+    assert await store.feed_live("h", upto=4) == [2, 3]
+    assert [seq for seq, _ in await store.feed_bodies_at("h", [6, 2, 99])] == [6, 2]

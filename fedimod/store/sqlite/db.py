@@ -233,8 +233,9 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # 7: corroboration, verdicts, retroactive matching. A bank entry names who vouches for it (its
     # signing key), so one bank may hold the same hash from two signers (a hub relaying two
-    # members); verdicts on hashes from feeds and moderators; entries held in quarantine; and an
-    # index for the scan log's retention.
+    # members); verdicts on hashes from feeds and moderators; entries held in quarantine; an
+    # index for the scan log's retention; and what each published entry states (its fact's op and
+    # signer, a relay's member), so a feed's snapshot can leave out what was retracted.
     """
     CREATE TABLE bank_entries_v7 (
         id INTEGER PRIMARY KEY,
@@ -282,6 +283,10 @@ _MIGRATIONS: tuple[str, ...] = (
         version INTEGER NOT NULL
     );
     CREATE INDEX jobs_by_created ON jobs (created_at);
+    ALTER TABLE feed_log ADD COLUMN fact_op TEXT NOT NULL DEFAULT '';
+    ALTER TABLE feed_log ADD COLUMN signer TEXT NOT NULL DEFAULT '';
+    UPDATE feed_log SET fact_op = op;
+    CREATE INDEX feed_log_by_value ON feed_log (feed, signal_type, value, signer, seq);
     """,
 )
 

@@ -26,13 +26,37 @@ class SQLiteFeeds(SQLiteBanks):
     async def _publish(self, feed: str, sign: Signer, now: float) -> dict[str, Any]:
         row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM feed_log WHERE feed = ?", (feed,))
         entry = sign(int(row[0]) + 1)
-        fact = entry.get("origin", entry)
+        relayed = entry.get("op") == "relay"
+        fact = entry["origin"] if relayed else entry
         await self._conn.execute(
-            "INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO feed_log (feed, seq, op, signal_type, value, body, published_at, fact_op, signer) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (feed, entry["seq"], entry["op"], fact.get("signal_type", ""), fact.get("value", ""),
-             json.dumps(entry, separators=(",", ":"), sort_keys=True), now))
+             json.dumps(entry, separators=(",", ":"), sort_keys=True), now, fact.get("op", ""),
+             fact.get("key", "") if relayed else ""))
         return entry
+
+    async def feed_live(self, feed: str, *, upto: int) -> list[int]:
+        """The sequence numbers, up to `upto`, of what a snapshot carries: every rotation, every add
+        not retracted since by the same signer, and the latest verdict per signer and hash."""
+        rows = await self._all(
+            "SELECT seq FROM feed_log f WHERE feed = ? AND seq <= ? AND (op = 'rotate' "
+            "OR (fact_op IN ('add', 'verdict') AND NOT EXISTS (SELECT 1 FROM feed_log g WHERE g.feed = f.feed "
+            "AND g.signal_type = f.signal_type AND g.value = f.value AND g.signer = f.signer AND g.seq > f.seq "
+            "AND g.seq <= ? AND g.fact_op IN (CASE f.fact_op WHEN 'add' THEN 'remove' ELSE 'verdict' END)))) "
+            "ORDER BY seq", (feed, upto, upto))
+        return [int(r[0]) for r in rows]
+
+    async def feed_bodies_at(self, feed: str, seqs: Sequence[int]) -> list[tuple[int, str]]:
+        """(seq, JSON text) of the given entries, in the order given."""
+        found: dict[int, str] = {}
+        for chunk in range(0, len(seqs), 500):
+            part = list(seqs[chunk:chunk + 500])
+            for seq, body in await self._all(
+                    f"SELECT seq, body FROM feed_log WHERE feed = ? AND seq IN ({','.join('?' * len(part))})",
+                    (feed, *part)):
+                found[int(seq)] = str(body)
+        return [(seq, found[seq]) for seq in seqs if seq in found]
 
     async def feed_entries(self, feed: str, *, after: int, limit: int) -> list[dict[str, Any]]:
         return [json.loads(body) for _seq, body in await self.feed_bodies(feed, after=after, limit=limit)]
