@@ -207,6 +207,52 @@ async def test_a_hostile_answer_is_refused_whole_and_nothing_is_applied(
     assert client.stats.failures == {("peer-a", reason): 1}
 
 
+async def test_a_gigabyte_answer_is_cut_off_at_the_cap_and_an_old_page_replayed_later_is_refused(
+        stores: tuple[SQLiteStore, SQLiteStore]) -> None:
+    a, b = stores
+    key = SigningKey.from_seed(SEED)
+    good = [await publish(a, key, "add", PDQ), await publish(a, key, "add", OTHER_PDQ)]
+    sent = [0]
+
+    async def entries(request: web.Request) -> web.StreamResponse:
+        if request.query.get("after") == "0":
+            return web.json_response({"entries": good, "next": 2, "more": False})
+        if request.query.get("after") == "2" and sent[0] == 0:  # first time past the cursor: a flood
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"entries": [')
+            chunk = b" " * (1 << 20)
+            try:
+                for _ in range(1024):  # a gigabyte, lazily: the client must hang up long before the end
+                    await response.write(chunk)
+                    sent[0] += len(chunk)
+            except (ConnectionResetError, RuntimeError):
+                pass
+            return response
+        return web.json_response({"entries": good, "next": 2, "more": False})  # the old page, again
+
+    app = web.Application()
+    app.router.add_get("/feeds/a/entries", entries)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="a",
+                                key=key.public)
+            client = FeedClient(session=session, store=b, meta=b)
+            assert (await client.sync(source)).cursor == 2
+            with pytest.raises(FeedError) as huge:
+                await client.sync(source)
+            with pytest.raises(FeedError) as replayed:
+                await client.sync(source)
+    finally:
+        await runner.cleanup()
+    assert huge.value.reason == "size" and sent[0] < 64 * (1 << 20)  # hung up near the 16 MB cap
+    assert replayed.value.reason == "replay"
+    assert len(await b.bank_entries()) == 2 and await b.get_meta(source.cursor_key) == "2"
+
+
 async def test_a_failing_server_marks_the_source_unhealthy(stores: tuple[SQLiteStore, SQLiteStore]) -> None:
     _a, b = stores
     async with aiohttp.ClientSession() as session:
@@ -424,3 +470,45 @@ async def test_a_source_over_its_daily_cap_waits_for_the_next_day_and_loses_noth
             await runner.cleanup()
     assert (later.added, later.cursor) == (1, 3)
     assert len(await b.bank_entries()) == 3
+
+
+async def test_the_verdict_and_quarantine_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from fedimod.cli import main
+    from fedimod.feeds.protocol import parse_entry
+    from fedimod.models import QuarantineRecord, QuarantineState, Verdict
+    from tests.store_contract.records import PDQ_A, PDQ_B, row
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(main, list(argv))
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    conf, key_file = _config(tmp_path, "a"), tmp_path / "a.pem"
+    key = SigningKey.generate()
+    key.save(key_file)
+    code, out = await cli("feed", "verdict", "--key", str(key_file), "--feed", "local", "pdq", PDQ, "false_positive",
+                          "-c", str(conf))
+    assert code == 0 and "applies here at once" in out, out
+    async with SQLiteStore.open(tmp_path / "a.sqlite3") as store:
+        (published,) = await store.feed_entries("local", after=0, limit=10)
+        assert parse_entry(published, feed="local", key=key.public).verdict is Verdict.FALSE_POSITIVE
+        assert [(v.source, v.verdict) for v in await store.verdicts()] == [("local", Verdict.FALSE_POSITIVE)]
+        await store.add_bank_entries("feed:p", [row(1, PDQ_A), row(2, PDQ_B)])
+        for entry in await store.bank_entries():
+            await store.hold_in_quarantine(QuarantineRecord(
+                entry_id=entry.id, bank=entry.bank, source="p", signal_type="pdq", value=entry.value, hits=40,
+                accounts=3, share=0.4, state=QuarantineState.HELD, held_at=1764547200.0, reason="matches 40 of…"))
+        first, second = [e.id for e in await store.bank_entries()]
+    code, out = await cli("feed", "quarantine", "list", "-c", str(conf))
+    assert code == 0 and f"entry {first}" in out and "2 entries held" in out and "matches 40 of" in out, out
+    assert (await cli("feed", "quarantine", "release", "-c", str(conf)))[0] == 2  # which one?
+    code, out = await cli("feed", "quarantine", "reject", str(second), "-c", str(conf))
+    assert code == 0 and "removed from its bank" in out
+    code, out = await cli("feed", "quarantine", "release", str(first), "-c", str(conf))
+    assert code == 0 and "acts on it from now on" in out
+    assert (await cli("feed", "quarantine", "release", str(first), "-c", str(conf)))[0] == 1  # decided already
+    async with SQLiteStore.open(tmp_path / "a.sqlite3") as store:
+        assert [e.id for e in await store.bank_entries()] == [first]
+        assert await store.quarantined(QuarantineState.HELD) == []
