@@ -60,10 +60,10 @@ async def test_a_first_sync_from_the_snapshot_ends_as_replaying_the_log_and_carr
     async with (FeedServer(a, key=NEXT.public, signer=NEXT, snapshot_page=4) as server,
                 aiohttp.ClientSession() as session):
         source = FeedSource(name="a", url=f"http://127.0.0.1:{server.port}", feed="a", key=KEY.public)
-        fast = FeedClient(session=session, store=by_snapshot, meta=by_snapshot)
+        fast = FeedClient(session=session, store=by_snapshot, meta=by_snapshot, page_limit=10)
         first = await fast.sync(source)
         assert first.cursor == 56 and first.pages == 4  # 10 live adds + 1 verdict + 1 rotation + 3 adds, by 4
-        slow = FeedClient(session=session, store=by_log, meta=by_log, snapshots=False)
+        slow = FeedClient(session=session, store=by_log, meta=by_log, page_limit=10, snapshots=False)
         assert (await slow.sync(source)).cursor == 56
         assert await bank(by_snapshot) == await bank(by_log) and len(await bank(by_log)) == 13
         assert await by_snapshot.verdicts() == await by_log.verdicts()
@@ -94,7 +94,7 @@ async def test_an_interrupted_snapshot_resumes_through_the_log_to_the_same_bank(
     await churned_feed(a)
     async with _Flaky(a, key=NEXT.public, signer=NEXT, snapshot_page=4) as server, aiohttp.ClientSession() as http:
         source = FeedSource(name="a", url=f"http://127.0.0.1:{server.port}", feed="a", key=KEY.public)
-        client = FeedClient(session=http, store=b, meta=b)
+        client = FeedClient(session=http, store=b, meta=b, page_limit=10)
         with pytest.raises(FeedError):
             await client.sync(source)
         stopped = int(await b.get_meta(source.cursor_key) or 0)
@@ -111,8 +111,11 @@ async def test_a_snapshot_that_is_not_the_publishers_is_refused_and_nothing_is_a
     await churned_feed(a)
     async with FeedServer(a, key=NEXT.public, signer=NEXT, snapshot_page=100) as server:
         async with aiohttp.ClientSession() as http:
-            manifest = await (await http.get(f"http://127.0.0.1:{server.port}/feeds/a/snapshot")).json()
-            page = await (await http.get(f"http://127.0.0.1:{server.port}/feeds/a/snapshot/0")).json()
+            base = f"http://127.0.0.1:{server.port}/feeds/a"
+            first = await (await http.get(f"{base}/entries", params={"after": "0", "limit": "10"})).json()
+            assert first["snapshot"] == "/feeds/a/snapshot"  # the hint a first sync follows
+            manifest = await (await http.get(f"{base}/snapshot")).json()
+            page = await (await http.get(f"{base}/snapshot/0")).json()
         if attack == "page":  # a mirror slips a retracted entry back in
             page["entries"].insert(0, (await a.feed_entries("a", after=0, limit=1))[0])
         elif attack == "manifest":  # re-signed by someone else
@@ -127,7 +130,11 @@ async def test_a_snapshot_that_is_not_the_publishers_is_refused_and_nothing_is_a
         async def answer_page(request: web.Request) -> web.Response:
             return web.json_response(page)
 
+        async def answer_entries(request: web.Request) -> web.Response:
+            return web.json_response(first)
+
         app = web.Application()
+        app.router.add_get("/feeds/a/entries", answer_entries)
         app.router.add_get("/feeds/a/snapshot", answer_manifest)
         app.router.add_get("/feeds/a/snapshot/0", answer_page)
         runner = web.AppRunner(app)
@@ -138,7 +145,7 @@ async def test_a_snapshot_that_is_not_the_publishers_is_refused_and_nothing_is_a
                 source = FeedSource(name="m", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="a",
                                     key=KEY.public)
                 with pytest.raises(FeedError) as refused:
-                    await FeedClient(session=http, store=b, meta=b).sync(source)
+                    await FeedClient(session=http, store=b, meta=b, page_limit=10).sync(source)
         finally:
             await runner.cleanup()
     assert refused.value.reason in ("signature", "key")

@@ -222,13 +222,6 @@ class FeedClient:
         day = await self._day(source)
         applying = _Applying()
         not_modified = False
-        if cursor == 0 and key == source.key and source.daily_cap is None and self._snapshots:
-            try:
-                start = await self._from_snapshot(source, applying)
-            finally:
-                await applying.wait()
-            if start is not None:
-                cursor, key = start
         # The next page is fetched while this one's signatures are checked on the other cores and
         # the one before is written: (after, its fetch), dropped if this page is not applied whole.
         ahead: tuple[int, asyncio.Task[dict[str, object] | None]] | None = None
@@ -242,6 +235,20 @@ class FeedClient:
                 if document is None:
                     not_modified = applying.submitted == 0
                     break
+                if (cursor == 0 and document.get("more") and isinstance(document.get("snapshot"), str)
+                        and key == source.key and source.daily_cap is None and self._snapshots):
+                    # A first sync of a feed longer than a page, from a server with a snapshot:
+                    # read what is in force, then follow the log from the snapshot's end.
+                    if ahead is not None:
+                        ahead[1].cancel()
+                        ahead = None
+                    try:
+                        start = await self._from_snapshot(source, applying)
+                    finally:
+                        await applying.wait()
+                    if start is not None:
+                        cursor, key = start
+                        continue
                 raw = document["entries"]
                 assert isinstance(raw, list)
                 head = document.get("head")

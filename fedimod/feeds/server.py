@@ -160,8 +160,10 @@ class FeedServer:
         rows = await self._store.feed_bodies(feed, after=after, limit=limit)
         last = rows[-1][0] if rows else after
         # The stored entries go out as stored: spliced into the page, not parsed and re-serialised.
-        body = (b'{"entries":[' + ",".join(text for _seq, text in rows).encode() + b"]," + dumps(
-            {"feed": feed, "next": last, "more": last < head, "head": head})[1:])
+        page: dict[str, object] = {"feed": feed, "next": last, "more": last < head, "head": head}
+        if after == 0 and last < head and self._signer is not None:
+            page["snapshot"] = f"/feeds/{feed}/snapshot"  # a first sync of a long feed may start there
+        body = b'{"entries":[' + ",".join(text for _seq, text in rows).encode() + b"]," + dumps(page)[1:]
         return self._answer(request, body, etag)
 
 
