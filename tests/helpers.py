@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from fedimod.act.policy import PolicySettings
 from fedimod.act.report import ReportSettings
@@ -108,3 +110,25 @@ def pdq_bits_to_int(bits: Any) -> int:
 async def job_states(store: SQLiteStore, status_id: str) -> list[tuple[str, str, str | None]]:
     """(attachment id, state, last error) for each job of a status, in job order."""
     return [(m.attachment_id, m.state.value, m.error) for m in await store.status_media(status_id)]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def loopback(routes: Mapping[str, Handler] | None = None, *, static: Path | None = None
+                   ) -> AsyncIterator[str]:
+    """A plain aiohttp app (GET routes, or a static directory as nginx or a CDN would serve it) on a
+    free loopback port for the block; yields its base URL."""
+    app = web.Application()
+    for path, handler in (routes or {}).items():
+        app.router.add_get(path, handler)
+    if static is not None:
+        app.router.add_static("/", static)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -21,8 +21,7 @@ from fedimod.models import ActionType, Category, Trust
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
-from tests.helpers import make_config, running, wait_until
-from tests.test_feeds import _serve_directory
+from tests.helpers import loopback, make_config, running, wait_until
 
 BOT_SCOPES = ("read", "write", "admin:read", "admin:write")
 IMAGE = generate_image(1501)
@@ -96,13 +95,10 @@ async def test_a_find_on_a_reaches_b_through_the_hub_and_so_does_its_retraction(
     assert action.request.idempotency_key in causes
 
     # The hub's export, served as plain files, gives a fresh consumer the bank B had.
-    runner = await _serve_directory(export_dir)
-    try:
+    async with loopback(static=export_dir) as files:
         async with SQLiteStore.open(tmp_path / "c.sqlite3") as c, aiohttp.ClientSession() as http:
-            static = FeedSource(name="hub", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="hub",
+            static = FeedSource(name="hub", url=files, feed="hub",
                                 key=h_key.public, members=frozenset({a_key.public}), static=True)
             await FeedClient(session=http, store=c, meta=c).sync(static)
             assert [(e.bank, e.signal_type, REGISTRY["pdq"].format(e.value), e.identity)
                     for e in await c.bank_entries()] == [("feed:hub", "pdq", value, a_key.public)]
-    finally:
-        await runner.cleanup()

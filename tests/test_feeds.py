@@ -23,6 +23,7 @@ from fedimod.feeds.protocol import FeedError, SigningKey, canonical, make_entry,
 from fedimod.feeds.server import FeedServer
 from fedimod.models import Category
 from fedimod.store import SQLiteStore
+from tests.helpers import loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = bytes(range(32))
@@ -187,20 +188,11 @@ async def test_a_hostile_answer_is_refused_whole_and_nothing_is_applied(
     async def entries(request: web.Request) -> web.Response:
         return web.Response(body=make_body(copy.deepcopy(good)), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/feeds/a/entries", entries)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="a",
-                                key=key.public)
-            client = FeedClient(session=session, store=b, meta=b, max_page_bytes=2 * 1024 * 1024)
-            with pytest.raises(FeedError) as caught:
-                await client.sync(source)
-    finally:
-        await runner.cleanup()
+    async with loopback({"/feeds/a/entries": entries}) as url, aiohttp.ClientSession() as session:
+        source = FeedSource(name="peer-a", url=url, feed="a", key=key.public)
+        client = FeedClient(session=session, store=b, meta=b, max_page_bytes=2 * 1024 * 1024)
+        with pytest.raises(FeedError) as caught:
+            await client.sync(source)
     assert caught.value.reason == reason
     assert await b.bank_entries() == [] and await b.get_meta(source.cursor_key) is None
     assert client.stats.healthy == {"peer-a": False}
@@ -231,23 +223,14 @@ async def test_a_gigabyte_answer_is_cut_off_at_the_cap_and_an_old_page_replayed_
             return response
         return web.json_response({"entries": good, "next": 2, "more": False})  # the old page, again
 
-    app = web.Application()
-    app.router.add_get("/feeds/a/entries", entries)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            source = FeedSource(name="peer-a", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="a",
-                                key=key.public)
-            client = FeedClient(session=session, store=b, meta=b)
-            assert (await client.sync(source)).cursor == 2
-            with pytest.raises(FeedError) as huge:
-                await client.sync(source)
-            with pytest.raises(FeedError) as replayed:
-                await client.sync(source)
-    finally:
-        await runner.cleanup()
+    async with loopback({"/feeds/a/entries": entries}) as url, aiohttp.ClientSession() as session:
+        source = FeedSource(name="peer-a", url=url, feed="a", key=key.public)
+        client = FeedClient(session=session, store=b, meta=b)
+        assert (await client.sync(source)).cursor == 2
+        with pytest.raises(FeedError) as huge:
+            await client.sync(source)
+        with pytest.raises(FeedError) as replayed:
+            await client.sync(source)
     assert huge.value.reason == "size" and sent[0] < 64 * (1 << 20)  # hung up near the 16 MB cap
     assert replayed.value.reason == "replay"
     assert len(await b.bank_entries()) == 2 and await b.get_meta(source.cursor_key) == "2"
@@ -329,16 +312,6 @@ async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys
             ("md5", Category.SPAM, "feed:peer-a")]  # the retracted PDQ came and went
 
 
-async def _serve_directory(directory: Path) -> web.AppRunner:
-    """A plain static file server on loopback, as a CDN or nginx would serve an export."""
-    app = web.Application()
-    app.router.add_static("/", directory)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
-
-
 async def test_a_static_export_served_by_a_plain_file_server_gives_the_same_bank(
         stores: tuple[SQLiteStore, SQLiteStore], tmp_path: Path) -> None:
     from fedimod.feeds.static import export
@@ -352,33 +325,28 @@ async def test_a_static_export_served_by_a_plain_file_server_gives_the_same_bank
     assert await export(a, key, out, page_size=2) == {"a": 3}
     full_page = out / "feeds/a/pages/00000000.json"
     first_bytes = full_page.read_bytes()
-    runner = await _serve_directory(out)
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            source = FeedSource(name="hub", url=url, feed="a", key=key.public, static=True)
-            client = FeedClient(session=session, store=b, meta=b)
-            first = await client.sync(source)
-            assert (first.pages, first.added, first.cursor) == (2, 3, 3)
-            await publish(a, key, "remove", MD5, signal_type="md5", category=Category.SPAM)
-            await export(a, key, out, page_size=2)
-            assert full_page.read_bytes() == first_bytes  # a full page never changes
-            second = await client.sync(source)
-            assert (second.removed, second.cursor) == (1, 4)
-            assert (await client.sync(source)).not_modified  # an unchanged head: a 304 from the file server
-            # A mirror that alters a page, or a head signed by someone else, is refused.
-            page = out / "feeds/a/pages/00000001.json"
-            page.write_text(page.read_text().replace(OTHER_PDQ, PDQ))
-            tampered = FeedSource(name="mirror", url=url, feed="a", key=key.public, static=True)
-            with pytest.raises(FeedError) as caught:
-                await client.sync(tampered)
-            assert caught.value.reason == "signature"
-            stranger = FeedSource(name="stranger", url=url, feed="a", key=SigningKey.generate().public, static=True)
-            with pytest.raises(FeedError) as wrong:
-                await client.sync(stranger)
-            assert wrong.value.reason == "key"
-    finally:
-        await runner.cleanup()
+    async with loopback(static=out) as url, aiohttp.ClientSession() as session:
+        source = FeedSource(name="hub", url=url, feed="a", key=key.public, static=True)
+        client = FeedClient(session=session, store=b, meta=b)
+        first = await client.sync(source)
+        assert (first.pages, first.added, first.cursor) == (2, 3, 3)
+        await publish(a, key, "remove", MD5, signal_type="md5", category=Category.SPAM)
+        await export(a, key, out, page_size=2)
+        assert full_page.read_bytes() == first_bytes  # a full page never changes
+        second = await client.sync(source)
+        assert (second.removed, second.cursor) == (1, 4)
+        assert (await client.sync(source)).not_modified  # an unchanged head: a 304 from the file server
+        # A mirror that alters a page, or a head signed by someone else, is refused.
+        page = out / "feeds/a/pages/00000001.json"
+        page.write_text(page.read_text().replace(OTHER_PDQ, PDQ))
+        tampered = FeedSource(name="mirror", url=url, feed="a", key=key.public, static=True)
+        with pytest.raises(FeedError) as caught:
+            await client.sync(tampered)
+        assert caught.value.reason == "signature"
+        stranger = FeedSource(name="stranger", url=url, feed="a", key=SigningKey.generate().public, static=True)
+        with pytest.raises(FeedError) as wrong:
+            await client.sync(stranger)
+        assert wrong.value.reason == "key"
     assert sorted(e.value for e in await b.bank_entries(bank="feed:hub")) == sorted(
         [int(PDQ, 16), int(OTHER_PDQ, 16)])
     # The mirror's intact first page was applied; the altered one, and everything after it, was not.
@@ -455,9 +423,8 @@ async def test_a_source_over_its_daily_cap_waits_for_the_next_day_and_loses_noth
     now = [1764547200.0]  # 2025-12-01, midnight UTC
     await export(a, key, tmp_path / "export", page_size=2)
     async with FeedServer(a, key=key.public) as server, aiohttp.ClientSession() as session:
-        runner = await _serve_directory(tmp_path / "export")
-        try:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}" if static else f"http://127.0.0.1:{server.port}"
+        async with loopback(static=tmp_path / "export") as files:
+            url = files if static else f"http://127.0.0.1:{server.port}"
             source = FeedSource(name="peer-a", url=url, feed="a", key=key.public, daily_cap=2, static=static)
             client = FeedClient(session=session, store=b, meta=b, clock=lambda: now[0])
             first = await client.sync(source)
@@ -466,8 +433,6 @@ async def test_a_source_over_its_daily_cap_waits_for_the_next_day_and_loses_noth
             assert (await client.sync(source)).added == 0  # still the same day
             now[0] += 86400
             later = await client.sync(source)
-        finally:
-            await runner.cleanup()
     assert (later.added, later.cursor) == (1, 3)
     assert len(await b.bank_entries()) == 3
 

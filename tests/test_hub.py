@@ -18,6 +18,7 @@ from fedimod.feeds.protocol import FeedError, SigningKey, make_entry, make_relay
 from fedimod.feeds.server import FeedServer
 from fedimod.models import Category, Verdict
 from fedimod.store import SQLiteStore
+from tests.helpers import loopback
 from tests.test_feeds import OTHER_PDQ, PDQ, publish
 
 A_KEY, H_KEY = SigningKey.from_seed(b"a" * 32), SigningKey.from_seed(b"h" * 32)
@@ -108,21 +109,11 @@ async def test_a_relay_that_alters_or_nests_a_members_fact_is_refused_whole(
     async def page(request: web.Request) -> web.Response:
         return web.json_response(tamper(relays))
 
-    app = web.Application()
-    app.router.add_get("/feeds/hub/entries", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            client = FeedClient(session=session, store=b, meta=b)
-            source = FeedSource(name="hub", url=f"http://127.0.0.1:{port}", feed="hub", key=H_KEY.public)
-            with pytest.raises(FeedError) as refused:
-                await client.sync(source)
-    finally:
-        await runner.cleanup()
+    async with loopback({"/feeds/hub/entries": page}) as url, aiohttp.ClientSession() as session:
+        client = FeedClient(session=session, store=b, meta=b)
+        source = FeedSource(name="hub", url=url, feed="hub", key=H_KEY.public)
+        with pytest.raises(FeedError) as refused:
+            await client.sync(source)
     assert refused.value.reason == reason
     assert await b.bank_entries() == [] and await b.get_meta(source.cursor_key) is None
     assert client.stats.healthy["hub"] is False

@@ -18,6 +18,7 @@ from fedimod.feeds.protocol import FeedError, SigningKey, make_rotation, make_ve
 from fedimod.feeds.server import FeedServer
 from fedimod.models import Verdict
 from fedimod.store import SQLiteStore
+from tests.helpers import loopback
 from tests.test_feeds import publish
 
 KEY, NEXT = SigningKey.from_seed(b"s" * 32), SigningKey.from_seed(b"n" * 32)
@@ -133,20 +134,11 @@ async def test_a_snapshot_that_is_not_the_publishers_is_refused_and_nothing_is_a
         async def answer_entries(request: web.Request) -> web.Response:
             return web.json_response(first)
 
-        app = web.Application()
-        app.router.add_get("/feeds/a/entries", answer_entries)
-        app.router.add_get("/feeds/a/snapshot", answer_manifest)
-        app.router.add_get("/feeds/a/snapshot/0", answer_page)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                source = FeedSource(name="m", url=f"http://127.0.0.1:{runner.addresses[0][1]}", feed="a",
-                                    key=KEY.public)
-                with pytest.raises(FeedError) as refused:
-                    await FeedClient(session=http, store=b, meta=b, page_limit=10).sync(source)
-        finally:
-            await runner.cleanup()
+        routes = {"/feeds/a/entries": answer_entries, "/feeds/a/snapshot": answer_manifest,
+                  "/feeds/a/snapshot/0": answer_page}
+        async with loopback(routes) as url, aiohttp.ClientSession() as http:
+            source = FeedSource(name="m", url=url, feed="a", key=KEY.public)
+            with pytest.raises(FeedError) as refused:
+                await FeedClient(session=http, store=b, meta=b, page_limit=10).sync(source)
     assert refused.value.reason in ("signature", "key")
     assert await b.bank_entries() == [] and await b.get_meta(source.cursor_key) is None

@@ -21,11 +21,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedimod.config import Config, load_config
 from fedimod.errors import ConfigError, FedimodError, HashParseError
 from fedimod.models import Category, Verdict
+
+if TYPE_CHECKING:
+    from fedimod.signals.base import SignalType
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 
@@ -114,17 +117,23 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return 1
 
 
+def _hash_argument(args: argparse.Namespace) -> tuple[SignalType, int]:
+    """The TYPE and HEX arguments, checked; a bad one is a usage error naming it."""
+    from fedimod.signals import signal_type_named
+
+    try:
+        signal_type = signal_type_named(args.signal_type)
+        return signal_type, signal_type.parse(args.value)
+    except HashParseError as exc:
+        raise ConfigError("value", str(exc)) from exc
+
+
 async def _publish(config: Config, args: argparse.Namespace) -> int:
     from fedimod.feeds.protocol import SigningKey, make_entry
-    from fedimod.signals import signal_type_named
     from fedimod.store import open_store
 
     key = SigningKey.load(args.key)
-    try:
-        signal_type = signal_type_named(args.signal_type)
-        parsed = signal_type.parse(args.value)
-    except HashParseError as exc:
-        raise ConfigError("value", str(exc)) from exc
+    signal_type, parsed = _hash_argument(args)
     value = signal_type.format(parsed)
     op = "add" if args.feed_command == "add" else "remove"
     if op == "add" and signal_type.is_degenerate(parsed):
@@ -142,15 +151,10 @@ async def _publish(config: Config, args: argparse.Namespace) -> int:
 async def _verdict(config: Config, args: argparse.Namespace) -> int:
     from fedimod.feeds.protocol import SigningKey, make_verdict
     from fedimod.models import VerdictRecord
-    from fedimod.signals import signal_type_named
     from fedimod.store import open_store
 
     key = SigningKey.load(args.key)
-    try:
-        signal_type = signal_type_named(args.signal_type)
-        value = signal_type.parse(args.value)
-    except HashParseError as exc:
-        raise ConfigError("value", str(exc)) from exc
+    signal_type, value = _hash_argument(args)
     verdict, now = Verdict(args.verdict), int(time.time())
     async with open_store(config.store) as store:
         entry = await store.publish_feed_entry(args.feed, lambda seq: key.sign(make_verdict(
