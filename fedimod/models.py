@@ -557,3 +557,49 @@ class ScanRow:
     value: int
     account_id: str
     scanned_at: float
+
+
+class Severity(enum.StrEnum):
+    """A domain block's severity, mildest first (Mastodon's `DomainBlock#severity`)."""
+
+    NOOP = "noop"
+    SILENCE = "silence"
+    SUSPEND = "suspend"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.NOOP: 0, Severity.SILENCE: 1, Severity.SUSPEND: 2}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainBlock:
+    """One domain block as a list states it (or as the instance holds it, with its `id`).
+    `domain` is normalised; an obfuscated entry (`ex***le.com`) carries its `digest` instead."""
+
+    domain: str
+    severity: Severity = Severity.SUSPEND
+    reject_media: bool = False
+    reject_reports: bool = False
+    public_comment: str = ""
+    private_comment: str = ""
+    obfuscate: bool = False
+    digest: str = ""  # SHA-256 hex of the real domain, when the list gives it
+    id: str = ""  # the instance's id for a block it holds
+
+    def same_limits(self, other: DomainBlock) -> bool:
+        return (self.severity, self.reject_media, self.reject_reports) == (
+            other.severity, other.reject_media, other.reject_reports)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagedBlock:
+    """A domain block fedimod created on the instance (the only kind it ever changes or removes).
+    `remote_id` is empty while the creation is in flight (recorded before the request is sent)."""
+
+    block: DomainBlock
+    remote_id: str
+    sources: tuple[str, ...]
+    updated_at: float

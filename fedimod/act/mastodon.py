@@ -17,9 +17,11 @@ Mastodon.py errors are translated into `fedimod.errors.MastodonAPIError` here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import mastodon
@@ -30,7 +32,7 @@ from fedimod.act.report import REPORT_CATEGORIES as _CATEGORIES
 from fedimod.errors import MastodonAPIError
 from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, counter
-from fedimod.models import ACCOUNT_ACTIONS, ActionType, ReportRequest
+from fedimod.models import ACCOUNT_ACTIONS, ActionType, DomainBlock, ReportRequest, Severity
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,6 +145,61 @@ class MastodonClient(Collector):
                                   Priority.LOOKUP)
         return bool(report.get("action_taken"))
 
+    # -- domain blocks (blocklist sync: `blocklists.sync.InstanceAdmin`); syncs leave the reserve to reports
+
+    async def domain_blocks(self) -> list[DomainBlock]:
+        """Every admin domain block, following the `Link` pages."""
+        endpoint = "GET /api/v1/admin/domain_blocks"
+        page: Any = await self._call(endpoint, lambda: self._api.admin_domain_blocks(), Priority.LOOKUP)
+        rows: list[Any] = []
+        while page:
+            rows += page
+            page = await self._call(endpoint, functools.partial(self._api.fetch_next, page), Priority.LOOKUP)
+        return [DomainBlock(domain=str(r["domain"]), severity=Severity(str(r["severity"])),
+                            reject_media=bool(r.get("reject_media")), reject_reports=bool(r.get("reject_reports")),
+                            public_comment=r.get("public_comment") or "",
+                            private_comment=r.get("private_comment") or "",
+                            obfuscate=bool(r.get("obfuscate")), digest=str(r.get("digest") or ""), id=str(r["id"]))
+                for r in rows]
+
+    async def create_domain_block(self, block: DomainBlock) -> str:
+        created = await self._call("POST /api/v1/admin/domain_blocks", lambda: self._api.admin_create_domain_block(
+            block.domain, **_block_fields(block)), Priority.LOOKUP)
+        return str(created["id"])
+
+    async def update_domain_block(self, remote_id: str, block: DomainBlock) -> None:
+        """Every field is sent, so nothing the caller did not mean to change is blanked."""
+        await self._call("PUT /api/v1/admin/domain_blocks/:id", lambda: self._api.admin_update_domain_block(
+            remote_id, **_block_fields(block)), Priority.LOOKUP)
+
+    async def delete_domain_block(self, remote_id: str) -> None:
+        await self._call("DELETE /api/v1/admin/domain_blocks/:id",
+                         lambda: self._api.admin_delete_domain_block(remote_id), Priority.LOOKUP)
+
+    async def domain_follows(self, domain: str) -> int | None:
+        """How many follows local accounts have of accounts on `domain` (the `instance_follows`
+        measure; all time). None when the token may not read measures."""
+        now = datetime.now(UTC)
+        try:
+            measures = await self._call("POST /api/v1/admin/measures", lambda: self._api.admin_measures(
+                now - timedelta(days=1), now, instance_follows=domain), Priority.LOOKUP)
+        except MastodonAPIError as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        for measure in measures:
+            if measure.get("key") == "instance_follows":
+                return int(str(measure.get("total") or 0))
+        return None
+
+    async def peers(self) -> list[str]:
+        """The domains the instance knows (`GET /api/v1/instance/peers`); [] where it will not say."""
+        try:
+            found = await self._call("GET /api/v1/instance/peers", lambda: self._api.instance_peers(), Priority.LOOKUP)
+        except MastodonAPIError:
+            return []
+        return [str(p) for p in found]
+
     async def direct_message(self, acct: str, text: str) -> None:
         """A direct message to one account (the watchdog's alerts; needs `write:statuses`)."""
         await self._call("POST /api/v1/statuses",
@@ -191,3 +248,9 @@ class MastodonClient(Collector):
             if exc.status == 403:
                 return None
             raise
+
+
+def _block_fields(block: DomainBlock) -> dict[str, Any]:
+    return {"severity": block.severity.value, "reject_media": block.reject_media,
+            "reject_reports": block.reject_reports, "private_comment": block.private_comment,
+            "public_comment": block.public_comment, "obfuscate": block.obfuscate}

@@ -23,18 +23,25 @@ One module per concern: `rest.py` (the client API), `admin.py`, `streaming.py`, 
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from fedimod.sandbox.admin import AdminMixin
 from fedimod.sandbox.base import Handler
 from fedimod.sandbox.control import ControlMixin
+from fedimod.sandbox.federation import FederationMixin
 from fedimod.sandbox.rest import RestMixin
 from fedimod.sandbox.streaming import StreamingMixin
 from fedimod.sandbox.webhooks import WebhooksMixin
 
 
-class Sandbox(RestMixin, AdminMixin, StreamingMixin, WebhooksMixin, ControlMixin):
+class Sandbox(RestMixin, AdminMixin, FederationMixin, StreamingMixin, WebhooksMixin, ControlMixin):
     """One in-process instance. `async with Sandbox() as sb:` binds it to 127.0.0.1 on a free port."""
+
+    def __init__(self, **options: Any) -> None:
+        self._federation_state()
+        super().__init__(**options)
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=50 * 1024 * 1024)
@@ -63,6 +70,14 @@ class Sandbox(RestMixin, AdminMixin, StreamingMixin, WebhooksMixin, ControlMixin
             ("POST", "/api/v1/admin/accounts/{id}/action", self._admin_account_action),
             ("POST", "/api/v1/admin/accounts/{id}/{undo:unsilence|unsuspend|unsensitive|enable}",
              self._admin_account_undo),
+            ("GET", "/api/v1/admin/domain_blocks", self._admin_domain_blocks),
+            ("POST", "/api/v1/admin/domain_blocks", self._admin_create_domain_block),
+            ("GET", "/api/v1/admin/domain_blocks/{id}", self._admin_domain_block),
+            ("PUT", "/api/v1/admin/domain_blocks/{id}", self._admin_update_domain_block),
+            ("DELETE", "/api/v1/admin/domain_blocks/{id}", self._admin_delete_domain_block),
+            ("POST", "/api/v1/admin/measures", self._admin_measures),
+            ("GET", "/api/v1/instance/domain_blocks", self._instance_domain_blocks),
+            ("GET", "/api/v1/instance/peers", self._instance_peers),
             ("GET", "/api/v1/streaming/health", self._streaming_health),
             ("GET", "/api/v1/streaming/{channel:public(/local|/remote)?}", self._sse),
             ("GET", "/api/v1/streaming", self._websocket),

@@ -10,9 +10,10 @@ from typing import Any
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "user": frozenset(),
-    "moderator": frozenset({"view_feeds", "manage_users", "manage_reports"}),
-    "admin": frozenset({"view_feeds", "manage_users", "manage_reports", "manage_federation"}),
-    "owner": frozenset({"view_feeds", "manage_users", "manage_reports", "manage_federation", "view_devops"}),
+    "moderator": frozenset({"view_dashboard", "view_feeds", "manage_users", "manage_reports"}),
+    "admin": frozenset({"view_dashboard", "view_feeds", "manage_users", "manage_reports", "manage_federation"}),
+    "owner": frozenset({"view_dashboard", "view_feeds", "manage_users", "manage_reports", "manage_federation",
+                        "view_devops"}),
 }
 ROLE_POSITION = {"user": 0, "moderator": 10, "admin": 100, "owner": 1000}
 

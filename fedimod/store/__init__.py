@@ -10,6 +10,7 @@ from fedimod.store.protocols import (
     ActionRepository,
     AuditRepository,
     BankRepository,
+    BlocklistRepository,
     FeedRepository,
     JobRepository,
     RetroRepository,
@@ -19,9 +20,8 @@ from fedimod.store.settings import StoreSettings
 from fedimod.store.sqlite import SQLiteStore, StoreProbe
 
 __all__ = [
-    "ActionRepository", "AuditRepository", "BankRepository", "FeedRepository", "JobRepository", "RetroRepository",
-    "SQLiteStore",
-    "Store", "StoreProbe", "StoreSettings", "open_store",
+    "ActionRepository", "AuditRepository", "BankRepository", "BlocklistRepository", "FeedRepository", "JobRepository",
+    "RetroRepository", "SQLiteStore", "Store", "StoreProbe", "StoreSettings", "open_store",
 ]
 
 

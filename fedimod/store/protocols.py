@@ -26,12 +26,14 @@ from fedimod.models import (
     BankState,
     Category,
     Completed,
+    DomainBlock,
     FailedJob,
     FeedApplied,
     FeedHead,
     HashedMedia,
     JobOutcome,
     JobState,
+    ManagedBlock,
     MediaJob,
     MediaRecord,
     PendingReport,
@@ -287,6 +289,28 @@ class AuditRepository(Protocol):
     async def counts(self) -> StoreCounts: ...
 
 
-class Store(JobRepository, BankRepository, FeedRepository, RetroRepository, ActionRepository, AuditRepository,
-            Protocol):
+class BlocklistRepository(Protocol):
+    """Blocklist sync: the domain blocks fedimod manages, each source's last good copy, held domains."""
+
+    async def managed_blocks(self) -> dict[str, ManagedBlock]: ...
+
+    async def manage_block(self, block: DomainBlock, *, remote_id: str, sources: Sequence[str],
+                           now: float | None = None) -> None:
+        """Record a block fedimod creates (remote_id "" while the request is in flight) or changed."""
+        ...
+
+    async def forget_block(self, domain: str) -> None: ...
+
+    async def save_blocklist_copy(self, source: str, blocks: Sequence[DomainBlock], now: float | None = None
+                                  ) -> None: ...
+
+    async def blocklist_copy(self, source: str) -> tuple[list[DomainBlock], float] | None: ...
+
+    async def hold_block(self, block: DomainBlock, reason: str, now: float | None = None) -> None: ...
+
+    async def held_blocks(self) -> list[tuple[DomainBlock, str]]: ...
+
+
+class Store(JobRepository, BankRepository, FeedRepository, RetroRepository, BlocklistRepository, ActionRepository,
+            AuditRepository, Protocol):
     """Every repository over one database (and one transaction helper)."""

@@ -22,6 +22,7 @@ from fedimod.signals import signal_type_named
 from fedimod.store.sqlite.actions import SQLiteActions
 from fedimod.store.sqlite.audit import SQLiteAudit
 from fedimod.store.sqlite.banks import SQLiteBanks
+from fedimod.store.sqlite.blocklists import SQLiteBlocklists
 from fedimod.store.sqlite.feeds import SQLiteFeeds
 from fedimod.store.sqlite.jobs import SQLiteJobs
 from fedimod.store.sqlite.retro import SQLiteRetro
@@ -29,7 +30,8 @@ from fedimod.store.sqlite.retro import SQLiteRetro
 __all__ = ["SQLiteStore", "StoreProbe"]
 
 
-class SQLiteStore(SQLiteJobs, SQLiteFeeds, SQLiteBanks, SQLiteRetro, SQLiteActions, SQLiteAudit):
+class SQLiteStore(SQLiteJobs, SQLiteFeeds, SQLiteBanks, SQLiteRetro, SQLiteBlocklists, SQLiteActions,
+                  SQLiteAudit):
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path | str) -> AsyncIterator[SQLiteStore]:

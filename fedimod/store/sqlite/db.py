@@ -256,7 +256,6 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE bank_entries_v7 RENAME TO bank_entries;
     CREATE INDEX bank_entries_by_expiry ON bank_entries (expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX bank_entries_by_import ON bank_entries (import_id) WHERE import_id IS NOT NULL;
-    CREATE INDEX bank_entries_by_value ON bank_entries (signal_type, value);
     CREATE TABLE verdicts (
         id INTEGER PRIMARY KEY,
         source TEXT NOT NULL,
@@ -287,6 +286,29 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE feed_log ADD COLUMN signer TEXT NOT NULL DEFAULT '';
     UPDATE feed_log SET fact_op = op;
     CREATE INDEX feed_log_by_value ON feed_log (feed, signal_type, value, signer, seq);
+    """,
+    # 8: blocklist sync. The domain blocks fedimod created on the instance (the only ones it ever
+    # changes or removes; a row is written before the request, so a crash never orphans one), each
+    # source's last good copy, and domains held for a moderator instead of being suspended.
+    """
+    CREATE TABLE managed_blocks (
+        domain TEXT PRIMARY KEY,
+        remote_id TEXT NOT NULL,
+        block TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE blocklist_copies (
+        source TEXT PRIMARY KEY,
+        blocks TEXT NOT NULL,
+        fetched_at REAL NOT NULL
+    );
+    CREATE TABLE blocklist_holds (
+        domain TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        block TEXT NOT NULL,
+        held_at REAL NOT NULL
+    );
     """,
 )
 

@@ -1,0 +1,1 @@
+"""Blocklist sync with peer instances: read their domain blocks, merge, apply what fedimod manages."""

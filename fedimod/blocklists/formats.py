@@ -1,0 +1,150 @@
+"""Reading blocklists: Mastodon's CSV export, FediBlockHole's CSV and JSON, and the two API lists.
+
+- CSV: Mastodon's export header `#domain,#severity,#reject_media,#reject_reports,#public_comment,
+  #obfuscate`, or the same names without `#` (FediBlockHole's), in any order, extra columns
+  ignored; a file whose first cell is not `domain` is a one-column list of domains, as Mastodon's
+  import reads it. A row with no severity means `suspend`, as Mastodon's import does.
+- JSON: a list of objects with those members; `comment` (the public API's name) stands for
+  `public_comment`, and a public list's `digest` is read too.
+
+Every row is checked; the errors come back with their line (CSV) or item (JSON) numbers, and the
+caller decides whether a source with errors is refused (strict, the default) or used without the
+bad rows (`lenient`). Bytes that are not UTF-8, or JSON that is not a list, fail the whole source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedimod.blocklists.domains import DomainError, is_obfuscated, normalise
+from fedimod.errors import FedimodError
+from fedimod.models import DomainBlock, Severity
+
+MAX_ROWS = 200_000
+_FALSE = frozenset({"0", "f", "false", "off", "no", "n"})  # Rails' ActiveModel::Type::Boolean, and FBH's
+_ALIASES = {"limit": Severity.SILENCE}  # what Mastodon's web UI calls a silence
+_COLUMNS = ("domain", "severity", "reject_media", "reject_reports", "public_comment", "private_comment",
+            "obfuscate", "digest", "comment")
+
+
+class ListError(FedimodError):
+    """A whole source that cannot be read (encoding, shape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    where: str  # "line 7" or "item 3"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(slots=True)
+class Parsed:
+    blocks: list[DomainBlock] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+
+
+def parse(data: bytes, kind: str) -> Parsed:
+    """`kind`: csv or json."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ListError(f"not UTF-8 (byte {exc.start})") from exc
+    return parse_json(text) if kind == "json" else parse_csv(text)
+
+
+def parse_csv(text: str) -> Parsed:
+    out = Parsed()
+    rows = csv.reader(io.StringIO(text))
+    header: list[str] | None = None
+    try:
+        for row in rows:
+            line = rows.line_num
+            if not row or not "".join(row).strip():
+                continue
+            if header is None:
+                names = [c.strip().lstrip("#").strip().lower() for c in row]
+                if names and names[0] == "domain":
+                    header = names
+                    continue
+                header = ["domain"]  # a one-column list of domains, as Mastodon's import reads it
+            if len(out.blocks) + len(out.errors) >= MAX_ROWS:
+                out.errors.append(RowError(f"line {line}", f"more than {MAX_ROWS} rows; the rest is not read"))
+                break
+            record = {name: value for name, value in zip(header, row, strict=False) if name in _COLUMNS}
+            _add(out, f"line {line}", record)
+    except csv.Error as exc:
+        out.errors.append(RowError(f"line {rows.line_num}", f"not CSV: {exc}"))
+    return out
+
+
+def parse_json(text: str) -> Parsed:
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ListError(f"not JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise ListError("a JSON blocklist is a list of objects")
+    out = Parsed()
+    for number, item in enumerate(items[:MAX_ROWS], start=1):
+        if not isinstance(item, dict):
+            out.errors.append(RowError(f"item {number}", "not an object"))
+            continue
+        _add(out, f"item {number}", item)
+    if len(items) > MAX_ROWS:
+        out.errors.append(RowError(f"item {MAX_ROWS + 1}", f"more than {MAX_ROWS} items; the rest is not read"))
+    return out
+
+
+def _add(out: Parsed, where: str, record: dict[str, Any]) -> None:
+    try:
+        out.blocks.append(_block(record))
+    except (DomainError, ValueError) as exc:
+        out.errors.append(RowError(where, str(exc)))
+
+
+def _block(record: dict[str, Any]) -> DomainBlock:
+    raw = record.get("domain")
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("no domain")
+    digest = str(record.get("digest") or "").strip().lower()
+    if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        raise ValueError(f"digest {digest[:20]!r} is not a SHA-256 hex digest")
+    if is_obfuscated(raw):
+        if not digest:
+            raise ValueError(f"{raw.strip()!r} is obfuscated and has no digest to resolve it by")
+        domain = ""
+    else:
+        domain = normalise(raw)
+    severity_text = str(record.get("severity") or "").strip().lower()
+    if not severity_text:
+        severity = Severity.SUSPEND  # what Mastodon's import assumes
+    elif severity_text in _ALIASES:
+        severity = _ALIASES[severity_text]
+    else:
+        try:
+            severity = Severity(severity_text)
+        except ValueError:
+            raise ValueError(f"severity {severity_text!r} is not noop, silence or suspend") from None
+    comment = record.get("public_comment", record.get("comment"))
+    return DomainBlock(domain=domain, severity=severity, reject_media=_flag(record.get("reject_media")),
+                       reject_reports=_flag(record.get("reject_reports")), public_comment=_text(comment),
+                       private_comment=_text(record.get("private_comment")), obfuscate=_flag(record.get("obfuscate")),
+                       digest=digest)
+
+
+def _flag(value: object) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    return bool(text) and text not in _FALSE
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()[:1000]

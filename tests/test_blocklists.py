@@ -1,0 +1,238 @@
+"""Blocklist sync against several sandbox instances on loopback: peers' public and admin lists and
+a CSV file go in; fedimod merges them and applies, to its own instance, only what enough sources
+agree on, never touching a block an admin made by hand."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from fedimod.act import MastodonClient
+from fedimod.blocklists.domains import Allowlist, digest, normalise
+from fedimod.blocklists.formats import parse
+from fedimod.blocklists.merge import MergePlan, SourcePolicy, merge
+from fedimod.blocklists.sync import BlocklistSettings, BlocklistSource, BlocklistSync, SyncReport
+from fedimod.models import DomainBlock, Severity
+from fedimod.sandbox import Sandbox
+from fedimod.store import SQLiteStore
+
+ADMIN_SCOPES = ("read", "admin:read", "admin:write")
+MASTODON_EXPORT = b"""#domain,#severity,#reject_media,#reject_reports,#public_comment,#obfuscate
+bad.domain,silence,false,false,bad server,false
+worse.domain,suspend,true,true,worse server,true
+reject.media,noop,true,false,reject media and test unicode characters \xe2\x99\xa5,false
+"""
+
+
+def test_mastodons_export_fediblockholes_csv_and_json_and_a_bare_list_read_alike() -> None:
+    exported = parse(MASTODON_EXPORT, "csv")
+    assert [(b.domain, b.severity, b.reject_media, b.obfuscate) for b in exported.blocks] == [
+        ("bad.domain", Severity.SILENCE, False, False), ("worse.domain", Severity.SUSPEND, True, True),
+        ("reject.media", Severity.NOOP, True, False)]
+    plain = parse(MASTODON_EXPORT.replace(b"#", b""), "csv")  # FediBlockHole's headers
+    assert plain.blocks == exported.blocks
+    bare = parse(b"Example.COM.\n*.other.example\n", "csv")  # a one-column list: suspend, as Mastodon imports it
+    assert [(b.domain, b.severity) for b in bare.blocks] == [("example.com", Severity.SUSPEND),
+                                                             ("other.example", Severity.SUSPEND)]
+    as_json = parse(b'[{"domain": "bad.domain", "severity": "silence", "public_comment": "bad server"}]', "json")
+    assert as_json.blocks == exported.blocks[:1]
+    broken = parse(b"domain,severity\nfine.example,suspend\nfoo bar,suspend\nx.example,banana\nex**.com,suspend\n",
+                   "csv")
+    assert [b.domain for b in broken.blocks] == ["fine.example"]
+    assert [e.where for e in broken.errors] == ["line 3", "line 4", "line 5"]
+    assert "banana" in str(broken.errors[1]) and "no digest" in str(broken.errors[2])
+
+
+def test_one_domain_however_a_list_spells_it() -> None:
+    assert {normalise(d) for d in ("Example.COM.", " example.com", "example.com/", "*.example.com")} == {"example.com"}
+    assert normalise("bücher.example") == "xn--bcher-kva.example"
+
+
+def _lists(*stated: tuple[str, list[tuple[str, Severity]]]) -> dict[str, list[DomainBlock]]:
+    return {name: [DomainBlock(domain=d, severity=s) for d, s in blocks] for name, blocks in stated}
+
+
+def test_merge_takes_the_threshold_the_plan_and_the_allowlist() -> None:
+    lists = _lists(("a", [("one.example", Severity.SUSPEND), ("two.example", Severity.SILENCE),
+                          ("friend.example", Severity.SUSPEND)]),
+                   ("b", [("one.example", Severity.SILENCE), ("two.example", Severity.SILENCE),
+                          ("friend.example", Severity.SUSPEND)]),
+                   ("c", [("three.example", Severity.SUSPEND)]))
+    allow = Allowlist(["*.friend.example"])
+    two_of_three = merge(lists, {}, MergePlan(threshold=2), allow)
+    assert sorted(two_of_three.blocks) == ["one.example", "two.example"]
+    assert two_of_three.blocks["one.example"].block.severity is Severity.SUSPEND  # max
+    assert two_of_three.allowed == ["friend.example"] and two_of_three.below_threshold == 1
+    assert merge(lists, {}, MergePlan(threshold=2, mode="min"), allow).blocks["one.example"].block.severity is (
+        Severity.SILENCE)
+    assert sorted(merge(lists, {}, MergePlan(threshold=30, percent=True), allow).blocks) == [
+        "one.example", "three.example", "two.example"]
+    weighted = merge(lists, {"c": SourcePolicy(weight=2.0)}, MergePlan(threshold=2, weighted=True), allow)
+    assert "three.example" in weighted.blocks
+    capped = merge(lists, {"a": SourcePolicy(max_severity=Severity.SILENCE)}, MergePlan(threshold=1), allow)
+    assert capped.blocks["one.example"].block.severity is Severity.SILENCE  # a silence-only source, b silences
+
+
+def test_an_obfuscated_entry_is_resolved_by_its_digest_or_not_at_all() -> None:
+    hidden = DomainBlock(domain="", severity=Severity.SUSPEND, digest=digest("secret.example"))
+    unknown = DomainBlock(domain="", severity=Severity.SUSPEND, digest=digest("nobody.example"))
+    result = merge({"a": [hidden, unknown]}, {}, MergePlan(), Allowlist([]), known=["secret.example"])
+    assert list(result.blocks) == ["secret.example"] and result.unresolved == {"a": 1}
+
+
+@pytest.fixture
+async def federation(tmp_path: Path) -> AsyncIterator[tuple[list[Sandbox], Sandbox, str]]:
+    async with AsyncExitStack() as stack:
+        peers = [await stack.enter_async_context(Sandbox()) for _ in range(3)]
+        home = await stack.enter_async_context(Sandbox())
+        token = home.create_account("fedimod", role="admin", scopes=ADMIN_SCOPES)[1]
+        yield peers, home, token
+
+
+async def sync(home: Sandbox, token: str, db: Path, settings: BlocklistSettings, *, dry_run: bool = False
+               ) -> SyncReport:
+    async with SQLiteStore.open(db) as store, aiohttp.ClientSession() as session:
+        client = MastodonClient(base_url=home.base_url, token=token, request_timeout_s=10)
+        return await BlocklistSync(settings=settings, store=store, instance=client, session=session).run(
+            dry_run=dry_run)
+
+
+def _public(peer: Sandbox, name: str) -> BlocklistSource:
+    peer.show_domain_blocks = "all"
+    return BlocklistSource(name=name, kind="instance", location=peer.base_url)
+
+
+def _held(home: Sandbox) -> dict[str, tuple[str, bool]]:
+    return {b.domain: (b.severity, b.reject_media) for b in home.domain_blocks.values()}
+
+
+async def test_two_of_three_peers_agree_and_only_that_is_applied_and_hand_made_blocks_stay(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    (p1, p2, p3), home, token = federation
+    p1.block_domain("spam.example", "suspend")
+    p2.block_domain("Spam.Example.", "silence")  # the same domain, spelled otherwise
+    p1.block_domain("hidden.example", "suspend", obfuscate=True)
+    p3.block_domain("hidden.example", "suspend", obfuscate=True)  # both show only `hid***n.example`
+    home.peers.add("hidden.example")  # …but the instance knows the domain: the digest says which it is
+    p3.block_domain("lonely.example", "suspend")
+    p1.block_domain("handmade.example", "suspend")
+    p2.block_domain("handmade.example", "suspend")
+    manual = home.block_domain("handmade.example", "silence", public_comment="our own call")
+    settings = BlocklistSettings(sources=(_public(p1, "p1"), _public(p2, "p2"), _public(p3, "p3")),
+                                 plan=MergePlan(threshold=2))
+    db = tmp_path / "home.sqlite3"
+    preview = await sync(home, token, db, settings, dry_run=True)
+    assert {c.domain: c.kind for c in preview.changes} == {
+        "spam.example": "add", "hidden.example": "add", "handmade.example": "manual"}
+    assert _held(home) == {"handmade.example": ("silence", False)}  # a dry run changes nothing
+    report = await sync(home, token, db, settings)
+    assert sorted(c.domain for c in report.applied) == ["hidden.example", "spam.example"]
+    assert _held(home) == {"spam.example": ("suspend", False), "hidden.example": ("suspend", False),
+                           "handmade.example": ("silence", False)}
+    assert home.domain_blocks[manual.id].public_comment == "our own call"  # never edited
+    spam = next(b for b in home.domain_blocks.values() if b.domain == "spam.example")
+    assert spam.private_comment == "fedimod blocklist sync: p1, p2"
+    again = await sync(home, token, db, settings)  # nothing left to do
+    assert again.applied == [] and {c.kind for c in again.changes} == {"manual"}
+
+
+async def test_a_retraction_removes_a_managed_block_only_with_allow_removals_and_never_a_hand_made_one(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    (p1, _p2, _p3), home, token = federation
+    first = p1.block_domain("gone.example", "suspend")
+    p1.block_domain("handmade.example", "suspend")
+    home.block_domain("handmade.example", "suspend")
+    db = tmp_path / "home.sqlite3"
+    keep = BlocklistSettings(sources=(_public(p1, "p1"),))
+    await sync(home, token, db, keep)
+    assert "gone.example" in {b.domain for b in home.domain_blocks.values()}
+    del p1.domain_blocks[first.id]
+    p1.domain_blocks = {k: v for k, v in p1.domain_blocks.items() if v.domain != "handmade.example"}
+    report = await sync(home, token, db, keep)
+    assert {c.domain: c.kind for c in report.changes} == {"gone.example": "removal_off"}
+    assert "gone.example" in {b.domain for b in home.domain_blocks.values()}
+    report = await sync(home, token, db, replace(keep, allow_removals=True))
+    assert [c.kind for c in report.applied] == ["remove"]
+    assert {b.domain for b in home.domain_blocks.values()} == {"handmade.example"}
+
+
+async def test_raise_lower_and_an_update_sends_every_field(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    (p1, _p2, _p3), home, token = federation
+    peer_block = p1.block_domain("meh.example", "silence", public_comment="loud")
+    db = tmp_path / "home.sqlite3"
+    settings = BlocklistSettings(sources=(BlocklistSource(name="p1", kind="admin", location=p1.base_url,
+                                                          token=p1.create_account("a", role="admin",
+                                                                                  scopes=ADMIN_SCOPES)[1]),))
+    await sync(home, token, db, settings)
+    (mine,) = home.domain_blocks.values()
+    peer_block.severity, peer_block.reject_media = "suspend", True
+    report = await sync(home, token, db, settings)
+    assert [c.kind for c in report.applied] == ["raise"]
+    assert (mine.severity, mine.reject_media, mine.public_comment) == ("suspend", True, "p1: loud")
+    peer_block.severity, peer_block.reject_media = "silence", False
+    assert [c.kind for c in (await sync(home, token, db, settings)).changes] == ["lowering_off"]
+    assert (await sync(home, token, db, replace(settings, allow_lowering=True))).applied[0].kind == "lower"
+    assert (mine.severity, mine.reject_media, mine.public_comment) == ("silence", False, "p1: loud")
+
+
+async def test_an_admin_list_is_read_across_its_link_pages(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    (p1, _p2, _p3), home, token = federation
+    for n in range(620):  # more than one page of 500
+        p1.block_domain(f"d{n}.example", "silence")
+    peer_token = p1.create_account("a", role="admin", scopes=ADMIN_SCOPES)[1]
+    settings = BlocklistSettings(sources=(BlocklistSource(name="p1", kind="admin", location=p1.base_url,
+                                                          token=peer_token),))
+    report = await sync(home, token, tmp_path / "home.sqlite3", settings, dry_run=True)
+    assert report.sources[0].blocks == 620 and len(report.changes) == 620
+
+
+async def test_a_malformed_source_is_reported_with_its_lines_and_the_others_still_apply(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    (p1, _p2, _p3), home, token = federation
+    p1.block_domain("fine.example", "suspend")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"#domain,#severity\nok.example,silence\nnot a domain,suspend\nx.example,sometimes\n")
+    strict = BlocklistSource(name="file", kind="csv", location=str(bad))
+    settings = BlocklistSettings(sources=(_public(p1, "p1"), strict))
+    db = tmp_path / "home.sqlite3"
+    report = await sync(home, token, db, settings)
+    (_, file_report) = report.sources
+    assert [e.where for e in file_report.errors] == ["line 3", "line 4"] and "bad rows" in file_report.failure
+    assert {b.domain for b in home.domain_blocks.values()} == {"fine.example"}
+    lenient = await sync(home, token, db, replace(settings, sources=(settings.sources[0],
+                                                                     replace(strict, lenient=True))))
+    assert [c.domain for c in lenient.applied] == ["ok.example"]
+    unreachable = BlocklistSource(name="p9", kind="instance", location="http://127.0.0.1:9")
+    down = await sync(home, token, db, replace(settings, sources=(_public(p1, "p1"), unreachable)))
+    assert down.sources[1].failure and down.sources[1].blocks == 0  # no copy yet: nothing from it, the run goes on
+    not_utf8 = tmp_path / "latin1.csv"
+    not_utf8.write_bytes("domain\nb\xe9b\xe9.example\n".encode("latin-1"))
+    broken = await sync(home, token, db, replace(settings, sources=(BlocklistSource(
+        name="file", kind="csv", location=str(not_utf8)),)))
+    assert "not UTF-8" in broken.sources[0].failure and broken.sources[0].stale_since is not None  # last good copy
+
+
+async def test_a_domain_local_accounts_follow_is_held_for_review_not_suspended(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    (p1, _p2, _p3), home, token = federation
+    p1.block_domain("friends-of-ours.example", "suspend")
+    p1.block_domain("nobody-follows.example", "suspend")
+    home.follows_by_domain["friends-of-ours.example"] = 12
+    db = tmp_path / "home.sqlite3"
+    report = await sync(home, token, db, BlocklistSettings(sources=(_public(p1, "p1"),)))
+    assert {c.domain: c.kind for c in report.applied} == {"friends-of-ours.example": "held",
+                                                          "nobody-follows.example": "add"}
+    assert {b.domain for b in home.domain_blocks.values()} == {"nobody-follows.example"}
+    async with SQLiteStore.open(db) as store:
+        ((held, reason),) = await store.held_blocks()
+        audit = [r.event for r in await store.audit_rows() if r.event.event == "domain_block"]
+    assert held.domain == "friends-of-ours.example" and "12 follows" in reason
+    assert {(e.action, e.detail["domain"]) for e in audit} == {("add", "nobody-follows.example"),
+                                                              ("add", "friends-of-ours.example")}
