@@ -23,6 +23,11 @@ from urllib.parse import urlsplit
 
 from fedimod.act.policy import DEFAULT_RULES, SCOPES, PolicySettings, Rule, TrustMap
 from fedimod.act.report import COMMENT_FIELDS, REPORT_CATEGORIES, ReportSettings
+from fedimod.blocklists.domains import Allowlist, DomainError
+from fedimod.blocklists.merge import FIELDS as BLOCKLIST_FIELDS
+from fedimod.blocklists.merge import MergePlan, SourcePolicy
+from fedimod.blocklists.sync import KINDS as BLOCKLIST_KINDS
+from fedimod.blocklists.sync import BlocklistSettings, BlocklistSource
 from fedimod.errors import ConfigError
 from fedimod.feeds.client import FeedSource
 from fedimod.feeds.follow import FeedsSettings, FollowedSource
@@ -30,7 +35,7 @@ from fedimod.ingest.stream import TRANSPORTS
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.settings import BankSettings, default_thresholds
 from fedimod.media.settings import MediaSettings
-from fedimod.models import ACCOUNT_ACTIONS, ActionType, Category, Trust
+from fedimod.models import ACCOUNT_ACTIONS, ActionType, Category, Severity, Trust
 from fedimod.ops.server import OpsSettings
 from fedimod.ops.watchdog import WatchdogSettings
 from fedimod.pipeline.retro import RetroSettings
@@ -133,7 +138,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
-                                       "webhooks", "watchdog", "logging", "feeds", "retro"}))
+                                       "webhooks", "watchdog", "logging", "feeds", "retro", "blocklists"}))
     feeds = _feeds(top.table("feeds", frozenset({"serve", "sources", "publish_confirmed"})), env)
     policy = _policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"}))))
     return Config(
@@ -151,6 +156,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         webhooks=_webhooks(top.table("webhooks", frozenset({"listen", "path", "secret_env"})), env, require_token),
         watchdog=_watchdog(top.table("watchdog", _names(WatchdogSettings))),
         retro=_read(top.table("retro", _names(RetroSettings)), RetroSettings),
+        blocklists=_blocklists(top.table("blocklists", _BLOCKLIST_KEYS), env),
         log_level=_log_level(top.table("logging", frozenset({"level"}))),
     )
 
@@ -326,6 +332,59 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
     return _Feeds(settings=settings, trust=trust)
 
 
+_BLOCKLIST_KEYS = frozenset({"sources", "mode", "threshold", "threshold_percent", "weighted", "allowlist",
+                             "allow_removals", "allow_lowering", "hold_followed", "interval_s"})
+_BLOCKLIST_SOURCE_KEYS = frozenset({"name", "kind", "url", "path", "token_env", "weight", "fields", "max_severity",
+                                    "lenient"})
+
+
+def _blocklists(table: _Table, env: Mapping[str, str]) -> BlocklistSettings:
+    mode = table.get("mode", str, "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(table.key("mode"), f"{mode!r} is not max or min")
+    percent = table.get("threshold_percent", bool, False)
+    threshold = table.number("threshold", float, {"min": 0.0, "max": 100.0}) if "threshold" in table else 1.0
+    allowlist = table.get("allowlist", list, [])
+    try:
+        Allowlist([str(a) for a in allowlist])
+    except DomainError as exc:
+        raise ConfigError(table.key("allowlist"), str(exc)) from None
+    sources = []
+    names: set[str] = set()
+    for i, raw in enumerate(table.get("sources", list, [])):
+        path = f"{table.key('sources')}[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "must be a table ([[blocklists.sources]])")
+        src = _Table(raw, path, _BLOCKLIST_SOURCE_KEYS)
+        name = src.get("name", str, _REQUIRED)
+        if not name or name in names:
+            raise ConfigError(src.key("name"), f"{name!r} is empty or used by another source")
+        names.add(name)
+        kind = src.get("kind", str, _REQUIRED)
+        if kind not in BLOCKLIST_KINDS:
+            raise ConfigError(src.key("kind"), f"{kind!r} is not one of {', '.join(BLOCKLIST_KINDS)}")
+        location = src.get("url", str, "") or src.get("path", str, "")
+        if not location or (kind in ("instance", "admin") and urlsplit(location).scheme not in ("http", "https")):
+            raise ConfigError(src.key("url"), "an instance or admin source needs the peer's http(s) URL; a csv or "
+                                              "json source a url or a path")
+        fields = src.get("fields", list, sorted(BLOCKLIST_FIELDS))
+        if not set(fields) <= BLOCKLIST_FIELDS:
+            raise ConfigError(src.key("fields"), f"fields are among {', '.join(sorted(BLOCKLIST_FIELDS))}")
+        token_env = src.get("token_env", str, "")
+        policy = SourcePolicy(
+            weight=src.number("weight", float, {"min": 0.0}) if "weight" in src else 1.0,
+            fields=frozenset(str(f) for f in fields),
+            max_severity=_choice(src, "max_severity", Severity, src.get("max_severity", str, "suspend")))
+        sources.append(BlocklistSource(name=name, kind=kind, location=location, token=env.get(token_env, ""),
+                                       policy=policy, lenient=src.get("lenient", bool, False)))
+    return BlocklistSettings(
+        sources=tuple(sources), plan=MergePlan(mode=mode, threshold=threshold, percent=percent,
+                                               weighted=table.get("weighted", bool, False)),
+        allowlist=tuple(str(a) for a in allowlist), allow_removals=table.get("allow_removals", bool, False),
+        allow_lowering=table.get("allow_lowering", bool, False), hold_followed=table.get("hold_followed", bool, True),
+        interval_s=table.number("interval_s", float, {"min": 0.0}) if "interval_s" in table else 0.0)
+
+
 def _log_level(table: _Table) -> str:
     level = str(table.get("level", str, "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -333,7 +392,7 @@ def _log_level(table: _Table) -> str:
     return level
 
 
-E = TypeVar("E", ActionType, Category, Trust)
+E = TypeVar("E", ActionType, Category, Trust, Severity)
 _RULE_KEYS = frozenset({"name", "action", "categories", "signal_types", "trust", "min_sources", "max_distance",
                         "min_quality", "scope", "forward", "notify", "comment", "provisional", "review_within_s"})
 

@@ -236,3 +236,60 @@ async def test_a_domain_local_accounts_follow_is_held_for_review_not_suspended(
     assert held.domain == "friends-of-ours.example" and "12 follows" in reason
     assert {(e.action, e.detail["domain"]) for e in audit} == {("add", "nobody-follows.example"),
                                                               ("add", "friends-of-ours.example")}
+
+
+async def test_the_sync_command_prints_the_diff_exports_mastodon_csv_and_dry_run_changes_nothing(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from fedimod.cli import main
+
+    (p1, p2, _p3), home, token = federation
+    for peer in (p1, p2):
+        peer.show_domain_blocks = "all"
+        peer.block_domain("both.example", "suspend", public_comment="spam")
+    p1.block_domain("one.example", "silence")
+    listed = tmp_path / "list.csv"
+    listed.write_bytes(b"domain,severity\nboth.example,silence\nfile-only.example,suspend\n")
+    monkeypatch.setenv("FEDIMOD_TOKEN", token)
+    config = tmp_path / "fedimod.toml"
+    config.write_text(f"""
+[instance]
+base_url = "{home.base_url}"
+[store]
+path = "{tmp_path / 'home.sqlite3'}"
+[blocklists]
+threshold = 2
+allowlist = ["*.friendly.example"]
+[[blocklists.sources]]
+name = "p1"
+kind = "instance"
+url = "{p1.base_url}"
+[[blocklists.sources]]
+name = "p2"
+kind = "instance"
+url = "{p2.base_url}"
+[[blocklists.sources]]
+name = "file"
+kind = "csv"
+path = "{listed}"
+max_severity = "silence"
+""")
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(main, list(argv))
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    exported = tmp_path / "merged.csv"
+    code, out = await cli("blocklist", "sync", "--dry-run", "--export", str(exported), "-c", str(config))
+    assert code == 0, out
+    assert "add           both.example" in out and "dry run: 1 changes would be sent" in out
+    assert home.domain_blocks == {}
+    assert exported.read_text().splitlines() == [
+        "#domain,#severity,#reject_media,#reject_reports,#public_comment,#obfuscate",
+        "both.example,suspend,false,false,p1: spam; p2: spam,false"]
+    assert parse(exported.read_bytes(), "csv").blocks[0].domain == "both.example"  # Mastodon's import reads it
+    code, out = await cli("blocklist", "sync", "-c", str(config))
+    assert code == 0 and {b.domain for b in home.domain_blocks.values()} == {"both.example"}, out

@@ -148,3 +148,17 @@ def _flag(value: object) -> bool:
 
 def _text(value: object) -> str:
     return "" if value is None else str(value).strip()[:1000]
+
+
+MASTODON_HEADER = ("#domain", "#severity", "#reject_media", "#reject_reports", "#public_comment", "#obfuscate")
+
+
+def mastodon_csv(blocks: list[DomainBlock]) -> str:
+    """The list as Mastodon's own export writes it (what its import, and FediBlockHole, read)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(MASTODON_HEADER)
+    for b in sorted(blocks, key=lambda b: b.domain):
+        writer.writerow([b.domain, b.severity.value, str(b.reject_media).lower(), str(b.reject_reports).lower(),
+                         b.public_comment, str(b.obfuscate).lower()])
+    return out.getvalue()

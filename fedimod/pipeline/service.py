@@ -28,6 +28,7 @@ from fedimod.act.decide import Decider
 from fedimod.act.executor import ActionExecutor
 from fedimod.act.policy import Policy
 from fedimod.act.ratelimit import RateBudget
+from fedimod.blocklists.sync import BlocklistSync
 from fedimod.feeds.client import FeedClient
 from fedimod.feeds.follow import FeedFollower
 from fedimod.feeds.protocol import SigningKey
@@ -110,6 +111,9 @@ class Pipeline:
             self.feeds = FeedFollower(feed_client, config.feeds.sources)
             self.metrics.register(feed_client.stats, self.feeds)
         self.feed_port: int | None = None
+        self.blocklists: BlocklistSync | None = None
+        if config.blocklists.sources and config.blocklists.interval_s > 0:
+            self.blocklists = BlocklistSync(settings=config.blocklists, store=store, instance=client, session=session)
 
     async def accept_post(self, post: Post, source: str) -> None:
         """Durably record a post's jobs (webhooks: return only once committed)."""
@@ -182,7 +186,8 @@ class Pipeline:
                 self._stage(group, "reviewer", self._reviewer),
                 self._stage(group, "watchdog", self.watchdog.run),
                 self._stage(group, "store_probe", self.health.run),
-            ] + ([self._stage(group, self.feeds.name, self.feeds.run)] if self.feeds is not None else [])
+            ] + ([self._stage(group, self.feeds.name, self.feeds.run)] if self.feeds is not None else []) + (
+                [self._stage(group, "blocklists", self._follow_blocklists)] if self.blocklists is not None else [])
             # These end by themselves once draining; the group waits for them.
             _ = [self._stage(group, "executor", self._executor)] + [
                 self._stage(group, f"worker-{n}", self.workers.run) for n in range(self._config.workers.concurrency)]
@@ -216,6 +221,15 @@ class Pipeline:
         await self.retro.released()
         await self.retro.prune()
         return retracted
+
+    async def _follow_blocklists(self) -> None:
+        assert self.blocklists is not None
+        while True:
+            report = await self.blocklists.run()
+            log_event(logger, logging.INFO, "blocklist_synced", domains=len(report.merged.blocks),
+                      applied=len(report.applied), failed=len(report.failed),
+                      sources_failed=[s.name for s in report.sources if s.failure])
+            await asyncio.sleep(self._config.blocklists.interval_s)
 
     async def _justified_action(self, account_id: str) -> ActionType | None:
         """The strongest action that the account's hashed media justifies under the current banks."""

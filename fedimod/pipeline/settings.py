@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fedimod.act.policy import PolicySettings
 from fedimod.act.report import ReportSettings
+from fedimod.blocklists.sync import BlocklistSettings
 from fedimod.feeds.follow import FeedsSettings
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.settings import BankSettings
@@ -69,4 +70,5 @@ class Config:
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     feeds: FeedsSettings = field(default_factory=FeedsSettings)
     retro: RetroSettings = field(default_factory=RetroSettings)
+    blocklists: BlocklistSettings = field(default_factory=BlocklistSettings)
     log_level: str = "INFO"
