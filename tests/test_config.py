@@ -131,6 +131,32 @@ def test_a_hub_source_relays_and_vouches_and_retro_settings_are_read() -> None:
     assert caught.value.path == "retro.max_share"
 
 
+def test_blocklist_settings_are_read_and_bad_ones_name_their_key() -> None:
+    raw = minimal(blocklists={"mode": "min", "threshold": 50, "threshold_percent": True, "allowlist": ["*.ok.example"],
+                              "allow_removals": True, "interval_s": 3600,
+                              "sources": [{"name": "peer", "kind": "admin", "url": "https://peer.example",
+                                           "token_env": "PEER_TOKEN", "weight": 2, "fields": ["reject_media"],
+                                           "max_severity": "silence", "lenient": True}]})
+    settings = parse_config(raw, {**ENV, "PEER_TOKEN": "s3cret"}).blocklists
+    (source,) = settings.sources
+    assert (settings.plan.mode, settings.plan.threshold, settings.plan.percent) == ("min", 50.0, True)
+    assert (source.kind, source.token, source.policy.weight, source.policy.max_severity.value, source.lenient) == (
+        "admin", "s3cret", 2.0, "silence", True)
+    assert source.policy.fields == frozenset({"reject_media"}) and settings.allow_removals
+    assert "s3cret" not in repr(settings)
+    for bad, key in (({"mode": "mean"}, "blocklists.mode"),
+                     ({"allowlist": ["not a domain"]}, "blocklists.allowlist"),
+                     ({"sources": [{"name": "x", "kind": "rss", "url": "https://x.example"}]},
+                      "blocklists.sources[0].kind"),
+                     ({"sources": [{"name": "x", "kind": "instance", "url": "peer.example"}]},
+                      "blocklists.sources[0].url"),
+                     ({"sources": [{"name": "x", "kind": "csv", "path": "a.csv", "fields": ["severity"]}]},
+                      "blocklists.sources[0].fields")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(minimal(blocklists=bad), ENV)
+        assert caught.value.path == key, bad
+
+
 @pytest.mark.parametrize(("feeds", "key", "fragment"), [
     ({"serve": {"listen": "127.0.0.1:9470"}}, "feeds.serve.key_file", "signing key"),
     ({"sources": [{"name": "hub", "url": "https://h.example", "feed": "f", "key": "short"}]},
