@@ -603,3 +603,24 @@ class ManagedBlock:
     remote_id: str
     sources: tuple[str, ...]
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountEntry:
+    """A known offender's account on a list: `user@domain` (normalised), what to do, and why."""
+
+    account: str
+    severity: Severity = Severity.SUSPEND
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagedAccount:
+    """An account action fedimod applied from blocklists (the only kind it ever undoes)."""
+
+    account: str
+    account_id: str
+    severity: Severity
+    sources: tuple[str, ...]
+    updated_at: float
+    applied: bool = True  # False: recorded before the request, whose answer a crash may have lost

@@ -293,3 +293,40 @@ max_severity = "silence"
     assert parse(exported.read_bytes(), "csv").blocks[0].domain == "both.example"  # Mastodon's import reads it
     code, out = await cli("blocklist", "sync", "-c", str(config))
     assert code == 0 and {b.domain for b in home.domain_blocks.values()} == {"both.example"}, out
+
+
+async def test_listed_accounts_are_resolved_and_actioned_and_only_fedimods_own_actions_undone(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    _peers, home, token = federation
+    seller = home.create_account("Seller", domain="shop.example")[0]
+    troll = home.create_account("troll", domain="noise.example")[0]
+    handled = home.create_account("handled", domain="noise.example")[0]
+    handled.silenced = True  # a moderator's own call
+    friend = home.create_account("friend", domain="friends.example")[0]
+    listed = tmp_path / "accounts.csv"
+    listed.write_text("account,severity,reason\n@seller@Shop.Example,suspend,sells abuse material\n"
+                      "https://noise.example/users/troll,silence,harassment\nhandled@noise.example,suspend,spam\n"
+                      "friend@friends.example,suspend,mistake\nghost@nowhere.example,suspend,unknown here\n")
+    settings = BlocklistSettings(sources=(BlocklistSource(name="list", kind="csv", location=str(listed)),),
+                                 allowlist=("friends.example",))
+    db = tmp_path / "home.sqlite3"
+    report = await sync(home, token, db, settings)
+    assert {c.account: c.kind for c in report.accounts} == {
+        "seller@shop.example": "add", "troll@noise.example": "add", "handled@noise.example": "manual",
+        "ghost@nowhere.example": "unknown"}  # the friend is on an allowlisted domain
+    assert {(a.account_id, a.type) for a in home.account_actions} == {(seller.id, "suspend"), (troll.id, "silence")}
+    assert (handled.silenced, handled.suspended, friend.suspended) == (True, False, False)
+    again = await sync(home, token, db, settings)
+    assert [c for c in again.accounts if c.applies] == []  # applied once
+    listed.write_text("account,severity,reason\nhandled@noise.example,suspend,spam\n")  # the list retracts two
+    kept = await sync(home, token, db, settings)
+    assert {c.account: c.kind for c in kept.accounts if c.kind == "removal_off"} == {
+        "seller@shop.example": "removal_off", "troll@noise.example": "removal_off"}
+    await sync(home, token, db, replace(settings, allow_removals=True))
+    assert sorted(home.account_undos) == sorted([(seller.id, "unsuspend"), (troll.id, "unsilence")])
+    assert handled.silenced  # never undone: fedimod did not do it
+    async with SQLiteStore.open(db) as store:
+        audit = [(r.event.action, r.event.detail["account"]) for r in await store.audit_rows()
+                 if r.event.event == "account_blocklist"]
+    assert sorted(audit) == sorted([("add", "seller@shop.example"), ("add", "troll@noise.example"),
+                                    ("remove", "seller@shop.example"), ("remove", "troll@noise.example")])

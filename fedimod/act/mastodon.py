@@ -192,6 +192,17 @@ class MastodonClient(Collector):
                 return int(str(measure.get("total") or 0))
         return None
 
+    async def lookup_account(self, acct: str) -> str | None:
+        """The instance's id for `user@domain`, or None when it does not know the account."""
+        try:
+            found = await self._call("GET /api/v1/accounts/lookup", lambda: self._api.account_lookup(acct),
+                                     Priority.LOOKUP)
+        except MastodonAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(found["id"])
+
     async def peers(self) -> list[str]:
         """The domains the instance knows (`GET /api/v1/instance/peers`); [] where it will not say."""
         try:

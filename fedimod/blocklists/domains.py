@@ -69,3 +69,24 @@ class Allowlist:
 
     def covers(self, domain: str) -> bool:
         return domain in self.exact or any(p in self.subtrees for p in parents(domain))
+
+
+def normalise_account(raw: str) -> str:
+    """`@User@Example.COM`, `user@example.com` and an actor URI (`https://example.com/users/user` or
+    `https://example.com/@user`) are one account: `user@example.com`."""
+    text = raw.strip()
+    if text.startswith(("https://", "http://")):
+        rest = text.split("://", 1)[1]
+        host, _, path = rest.partition("/")
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2 and parts[0] == "users":
+            user = parts[1]
+        elif len(parts) == 1 and parts[0].startswith("@"):
+            user = parts[0][1:]
+        else:
+            raise DomainError(f"{raw!r} is not an actor URI fedimod can read (…/users/NAME or …/@NAME)")
+        text = f"{user}@{host}"
+    user, at, domain = text.lstrip("@").rpartition("@")
+    if not at or not user or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", user):
+        raise DomainError(f"{raw!r} is not an account (user@domain)")
+    return f"{user.lower()}@{normalise(domain)}"

@@ -20,15 +20,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedimod.blocklists.domains import DomainError, is_obfuscated, normalise
+from fedimod.blocklists.domains import DomainError, is_obfuscated, normalise, normalise_account
 from fedimod.errors import FedimodError
-from fedimod.models import DomainBlock, Severity
+from fedimod.models import AccountEntry, DomainBlock, Severity
 
 MAX_ROWS = 200_000
 _FALSE = frozenset({"0", "f", "false", "off", "no", "n"})  # Rails' ActiveModel::Type::Boolean, and FBH's
 _ALIASES = {"limit": Severity.SILENCE}  # what Mastodon's web UI calls a silence
 _COLUMNS = ("domain", "severity", "reject_media", "reject_reports", "public_comment", "private_comment",
-            "obfuscate", "digest", "comment")
+            "obfuscate", "digest", "comment", "account", "reason")
 
 
 class ListError(FedimodError):
@@ -48,6 +48,7 @@ class RowError:
 class Parsed:
     blocks: list[DomainBlock] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    accounts: list[AccountEntry] = field(default_factory=list)
 
 
 def parse(data: bytes, kind: str) -> Parsed:
@@ -70,7 +71,7 @@ def parse_csv(text: str) -> Parsed:
                 continue
             if header is None:
                 names = [c.strip().lstrip("#").strip().lower() for c in row]
-                if names and names[0] == "domain":
+                if names and names[0] in ("domain", "account"):
                     header = names
                     continue
                 header = ["domain"]  # a one-column list of domains, as Mastodon's import reads it
@@ -104,9 +105,32 @@ def parse_json(text: str) -> Parsed:
 
 def _add(out: Parsed, where: str, record: dict[str, Any]) -> None:
     try:
-        out.blocks.append(_block(record))
+        if record.get("account") and not record.get("domain"):
+            out.accounts.append(_account(record))
+        else:
+            out.blocks.append(_block(record))
     except (DomainError, ValueError) as exc:
         out.errors.append(RowError(where, str(exc)))
+
+
+def _account(record: dict[str, Any]) -> AccountEntry:
+    severity = _severity(record.get("severity"))
+    if severity is Severity.NOOP:
+        raise ValueError("an account entry is silence or suspend")
+    return AccountEntry(account=normalise_account(str(record["account"])), severity=severity,
+                        reason=_text(record.get("reason", record.get("public_comment", record.get("comment")))))
+
+
+def _severity(value: object) -> Severity:
+    text = str(value or "").strip().lower()
+    if not text:
+        return Severity.SUSPEND  # what Mastodon's import assumes
+    if text in _ALIASES:
+        return _ALIASES[text]
+    try:
+        return Severity(text)
+    except ValueError:
+        raise ValueError(f"severity {text!r} is not noop, silence or suspend") from None
 
 
 def _block(record: dict[str, Any]) -> DomainBlock:
@@ -122,16 +146,7 @@ def _block(record: dict[str, Any]) -> DomainBlock:
         domain = ""
     else:
         domain = normalise(raw)
-    severity_text = str(record.get("severity") or "").strip().lower()
-    if not severity_text:
-        severity = Severity.SUSPEND  # what Mastodon's import assumes
-    elif severity_text in _ALIASES:
-        severity = _ALIASES[severity_text]
-    else:
-        try:
-            severity = Severity(severity_text)
-        except ValueError:
-            raise ValueError(f"severity {severity_text!r} is not noop, silence or suspend") from None
+    severity = _severity(record.get("severity"))
     comment = record.get("public_comment", record.get("comment"))
     return DomainBlock(domain=domain, severity=severity, reject_media=_flag(record.get("reject_media")),
                        reject_reports=_flag(record.get("reject_reports")), public_comment=_text(comment),

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from fedimod.blocklists.domains import Allowlist, digest, parents
-from fedimod.models import DomainBlock, ManagedBlock, Severity
+from fedimod.models import AccountEntry, DomainBlock, ManagedBlock, Severity
 
 FIELDS = frozenset({"reject_media", "reject_reports", "public_comment", "obfuscate"})
 
@@ -85,6 +85,44 @@ def merge(lists: Mapping[str, Sequence[DomainBlock]], policies: Mapping[str, Sou
             block, domain=domain, public_comment="; ".join(comments)[:1000],
             private_comment=f"fedimod blocklist sync: {', '.join(sources)}"[:1000]), sources=sources)
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class MergedAccount:
+    entry: AccountEntry
+    sources: tuple[str, ...]
+
+
+def merge_accounts(lists: Mapping[str, Sequence[AccountEntry]], policies: Mapping[str, SourcePolicy],
+                   plan: MergePlan, allow: Allowlist) -> dict[str, MergedAccount]:
+    """Account entries by the same rules as domains: votes against the threshold, the plan's max
+    or min over silence < suspend after each source's cap; an account on an allowlisted domain is
+    never listed."""
+    votes: dict[str, dict[str, AccountEntry]] = defaultdict(dict)
+    for source, entries in lists.items():
+        cap = policies.get(source, SourcePolicy()).max_severity
+        for entry in entries:
+            capped = replace(entry, severity=min(entry.severity, cap, key=lambda s: s.rank))
+            if capped.severity is Severity.NOOP:
+                continue  # a source not trusted to silence says nothing about accounts
+            seen = votes[entry.account].get(source)
+            votes[entry.account][source] = capped if seen is None or capped.severity.rank > seen.severity.rank else seen
+    def weight_of(source: str) -> float:
+        return policies.get(source, SourcePolicy()).weight if plan.weighted else 1.0
+
+    total = sum(weight_of(s) for s in lists)
+    needed = plan.threshold * total / 100.0 if plan.percent else plan.threshold
+    out = {}
+    for account, stated in sorted(votes.items()):
+        if sum(weight_of(s) for s in stated) + 1e-9 < needed or allow.covers(account.rpartition("@")[2]):
+            continue
+        sources = tuple(sorted(stated))
+        pick = max if plan.mode == "max" else min
+        severity = pick((stated[s].severity for s in sources), key=lambda s: s.rank)
+        reasons = "; ".join(f"{s}: {stated[s].reason}" for s in sources if stated[s].reason)
+        out[account] = MergedAccount(entry=AccountEntry(account=account, severity=severity, reason=reasons[:1000]),
+                                     sources=sources)
+    return out
 
 
 def _trusted(block: DomainBlock, policy: SourcePolicy) -> DomainBlock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,10 +23,20 @@ import aiohttp
 
 from fedimod.blocklists.domains import Allowlist
 from fedimod.blocklists.formats import ListError, Parsed, RowError, parse, parse_json
-from fedimod.blocklists.merge import FIELDS, Change, MergePlan, MergeResult, SourcePolicy, diff, merge
+from fedimod.blocklists.merge import (
+    FIELDS,
+    Change,
+    MergedAccount,
+    MergePlan,
+    MergeResult,
+    SourcePolicy,
+    diff,
+    merge,
+    merge_accounts,
+)
 from fedimod.errors import MastodonAPIError
 from fedimod.logs import log_event
-from fedimod.models import AuditEvent, DomainBlock, ManagedBlock, Severity
+from fedimod.models import AccountEntry, ActionType, AuditEvent, DomainBlock, ManagedAccount, ManagedBlock, Severity
 from fedimod.store import AuditRepository, BlocklistRepository
 
 logger = logging.getLogger(__name__)
@@ -74,6 +85,15 @@ class InstanceAdmin(Protocol):
 
     async def peers(self) -> list[str]: ...
 
+    async def lookup_account(self, acct: str) -> str | None: ...
+
+    async def account_flags(self, account_id: str) -> dict[ActionType, bool]: ...
+
+    async def moderate(self, account_id: str, action: ActionType, *, report_id: str | None, notify: bool,
+                       text: str | None) -> None: ...
+
+    async def undo(self, account_id: str, action: ActionType) -> None: ...
+
 
 class SyncStore(BlocklistRepository, AuditRepository, Protocol):
     """The store the sync writes: its own state and the audit log."""
@@ -88,9 +108,30 @@ class SourceReport:
     stale_since: float | None = None  # when the copy in use was read, if not now
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountChange:
+    """kind: add, raise, lower, remove (applied); unknown, manual, lowering_off, removal_off (not sent)."""
+
+    kind: str
+    account: str
+    account_id: str = ""
+    before: Severity | None = None
+    after: Severity | None = None
+    sources: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def applies(self) -> bool:
+        return self.kind in ("add", "raise", "lower", "remove")
+
+
+_ACTION = {Severity.SILENCE: ActionType.SILENCE, Severity.SUSPEND: ActionType.SUSPEND}
+
+
 @dataclass(slots=True)
 class SyncReport:
     sources: list[SourceReport] = field(default_factory=list)
+    accounts: list[AccountChange] = field(default_factory=list)
     merged: MergeResult = field(default_factory=MergeResult)
     changes: list[Change] = field(default_factory=list)
     applied: list[Change] = field(default_factory=list)
@@ -109,18 +150,21 @@ class BlocklistSync:
     async def run(self, *, dry_run: bool = False) -> SyncReport:
         report = SyncReport()
         lists: dict[str, list[DomainBlock]] = {}
+        account_lists: dict[str, list[AccountEntry]] = {}
         for source in self._settings.sources:
-            source_report, blocks = await self._read(source)
+            source_report, parsed = await self._read(source)
             report.sources.append(source_report)
-            if blocks is not None:
-                lists[source.name] = blocks
-        peers = await self._instance.peers()
-        report.merged = merge(lists, {s.name: s.policy for s in self._settings.sources}, self._settings.plan,
-                              Allowlist(list(self._settings.allowlist)), known=peers)
+            if parsed is not None:
+                lists[source.name], account_lists[source.name] = parsed.blocks, parsed.accounts
+        policies = {s.name: s.policy for s in self._settings.sources}
+        allow = Allowlist(list(self._settings.allowlist))
+        report.merged = merge(lists, policies, self._settings.plan, allow, known=await self._instance.peers())
         current = await self._instance.domain_blocks()
         managed = await self._adopt(current, await self._store.managed_blocks())
         report.changes = diff(report.merged.blocks, current, managed, allow_removals=self._settings.allow_removals,
                               allow_lowering=self._settings.allow_lowering)
+        report.accounts = await self._account_changes(merge_accounts(account_lists, policies, self._settings.plan,
+                                                                     allow))
         if dry_run:
             return report
         for change in report.changes:
@@ -134,9 +178,18 @@ class BlocklistSync:
                           error=str(exc))
                 continue
             report.applied.append(applied)
+        for account_change in report.accounts:
+            if account_change.applies:
+                try:
+                    await self._apply_account(account_change)
+                except MastodonAPIError as exc:
+                    report.failed.append((Change(kind=account_change.kind, domain=account_change.account), str(exc)))
+                    continue
+                report.applied.append(Change(kind=account_change.kind, domain=account_change.account,
+                                             sources=account_change.sources))
         return report
 
-    async def _read(self, source: BlocklistSource) -> tuple[SourceReport, list[DomainBlock] | None]:
+    async def _read(self, source: BlocklistSource) -> tuple[SourceReport, Parsed | None]:
         """A source's entries now, or its last good copy when it cannot be read (reported either way)."""
         out = SourceReport(name=source.name)
         try:
@@ -147,11 +200,11 @@ class BlocklistSync:
                                 "to use the others")
             out.errors = parsed.errors
             out.blocks = len(parsed.blocks)
-            await self._store.save_blocklist_copy(source.name, parsed.blocks)
+            await self._store.save_blocklist_copy(source.name, parsed.blocks, parsed.accounts)
             if parsed.errors:
                 log_event(logger, logging.WARNING, "blocklist_rows_skipped", source=source.name,
                           rows=len(parsed.errors), first=str(parsed.errors[0]))
-            return out, parsed.blocks
+            return out, parsed
         except (ListError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             out.failure = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ListError) else str(exc)
             copy = await self._store.blocklist_copy(source.name)
@@ -159,8 +212,69 @@ class BlocklistSync:
                       fallback="last good copy" if copy else "none")
             if copy is None:
                 return out, None
-            out.blocks, out.stale_since = len(copy[0]), copy[1]
-            return out, copy[0]
+            blocks, accounts, out.stale_since = copy
+            out.blocks = len(blocks)
+            return out, Parsed(blocks=blocks, accounts=accounts)
+
+    async def _account_changes(self, merged: dict[str, MergedAccount]) -> list[AccountChange]:
+        """What to do about listed accounts: only accounts this instance knows, never one a
+        moderator limited by hand, and only fedimod's own actions are ever undone."""
+        managed = await self._store.managed_accounts()
+        out: list[AccountChange] = []
+        for account, entry in merged.items():
+            want = entry.entry.severity
+            mine = managed.get(account)
+            account_id = mine.account_id if mine else await self._instance.lookup_account(account)
+            if account_id is None:
+                out.append(AccountChange(kind="unknown", account=account, after=want, sources=entry.sources,
+                                         reason="not known to this instance"))
+                continue
+            flags = await self._instance.account_flags(account_id)
+            limited = next((s for s, a in ((Severity.SUSPEND, ActionType.SUSPEND), (Severity.SILENCE,
+                                                                                    ActionType.SILENCE)) if flags[a]),
+                           None)
+            if mine is None:
+                kind = "manual" if limited is not None else "add"
+                out.append(AccountChange(kind=kind, account=account, account_id=account_id, before=limited, after=want,
+                                         sources=entry.sources, reason=entry.entry.reason if kind == "add" else
+                                         "limited by hand: never changed by fedimod"))
+            elif limited != want or not mine.applied:
+                if limited is not None and want.rank < limited.rank:
+                    kind = "lower" if self._settings.allow_lowering else "lowering_off"
+                else:
+                    kind = "raise" if limited is not None else "add"
+                out.append(AccountChange(kind=kind, account=account, account_id=account_id, before=limited, after=want,
+                                         sources=entry.sources, reason=entry.entry.reason))
+        for account, mine in managed.items():
+            if account not in merged:
+                kind = "remove" if self._settings.allow_removals else "removal_off"
+                out.append(AccountChange(kind=kind, account=account, account_id=mine.account_id, before=mine.severity,
+                                         reason="no source lists it any more"))
+        return out
+
+    async def _apply_account(self, change: AccountChange) -> None:
+        now = time.time()
+        if change.kind == "remove" and change.before is not None:
+            await self._instance.undo(change.account_id, _ACTION[change.before])
+            await self._store.forget_account(change.account)
+        elif change.after is not None:
+            record = ManagedAccount(account=change.account, account_id=change.account_id, severity=change.after,
+                                    sources=change.sources, updated_at=now, applied=False)
+            await self._store.manage_account(record)  # before the request: a lost answer is retried
+            if change.kind == "lower" and change.before is not None:
+                await self._instance.undo(change.account_id, _ACTION[change.before])
+            await self._instance.moderate(change.account_id, _ACTION[change.after], report_id=None, notify=False,
+                                          text=f"fedimod blocklist sync ({', '.join(change.sources)}): "
+                                               f"{change.reason}"[:1000])
+            await self._store.manage_account(replace(record, applied=True))
+        await self._store.append_audit(AuditEvent(
+            event="account_blocklist", account_id=change.account_id, action=change.kind,
+            result=change.reason or change.kind,
+            detail={"account": change.account, "sources": list(change.sources),
+                    "before": change.before.value if change.before else None,
+                    "after": change.after.value if change.after else None}))
+        log_event(logger, logging.WARNING, "blocklist_account_change", kind=change.kind, account=change.account,
+                  severity=change.after.value if change.after else None)
 
     async def _fetch(self, source: BlocklistSource) -> Parsed:
         if source.kind == "instance":

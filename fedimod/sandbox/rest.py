@@ -59,6 +59,14 @@ class RestMixin(SandboxBase):
         account = self._find(self.accounts, request.match_info["id"])
         return web.json_response(account_json(self.base_url, account))
 
+    async def _lookup_account(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/v1/accounts/lookup?acct=`: a known account by `username` (local) or `username@domain`."""
+        acct = request.query.get("acct", "").strip().lstrip("@").lower()
+        for account in self.accounts.values():
+            if account.acct.lower() == acct or (account.domain is None and f"{account.username}@{self.host}" == acct):
+                return web.json_response(account_json(self.base_url, account))
+        raise ApiError(404, "Record not found")
+
     async def _post_media(self, request: web.Request) -> web.StreamResponse:
         account = self._user(request, "write:media")
         if not request.content_type.startswith("multipart/"):

@@ -49,6 +49,7 @@ class Sandbox(RestMixin, AdminMixin, FederationMixin, StreamingMixin, WebhooksMi
             ("GET", "/api/v1/instance", self._instance_v1),
             ("GET", "/api/v2/instance", self._instance_v2),
             ("GET", "/api/v1/accounts/verify_credentials", self._verify_credentials),
+            ("GET", "/api/v1/accounts/lookup", self._lookup_account),
             ("GET", "/api/v1/accounts/{id}", self._get_account),
             ("POST", "/api/v2/media", self._post_media),
             ("POST", "/api/v1/media", self._post_media),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fedimod.models import (
+    AccountEntry,
     ActionState,
     AuditEvent,
     AuditRecord,
@@ -33,6 +34,7 @@ from fedimod.models import (
     HashedMedia,
     JobOutcome,
     JobState,
+    ManagedAccount,
     ManagedBlock,
     MediaJob,
     MediaRecord,
@@ -301,14 +303,24 @@ class BlocklistRepository(Protocol):
 
     async def forget_block(self, domain: str) -> None: ...
 
-    async def save_blocklist_copy(self, source: str, blocks: Sequence[DomainBlock], now: float | None = None
-                                  ) -> None: ...
+    async def save_blocklist_copy(self, source: str, blocks: Sequence[DomainBlock],
+                                  accounts: Sequence[AccountEntry] = (), now: float | None = None) -> None: ...
 
-    async def blocklist_copy(self, source: str) -> tuple[list[DomainBlock], float] | None: ...
+    async def blocklist_copy(self, source: str) -> tuple[list[DomainBlock], list[AccountEntry], float] | None:
+        """A source's last good copy: its domain blocks, its account entries, when it was read."""
+        ...
 
     async def hold_block(self, block: DomainBlock, reason: str, now: float | None = None) -> None: ...
 
     async def held_blocks(self) -> list[tuple[DomainBlock, str]]: ...
+
+    async def managed_accounts(self) -> dict[str, ManagedAccount]: ...
+
+    async def manage_account(self, record: ManagedAccount) -> None:
+        """Record an account action fedimod applies (`applied` False before the request is sent)."""
+        ...
+
+    async def forget_account(self, account: str) -> None: ...
 
 
 class Store(JobRepository, BankRepository, FeedRepository, RetroRepository, BlocklistRepository, ActionRepository,

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 
-from fedimod.models import DomainBlock, ManagedBlock, Severity
+from fedimod.models import AccountEntry, DomainBlock, ManagedAccount, ManagedBlock, Severity
 from fedimod.store.sqlite.db import Database
 
 
@@ -40,19 +40,24 @@ class SQLiteBlocklists(Database):
         async with self._transaction():
             await self._conn.execute("DELETE FROM managed_blocks WHERE domain = ?", (domain,))
 
-    async def save_blocklist_copy(self, source: str, blocks: Sequence[DomainBlock], now: float | None = None) -> None:
+    async def save_blocklist_copy(self, source: str, blocks: Sequence[DomainBlock],
+                                  accounts: Sequence[AccountEntry] = (), now: float | None = None) -> None:
+        copy = {"blocks": [dataclasses.asdict(b) for b in blocks],
+                "accounts": [dataclasses.asdict(a) for a in accounts]}
         async with self._transaction():
             await self._conn.execute(
                 "INSERT INTO blocklist_copies (source, blocks, fetched_at) VALUES (?, ?, ?) ON CONFLICT (source) "
                 "DO UPDATE SET blocks = excluded.blocks, fetched_at = excluded.fetched_at",
-                (source, json.dumps([dataclasses.asdict(b) for b in blocks]), time.time() if now is None else now))
+                (source, json.dumps(copy), time.time() if now is None else now))
 
-    async def blocklist_copy(self, source: str) -> tuple[list[DomainBlock], float] | None:
-        """A source's last good copy and when it was read, or None."""
+    async def blocklist_copy(self, source: str) -> tuple[list[DomainBlock], list[AccountEntry], float] | None:
+        """A source's last good copy (its domain blocks and account entries) and when it was read."""
         row = await self._one("SELECT blocks, fetched_at FROM blocklist_copies WHERE source = ?", (source,))
         if row is None:
             return None
-        return [_load(json.dumps(b)) for b in json.loads(row[0])], float(row[1])
+        copy = json.loads(row[0])
+        return ([_load(json.dumps(b)) for b in copy["blocks"]],
+                [AccountEntry(**{**a, "severity": Severity(a["severity"])}) for a in copy["accounts"]], float(row[1]))
 
     async def hold_block(self, block: DomainBlock, reason: str, now: float | None = None) -> None:
         async with self._transaction():
@@ -64,3 +69,24 @@ class SQLiteBlocklists(Database):
     async def held_blocks(self) -> list[tuple[DomainBlock, str]]:
         rows = await self._all("SELECT block, reason FROM blocklist_holds ORDER BY domain")
         return [(_load(r[0]), r[1]) for r in rows]
+
+    async def managed_accounts(self) -> dict[str, ManagedAccount]:
+        rows = await self._all(
+            "SELECT account, account_id, severity, sources, applied, updated_at FROM managed_accounts")
+        return {r[0]: ManagedAccount(account=r[0], account_id=r[1], severity=Severity(r[2]),
+                                     sources=tuple(json.loads(r[3])), applied=bool(r[4]), updated_at=float(r[5]))
+                for r in rows}
+
+    async def manage_account(self, record: ManagedAccount) -> None:
+        async with self._transaction():
+            await self._conn.execute(
+                "INSERT INTO managed_accounts (account, account_id, severity, sources, applied, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE SET account_id = excluded.account_id, "
+                "severity = excluded.severity, sources = excluded.sources, applied = excluded.applied, "
+                "updated_at = excluded.updated_at",
+                (record.account, record.account_id, record.severity.value, json.dumps(list(record.sources)),
+                 int(record.applied), record.updated_at))
+
+    async def forget_account(self, account: str) -> None:
+        async with self._transaction():
+            await self._conn.execute("DELETE FROM managed_accounts WHERE account = ?", (account,))

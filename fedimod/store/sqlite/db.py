@@ -309,6 +309,14 @@ _MIGRATIONS: tuple[str, ...] = (
         block TEXT NOT NULL,
         held_at REAL NOT NULL
     );
+    CREATE TABLE managed_accounts (
+        account TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        applied INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
     """,
 )
 
