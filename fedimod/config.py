@@ -273,7 +273,8 @@ _SOURCE_KEYS = frozenset({"name", "url", "feed", "key", "trust", "categories", "
 
 
 def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
-    serve = table.table("serve", frozenset({"listen", "key_file", "tokens_env", "rate_per_s", "burst", "feeds"}))
+    serve = table.table("serve", frozenset({"listen", "key_file", "tokens_env", "rate_per_s", "burst", "feeds",
+                                            "blocklist"}))
     address = _listen(serve, "")
     key_file = serve.get("key_file", str, "")
     if address is not None and not key_file:
@@ -326,7 +327,8 @@ def _feeds(table: _Table, env: Mapping[str, str]) -> _Feeds:
         sources=tuple(sources), key_file=key_file, serve_tokens=tokens, publish_confirmed=publish,
         serve_rate_per_s=serve.number("rate_per_s", float, {}) if "rate_per_s" in serve else 20.0,
         serve_burst=int(serve.number("burst", int, {})) if "burst" in serve else 60,
-        serve_feeds=frozenset(str(f) for f in serve.get("feeds", list, [])))
+        serve_feeds=frozenset(str(f) for f in serve.get("feeds", list, [])),
+        serve_blocklist=serve.get("blocklist", bool, False))
     if address is not None:
         settings = replace(settings, serve_host=address[0], serve_port=address[1])
     return _Feeds(settings=settings, trust=trust)

@@ -330,3 +330,29 @@ async def test_listed_accounts_are_resolved_and_actioned_and_only_fedimods_own_a
                  if r.event.event == "account_blocklist"]
     assert sorted(audit) == sorted([("add", "seller@shop.example"), ("add", "troll@noise.example"),
                                     ("remove", "seller@shop.example"), ("remove", "troll@noise.example")])
+
+
+async def test_the_feed_server_serves_this_instances_list_for_peers_to_pull(
+        federation: tuple[list[Sandbox], Sandbox, str], tmp_path: Path) -> None:
+    from fedimod.feeds.server import FeedServer
+    from fedimod.pipeline.service import CuratedList
+
+    (peer, _p2, _p3), home, token = federation
+    home.block_domain("spam.example", "suspend", public_comment="spam", private_comment="ticket 1234")
+    home.block_domain("secret.example", "silence", obfuscate=True)
+    home.block_domain("quiet.example", "noop", reject_reports=True)  # no user-facing limits: not published
+    client = MastodonClient(base_url=home.base_url, token=token, request_timeout_s=10)
+    async with SQLiteStore.open(tmp_path / "home.sqlite3") as store, FeedServer(
+            store, key="k" * 43, documents=CuratedList(client).documents()) as server, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{server.port}/blocklists"
+        as_json = await (await http.get(f"{base}/domains.json")).read()
+        as_csv = await (await http.get(f"{base}/domains.csv")).read()
+        assert b"ticket 1234" not in as_json + as_csv and b"secret.example" not in as_json + as_csv
+        assert b"quiet.example" not in as_json + as_csv
+        peer_token = peer.create_account("fedimod", role="admin", scopes=ADMIN_SCOPES)[1]
+        peer.peers.add("secret.example")
+        settings = BlocklistSettings(sources=(BlocklistSource(name="json", kind="json", location=f"{base}/domains.json"),
+                                              BlocklistSource(name="csv", kind="csv", location=f"{base}/domains.csv")))
+        report = await sync(peer, peer_token, tmp_path / "peer.sqlite3", settings)
+    assert [s.failure for s in report.sources] == ["", ""]
+    assert _held(peer) == {"spam.example": ("suspend", False), "secret.example": ("silence", False)}

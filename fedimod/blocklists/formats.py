@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedimod.blocklists.domains import DomainError, is_obfuscated, normalise, normalise_account
+from fedimod.blocklists.domains import DomainError, digest, is_obfuscated, normalise, normalise_account
 from fedimod.errors import FedimodError
 from fedimod.models import AccountEntry, DomainBlock, Severity
 
@@ -177,3 +177,21 @@ def mastodon_csv(blocks: list[DomainBlock]) -> str:
         writer.writerow([b.domain, b.severity.value, str(b.reject_media).lower(), str(b.reject_reports).lower(),
                          b.public_comment, str(b.obfuscate).lower()])
     return out.getvalue()
+
+
+def published(blocks: list[DomainBlock]) -> dict[str, tuple[str, bytes]]:
+    """This instance's list as peers pull it: `domains.json` like Mastodon's public list (an
+    obfuscated block by its starred name and digest) and `domains.csv` in Mastodon's export form
+    (obfuscated blocks left out: the CSV has no digest to carry). Private comments never leave."""
+    shown = [b for b in blocks if b.severity is not Severity.NOOP or b.reject_media]
+    listing = [{"domain": _starred(b.domain) if b.obfuscate else b.domain, "digest": digest(b.domain),
+                "severity": b.severity.value, "reject_media": b.reject_media, "reject_reports": b.reject_reports,
+                "comment": b.public_comment or None} for b in sorted(shown, key=lambda b: b.domain)]
+    return {"domains.json": ("application/json", json.dumps(listing, ensure_ascii=False).encode()),
+            "domains.csv": ("text/csv", mastodon_csv([b for b in shown if not b.obfuscate]).encode())}
+
+
+def _starred(domain: str) -> str:
+    """Mastodon's ObfuscatedDomainPresenter: the middle of the name starred, the dots kept."""
+    edge = len(domain) // 4
+    return "".join("*" if edge < i < len(domain) - edge and c != "." else c for i, c in enumerate(domain))

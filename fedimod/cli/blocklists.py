@@ -71,6 +71,9 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
     for change in shown:
         print(f"{change.kind:13} {change.domain:40} {_limits(change.before):18} {_limits(change.after):18} "
               f"{change.reason or ', '.join(change.sources)}")
+    for account in report.accounts:
+        print(f"{account.kind:13} {account.account:40} {_severity(account.before):18} {_severity(account.after):18} "
+              f"{account.reason or ', '.join(account.sources)}")
     for change, problem in report.failed:
         print(f"FAILED {change.kind} {change.domain}: {problem}")
     if args.dry_run:
@@ -79,6 +82,10 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
         args.export.write_text(mastodon_csv([m.block for m in merged.blocks.values()]), encoding="utf-8")
         print(f"wrote {len(merged.blocks)} domains to {args.export} (Mastodon CSV)")
     return 1 if report.failed or any(s.failure for s in report.sources) else 0
+
+
+def _severity(severity: Any) -> str:
+    return "-" if severity is None else str(severity.value)
 
 
 def _limits(block: Any) -> str:

@@ -49,6 +49,7 @@ class FeedsSettings:
     # `fedimod review confirm` publishes the confirmed media's hashes (and a `confirmed` verdict on
     # the entries behind the action) on this feed; "" to publish nothing by itself.
     publish_confirmed: str = ""
+    serve_blocklist: bool = False  # also serve this instance's domain blocks at /blocklists/domains.{json,csv}
 
 
 class FeedFollower(Collector):

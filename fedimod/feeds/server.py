@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Document = Callable[[], Awaitable[tuple[str, bytes]]]  # → (content type, body)
 
 
 @dataclass(slots=True, eq=False)  # a registered collector is hashed by identity
@@ -57,6 +58,7 @@ class FeedServer:
                  tokens: frozenset[str] = frozenset(), rate_per_s: float = 20.0, burst: int = 60,
                  feeds: frozenset[str] = frozenset(), signer: SigningKey | None = None,
                  snapshot_every: int = 10_000, snapshot_max_age_s: float = 3600.0, snapshot_page: int = MAX_PAGE,
+                 documents: Mapping[str, Document] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         # With the signing key, first syncs get a compacted snapshot; it is rebuilt once the feed
@@ -65,6 +67,7 @@ class FeedServer:
         self._snapshot_every = snapshot_every
         self._snapshot_max_age_s = snapshot_max_age_s
         self._snapshot_size = snapshot_page
+        self._documents = dict(documents or {})  # /blocklists/{name}: this instance's list, for peers
         self._snapshots: dict[str, _Snapshot] = {}
         self._building = asyncio.Lock()
         self._declared = feeds  # served (empty) before their first entry: a new hub is not a dead one
@@ -85,6 +88,7 @@ class FeedServer:
         app.router.add_get("/feeds/{feed}/entries", self._entries)
         app.router.add_get("/feeds/{feed}/snapshot", self._snapshot_manifest)
         app.router.add_get("/feeds/{feed}/snapshot/{page}", self._snapshot_page)
+        app.router.add_get("/blocklists/{name}", self._document)
         self.port = await self._stack.enter_async_context(serving(app, self.host, self.port, event="feeds_listening"))
         return self
 
@@ -119,12 +123,13 @@ class FeedServer:
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
         return 0.0
 
-    def _answer(self, request: web.Request, body: bytes, etag: str) -> web.StreamResponse:
+    def _answer(self, request: web.Request, body: bytes, etag: str,
+                content_type: str = "application/json") -> web.StreamResponse:
         if etag in request.headers.get("If-None-Match", ""):
             self.stats.answers[304] += 1
             return web.Response(status=304, headers={"ETag": etag})
         self.stats.answers[200] += 1
-        response = web.Response(body=body, content_type="application/json", headers={"ETag": etag})
+        response = web.Response(body=body, content_type=content_type, headers={"ETag": etag})
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression(web.ContentCoding.gzip)
         return response
@@ -166,6 +171,14 @@ class FeedServer:
         body = b'{"entries":[' + ",".join(text for _seq, text in rows).encode() + b"]," + dumps(page)[1:]
         return self._answer(request, body, etag)
 
+
+    async def _document(self, request: web.Request) -> web.StreamResponse:
+        source = self._documents.get(request.match_info["name"])
+        if source is None:
+            self.stats.answers[404] += 1
+            return web.json_response({"error": "no such list here"}, status=404)
+        content_type, body = await source()
+        return self._answer(request, body, _etag(body), content_type)
 
     async def _snapshot(self, feed: str) -> _Snapshot | None:
         """The feed's current snapshot, rebuilt when too old or too far behind (one build at a time)."""

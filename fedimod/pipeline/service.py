@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -28,6 +30,7 @@ from fedimod.act.decide import Decider
 from fedimod.act.executor import ActionExecutor
 from fedimod.act.policy import Policy
 from fedimod.act.ratelimit import RateBudget
+from fedimod.blocklists.formats import published
 from fedimod.blocklists.sync import BlocklistSync
 from fedimod.feeds.client import FeedClient
 from fedimod.feeds.follow import FeedFollower
@@ -111,6 +114,7 @@ class Pipeline:
             self.feeds = FeedFollower(feed_client, config.feeds.sources)
             self.metrics.register(feed_client.stats, self.feeds)
         self.feed_port: int | None = None
+        self._client = client
         self.blocklists: BlocklistSync | None = None
         if config.blocklists.sources and config.blocklists.interval_s > 0:
             self.blocklists = BlocklistSync(settings=config.blocklists, store=store, instance=client, session=session)
@@ -160,7 +164,8 @@ class Pipeline:
                     FeedServer(self._store, key=key.public, signer=key, host=feeds.serve_host, port=feeds.serve_port,
                                tokens=feeds.serve_tokens, rate_per_s=feeds.serve_rate_per_s, burst=feeds.serve_burst,
                                feeds=feeds.serve_feeds | {f.source.relay_to for f in feeds.sources
-                                                          if f.source.relay_to}))
+                                                          if f.source.relay_to},
+                               documents=CuratedList(self._client).documents() if feeds.serve_blocklist else None))
                 self.feed_port = server.port
                 self.metrics.register(server.stats)
             sources: list[PostSource] = [self.ingester, self.ingester.timeline]
@@ -250,6 +255,28 @@ class Pipeline:
         while True:
             await self.executor.check_reviews()
             await asyncio.sleep(self._config.policy.review_poll_s)
+
+
+class CuratedList:
+    """This instance's domain blocks as peers pull them from the feed server (`[feeds.serve]
+    blocklist = true`): read through the admin API at most every `max_age_s`."""
+
+    def __init__(self, client: MastodonClient, max_age_s: float = 300.0) -> None:
+        self._client = client
+        self._max_age_s = max_age_s
+        self._at = -max_age_s
+        self._documents: dict[str, tuple[str, bytes]] = {}
+        self._lock = asyncio.Lock()
+
+    def documents(self) -> dict[str, Callable[[], Awaitable[tuple[str, bytes]]]]:
+        return {name: functools.partial(self._document, name) for name in ("domains.json", "domains.csv")}
+
+    async def _document(self, name: str) -> tuple[str, bytes]:
+        async with self._lock:
+            if time.monotonic() - self._at > self._max_age_s:
+                self._documents = published(await self._client.domain_blocks())
+                self._at = time.monotonic()
+            return self._documents[name]
 
 
 @asynccontextmanager
