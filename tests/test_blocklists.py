@@ -351,8 +351,9 @@ async def test_the_feed_server_serves_this_instances_list_for_peers_to_pull(
         assert b"quiet.example" not in as_json + as_csv
         peer_token = peer.create_account("fedimod", role="admin", scopes=ADMIN_SCOPES)[1]
         peer.peers.add("secret.example")
-        settings = BlocklistSettings(sources=(BlocklistSource(name="json", kind="json", location=f"{base}/domains.json"),
-                                              BlocklistSource(name="csv", kind="csv", location=f"{base}/domains.csv")))
+        settings = BlocklistSettings(sources=(
+            BlocklistSource(name="json", kind="json", location=f"{base}/domains.json"),
+            BlocklistSource(name="csv", kind="csv", location=f"{base}/domains.csv")))
         report = await sync(peer, peer_token, tmp_path / "peer.sqlite3", settings)
     assert [s.failure for s in report.sources] == ["", ""]
     assert _held(peer) == {"spam.example": ("suspend", False), "secret.example": ("silence", False)}

@@ -55,27 +55,33 @@ class MergeResult:
 def merge(lists: Mapping[str, Sequence[DomainBlock]], policies: Mapping[str, SourcePolicy], plan: MergePlan,
           allow: Allowlist, known: Iterable[str] = ()) -> MergeResult:
     result = MergeResult()
-    by_digest = {digest(d): d for d in known}
-    by_digest.update((digest(b.domain), b.domain) for blocks in lists.values() for b in blocks if b.domain)
+    by_digest: dict[str, str] | None = None  # built once, and only if some entry is obfuscated
     votes: dict[str, dict[str, DomainBlock]] = defaultdict(dict)
     for source, blocks in lists.items():
         policy = policies.get(source, SourcePolicy())
         for block in blocks:
-            domain = block.domain or by_digest.get(block.digest, "")
-            if not domain:
-                result.unresolved[source] += 1
-                continue
-            trusted = _trusted(replace(block, domain=domain, digest=""), policy)
-            seen = votes[domain].get(source)
-            votes[domain][source] = trusted if seen is None else _combine([seen, trusted], "max")
+            if not block.domain:
+                if by_digest is None:
+                    by_digest = {digest(d): d for d in known}
+                    by_digest.update((digest(b.domain), b.domain) for bs in lists.values() for b in bs if b.domain)
+                domain = by_digest.get(block.digest, "")
+                if not domain:
+                    result.unresolved[source] += 1
+                    continue
+                block = replace(block, domain=domain, digest="")
+            trusted = _trusted(block, policy)
+            stated = votes[block.domain]
+            seen = stated.get(source)
+            stated[source] = trusted if seen is None else _combine([seen, trusted], "max")
     total = sum(policies.get(s, SourcePolicy()).weight if plan.weighted else 1.0 for s in lists)
     needed = plan.threshold * total / 100.0 if plan.percent else plan.threshold
+    allowing = bool(allow.exact or allow.subtrees)
     for domain, stated in sorted(votes.items()):
-        weight = sum(policies.get(s, SourcePolicy()).weight if plan.weighted else 1.0 for s in stated)
+        weight = sum(policies.get(s, SourcePolicy()).weight for s in stated) if plan.weighted else len(stated)
         if weight + 1e-9 < needed:
             result.below_threshold += 1
             continue
-        if allow.covers(domain):
+        if allowing and allow.covers(domain):
             result.allowed.append(domain)
             continue
         sources = tuple(sorted(stated))
@@ -126,21 +132,29 @@ def merge_accounts(lists: Mapping[str, Sequence[AccountEntry]], policies: Mappin
 
 
 def _trusted(block: DomainBlock, policy: SourcePolicy) -> DomainBlock:
-    severity = min(block.severity, policy.max_severity, key=lambda s: s.rank)
+    severity = block.severity if block.severity.rank <= policy.max_severity.rank else policy.max_severity
+    fields = policy.fields
+    if severity is block.severity and fields == FIELDS and not block.private_comment and not block.id:
+        return block  # the common case: a source trusted for everything it states
     return DomainBlock(domain=block.domain, severity=severity,
-                       reject_media=block.reject_media and "reject_media" in policy.fields,
-                       reject_reports=block.reject_reports and "reject_reports" in policy.fields,
-                       public_comment=block.public_comment if "public_comment" in policy.fields else "",
-                       obfuscate=block.obfuscate and "obfuscate" in policy.fields)
+                       reject_media=block.reject_media and "reject_media" in fields,
+                       reject_reports=block.reject_reports and "reject_reports" in fields,
+                       public_comment=block.public_comment if "public_comment" in fields else "",
+                       obfuscate=block.obfuscate and "obfuscate" in fields)
 
 
 def _combine(blocks: Sequence[DomainBlock], mode: str) -> DomainBlock:
+    if len(blocks) == 1:
+        return blocks[0]
     pick = max if mode == "max" else min
     flag = any if mode == "max" else all
-    return replace(blocks[0], severity=pick((b.severity for b in blocks), key=lambda s: s.rank),
+    return replace(blocks[0], severity=pick((b.severity for b in blocks), key=_RANK.__getitem__),
                    reject_media=flag(b.reject_media for b in blocks),
                    reject_reports=flag(b.reject_reports for b in blocks),
                    obfuscate=any(b.obfuscate for b in blocks))  # hiding a name is never the less safe choice
+
+
+_RANK = {s: s.rank for s in Severity}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
