@@ -357,3 +357,19 @@ async def test_the_feed_server_serves_this_instances_list_for_peers_to_pull(
         report = await sync(peer, peer_token, tmp_path / "peer.sqlite3", settings)
     assert [s.failure for s in report.sources] == ["", ""]
     assert _held(peer) == {"spam.example": ("suspend", False), "secret.example": ("silence", False)}
+
+
+async def test_fedimod_run_syncs_the_blocklists_on_its_schedule(tmp_path: Path) -> None:
+    from tests.helpers import BOT_SCOPES, make_config, running, wait_until
+
+    async with Sandbox() as peer, Sandbox() as home:
+        peer.show_domain_blocks = "all"
+        peer.block_domain("scheduled.example", "suspend")
+        token = home.create_account("fedimod", role="admin", scopes=(*BOT_SCOPES, *ADMIN_SCOPES))[1]
+        config = replace(make_config(home, token, tmp_path / "home.sqlite3"), blocklists=BlocklistSettings(
+            sources=(BlocklistSource(name="peer", kind="instance", location=peer.base_url),), interval_s=0.2))
+        async with running(config, home):
+            await wait_until(lambda: {b.domain for b in home.domain_blocks.values()} == {"scheduled.example"},
+                             what="the scheduled sync's block")
+            peer.block_domain("later.example", "silence")
+            await wait_until(lambda: len(home.domain_blocks) == 2, what="the next sync")

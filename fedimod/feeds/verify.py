@@ -47,16 +47,27 @@ class SignatureChecker:
         self._threshold = threshold
         self._pool: ProcessPoolExecutor | None = None
 
-    async def all_valid(self, pairs: Sequence[Pair]) -> bool:
-        if len(pairs) < self._threshold or self._processes < 2:
-            return _all_signed(pairs)
+    async def start(self) -> None:
+        """Start the worker processes now rather than on the first large page."""
+        if self._processes >= 2:
+            pool = self._started()
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(pool, _all_signed, []) for _ in range(self._processes)))
+
+    def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the parent runs an event loop and threads.
             self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def all_valid(self, pairs: Sequence[Pair]) -> bool:
+        if len(pairs) < self._threshold or self._processes < 2:
+            return _all_signed(pairs)
+        pool = self._started()
         loop = asyncio.get_running_loop()
         size = -(-len(pairs) // self._processes)
         chunks = [list(pairs[i:i + size]) for i in range(0, len(pairs), size)]
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, _all_signed, c) for c in chunks))
+        results = await asyncio.gather(*(loop.run_in_executor(pool, _all_signed, c) for c in chunks))
         return all(results)
 
     def close(self) -> None:
