@@ -291,8 +291,15 @@ max_severity = "silence"
         "#domain,#severity,#reject_media,#reject_reports,#public_comment,#obfuscate",
         "both.example,suspend,false,false,p1: spam; p2: spam,false"]
     assert parse(exported.read_bytes(), "csv").blocks[0].domain == "both.example"  # Mastodon's import reads it
+    home.follows_by_domain["both.example"] = 3
+    code, out = await cli("blocklist", "sync", "-c", str(config))
+    assert code == 0 and home.domain_blocks == {} and "held" in out, out
+    code, out = await cli("blocklist", "held", "-c", str(config))
+    assert code == 0 and "both.example" in out and "3 follows" in out and "1 held" in out, out
+    del home.follows_by_domain["both.example"]
     code, out = await cli("blocklist", "sync", "-c", str(config))
     assert code == 0 and {b.domain for b in home.domain_blocks.values()} == {"both.example"}, out
+    assert "0 held" in (await cli("blocklist", "held", "-c", str(config)))[1]  # applied: no longer waiting
 
 
 async def test_listed_accounts_are_resolved_and_actioned_and_only_fedimods_own_actions_undone(

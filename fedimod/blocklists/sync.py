@@ -352,6 +352,7 @@ class BlocklistSync:
                 await self._store.forget_block(change.domain)
                 raise
             await self._store.manage_block(replace(after, id=remote_id), remote_id=remote_id, sources=change.sources)
+            await self._store.unhold_block(change.domain)  # no longer waiting, if it was
         elif change.kind in ("raise", "lower", "edit") and after is not None and before is not None:
             await self._instance.update_domain_block(before.id, after)
             await self._store.manage_block(after, remote_id=before.id, sources=change.sources)

@@ -28,11 +28,14 @@ def register(sub: Any, add_config: AddConfig) -> None:
     sync.add_argument("--dry-run", action="store_true", help="print the difference as a table; change nothing")
     sync.add_argument("--export", type=Path, help="also write the merged list as Mastodon CSV to this file")
     add_config(sync)
+    add_config(blocklist_sub.add_parser("held", help="list the suspensions held for a moderator (followed domains)"))
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
     if args.command != "blocklist":
         return None
+    if args.blocklist_command == "held":
+        return asyncio.run(_held(load_config(args.config, require_token=False)))
     config = load_config(args.config)
     if not config.blocklists.sources:
         raise ConfigError("blocklists.sources", "no blocklist sources configured ([[blocklists.sources]])")
@@ -82,6 +85,18 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
         args.export.write_text(mastodon_csv([m.block for m in merged.blocks.values()]), encoding="utf-8")
         print(f"wrote {len(merged.blocks)} domains to {args.export} (Mastodon CSV)")
     return 1 if report.failed or any(s.failure for s in report.sources) else 0
+
+
+async def _held(config: Config) -> int:
+    from fedimod.store import open_store
+
+    async with open_store(config.store) as store:
+        held = await store.held_blocks()
+    for block, reason in held:
+        print(f"{block.domain:40} {_limits(block):18} {reason}")
+    print(f"{len(held)} held" + ("; apply one by hand in Moderation → Federation if it should stand (fedimod then "
+                                 "treats it as a block made by hand)" if held else ""))
+    return 0
 
 
 def _severity(severity: Any) -> str:

@@ -66,6 +66,10 @@ class SQLiteBlocklists(Database):
                 "ON CONFLICT (domain) DO UPDATE SET reason = excluded.reason, block = excluded.block",
                 (block.domain, reason, _dump(block), time.time() if now is None else now))
 
+    async def unhold_block(self, domain: str) -> None:
+        async with self._transaction():
+            await self._conn.execute("DELETE FROM blocklist_holds WHERE domain = ?", (domain,))
+
     async def held_blocks(self) -> list[tuple[DomainBlock, str]]:
         rows = await self._all("SELECT block, reason FROM blocklist_holds ORDER BY domain")
         return [(_load(r[0]), r[1]) for r in rows]
