@@ -73,12 +73,10 @@ def merge(lists: Mapping[str, Sequence[DomainBlock]], policies: Mapping[str, Sou
             stated = votes[block.domain]
             seen = stated.get(source)
             stated[source] = trusted if seen is None else _combine([seen, trusted], "max")
-    total = sum(policies.get(s, SourcePolicy()).weight if plan.weighted else 1.0 for s in lists)
-    needed = plan.threshold * total / 100.0 if plan.percent else plan.threshold
+    agreed = _Threshold(plan, policies, lists)
     allowing = bool(allow.exact or allow.subtrees)
     for domain, stated in sorted(votes.items()):
-        weight = sum(policies.get(s, SourcePolicy()).weight for s in stated) if plan.weighted else len(stated)
-        if weight + 1e-9 < needed:
+        if not agreed.by(stated):
             result.below_threshold += 1
             continue
         if allowing and allow.covers(domain):
@@ -91,6 +89,24 @@ def merge(lists: Mapping[str, Sequence[DomainBlock]], policies: Mapping[str, Sou
             block, domain=domain, public_comment="; ".join(comments)[:1000],
             private_comment=f"fedimod blocklist sync: {', '.join(sources)}"[:1000]), sources=sources)
     return result
+
+
+class _Threshold:
+    """Whether the sources stating an entry are enough: a count, or a percentage of the sources
+    read, of sources or (weighted) of their weights."""
+
+    def __init__(self, plan: MergePlan, policies: Mapping[str, SourcePolicy], lists: Iterable[str]) -> None:
+        self._plan, self._policies = plan, policies
+        total = self._weight(lists)
+        self._needed = plan.threshold * total / 100.0 if plan.percent else plan.threshold
+
+    def _weight(self, sources: Iterable[str]) -> float:
+        if self._plan.weighted:
+            return sum(self._policies.get(s, SourcePolicy()).weight for s in sources)
+        return float(sum(1 for _ in sources))
+
+    def by(self, sources: Iterable[str]) -> bool:
+        return self._weight(sources) + 1e-9 >= self._needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +129,10 @@ def merge_accounts(lists: Mapping[str, Sequence[AccountEntry]], policies: Mappin
                 continue  # a source not trusted to silence says nothing about accounts
             seen = votes[entry.account].get(source)
             votes[entry.account][source] = capped if seen is None or capped.severity.rank > seen.severity.rank else seen
-    def weight_of(source: str) -> float:
-        return policies.get(source, SourcePolicy()).weight if plan.weighted else 1.0
-
-    total = sum(weight_of(s) for s in lists)
-    needed = plan.threshold * total / 100.0 if plan.percent else plan.threshold
+    agreed = _Threshold(plan, policies, lists)
     out = {}
     for account, stated in sorted(votes.items()):
-        if sum(weight_of(s) for s in stated) + 1e-9 < needed or allow.covers(account.rpartition("@")[2]):
+        if not agreed.by(stated) or allow.covers(account.rpartition("@")[2]):
             continue
         sources = tuple(sorted(stated))
         pick = max if plan.mode == "max" else min
