@@ -191,3 +191,37 @@ def test_a_frame_over_the_pixel_cap_is_refused() -> None:
     clip = video_bytes([photo("coins").resize((320, 240))] * 3)
     result = hash_media(clip, max_pixels=320 * 240 - 1)
     assert result.reject_reason is RejectReason.TOO_MANY_PIXELS and result.signals == ()
+
+
+_TURNS = {"mirror": Image.Transpose.FLIP_LEFT_RIGHT, "flip": Image.Transpose.FLIP_TOP_BOTTOM,
+          "rotate180": Image.Transpose.ROTATE_180, "transpose": Image.Transpose.TRANSPOSE,
+          "rotate90": Image.Transpose.ROTATE_270, "rotate270": Image.Transpose.ROTATE_90,  # Pillow turns anticlockwise
+          "antitranspose": Image.Transpose.TRANSVERSE}
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "camera"])
+def test_the_dihedral_variants_from_one_dct_are_what_each_turned_picture_hashes_to(name: str) -> None:
+    from fedimod.signals.pdq_dct import DIHEDRAL, dihedral_hashes, downsample, pdq_from_luma
+
+    picture = Image.fromarray(getattr(samples, name)()).convert("RGB")
+    variants = dihedral_hashes(downsample(np.asarray(picture.convert("F"))))
+    assert list(variants) == list(DIHEDRAL)
+    assert variants["original"] == pdq_from_luma(np.asarray(picture.convert("F")))[0]
+    for variant, turn in _TURNS.items():
+        turned = pdq_from_luma(np.asarray(picture.transpose(turn).convert("F")))[0]
+        assert bin(turned ^ variants[variant]).count("1") <= 25, variant  # the sampling grid is not quite symmetric
+        if variant != "transpose":  # a square-ish photo's transpose can be close; the others are far
+            assert bin(turned ^ variants["original"]).count("1") > PDQ.default_threshold, variant
+
+
+def test_no_dihedral_variant_of_one_photo_comes_near_another_photo() -> None:
+    from fedimod.signals.pdq_dct import dihedral_hashes, downsample, pdq_from_luma
+
+    names = ["astronaut", "coffee", "chelsea", "camera", "rocket", "coins"]
+    luma = {n: np.asarray(Image.fromarray(getattr(samples, n)()).convert("RGB").convert("F")) for n in names}
+    for a in names:
+        variants = dihedral_hashes(downsample(luma[a])).values()
+        for b in names:
+            if a != b:
+                plain = pdq_from_luma(luma[b])[0]
+                assert min(bin(v ^ plain).count("1") for v in variants) > PDQ.default_threshold + 20, (a, b)

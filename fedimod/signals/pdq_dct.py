@@ -104,6 +104,33 @@ def hash_samples(samples: npt.NDArray[np.float32]) -> int:
     return int.from_bytes(bits.tobytes(), "little")
 
 
+def _bits(coefficients: npt.NDArray[np.float32]) -> int:
+    flat = coefficients.ravel()
+    median = np.partition(flat, 127)[127]
+    return int.from_bytes(np.packbits(flat > median, bitorder="little").tobytes(), "little")
+
+
+# The DCT's basis runs over frequencies 1..16, so reversing the sample grid along an axis
+# multiplies coefficient k on that axis by (-1)^(k+1); a transpose of the image transposes the
+# coefficients. The eight symmetries of the square are those two sign patterns and the transpose.
+_FLIP = np.array([(-1.0) ** (k + 1) for k in range(_DCT_SIDE)], dtype=np.float32)
+DIHEDRAL = ("original", "mirror", "flip", "rotate180", "transpose", "rotate90", "rotate270", "antitranspose")
+
+
+def dihedral_hashes(samples: npt.NDArray[np.float32]) -> dict[str, int]:
+    """The PDQ hash of each of the eight rotations and mirror images of the picture, from one DCT
+    (as the reference's `pdqDihedral` does): what the picture's variant would hash to.
+
+    `mirror` reverses left and right, `flip` top and bottom; `rotate90` turns clockwise."""
+    dct = _dct_matrix()
+    d = dct @ samples @ dct.T
+    across, down = d * _FLIP[None, :], d * _FLIP[:, None]
+    both = d * _FLIP[:, None] * _FLIP[None, :]
+    variants = {"original": d, "mirror": across, "flip": down, "rotate180": both, "transpose": d.T,
+                "rotate90": down.T, "rotate270": across.T, "antitranspose": both.T}
+    return {name: _bits(variants[name]) for name in DIHEDRAL}
+
+
 def pdq_from_luma(luma: npt.NDArray[np.float32]) -> tuple[int, int]:
     """(hash, quality) of a luma image given as float32 H×W."""
     samples = downsample(luma)

@@ -1,0 +1,226 @@
+"""How well matching survives what re-posters do, per edit and per matching mode.
+
+Run on demand (not in CI):  python bench/robustness_bench.py [--quick]
+
+The evaluation set is built offline from photos that packages ship: scikit-image's sample data,
+and scikit-learn's and matplotlib's where installed (`pip install scikit-learn matplotlib`). Each
+photo is cut into four disjoint quadrants, and each quadrant is a distinct original: copies of a
+crop are copies, crops of disjoint regions are distinct images. Every original is banked (PDQ
+and pHash), then every edit of every original is hashed and looked up.
+
+Printed, per edit and per mode: the recall at the default thresholds (PDQ ≤ 31 with quality ≥ 50,
+pHash ≤ 8), the false matches over all pairs of distinct images (each edited copy against every
+other original), and the hashing time per image relative to plain PDQ + pHash.
+
+Modes:
+- `plain`: the query's PDQ and pHash, as fedimod matches today;
+- `dihedral`: the query's eight PDQ rotations and mirror images, from one DCT
+  (`signals.pdq_dct.dihedral_hashes`), and the pHash of the mirrored picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from fedimod.signals import REGISTRY
+from fedimod.signals.pdq_dct import dihedral_hashes, downsample, hash_samples, quality
+
+PDQ_T, PHASH_T, MIN_QUALITY = REGISTRY["pdq"].default_threshold, REGISTRY["phash"].default_threshold, 50
+Edit = Callable[[Image.Image], Image.Image]
+
+
+def photos() -> list[tuple[str, Image.Image]]:
+    out: list[tuple[str, Image.Image]] = []
+    from skimage import data
+
+    for name in ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text",
+                 "immunohistochemistry", "hubble_deep_field", "retina", "cat", "grass", "gravel", "brick",
+                 "clock", "horse", "microaneurysms", "logo", "colorwheel"):
+        try:
+            array = getattr(data, name)()
+        except Exception:  # a sample that needs a download, or none of that name in this version
+            continue
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        out.append((f"skimage.{name}", Image.fromarray(array).convert("RGB")))
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for i, array in enumerate(load_sample_images().images):
+            out.append((f"sklearn.{i}", Image.fromarray(array).convert("RGB")))
+    except ImportError:
+        pass
+    try:
+        import matplotlib.cbook as cbook
+
+        for name in ("grace_hopper.jpg",):
+            with cbook.get_sample_data(name) as f:
+                out.append((f"matplotlib.{name}", Image.open(f).convert("RGB")))
+    except (ImportError, OSError, ValueError):
+        pass
+    return out
+
+
+def originals(quick: bool) -> list[tuple[str, Image.Image]]:
+    """Four disjoint quadrants of each photo, each at least 160 px a side."""
+    out = []
+    for name, photo in photos()[: 6 if quick else None]:
+        w, h = photo.size
+        for k, (x, y) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+            quadrant = photo.crop((x * w // 2, y * h // 2, (x + 1) * w // 2, (y + 1) * h // 2))
+            if min(quadrant.size) >= 160:
+                out.append((f"{name}[{k}]", quadrant))
+    return out
+
+
+def _encode(image: Image.Image, fmt: str, **options: object) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _border(px: int, colour: tuple[int, int, int]) -> Edit:
+    return lambda im: ImageOps.expand(im, border=px, fill=colour)
+
+
+def _caption(share: float, top: bool) -> Edit:
+    def edit(im: Image.Image) -> Image.Image:
+        w, h = im.size
+        band = max(8, int(h * share))
+        out = Image.new("RGB", (w, h + band), (255, 255, 255))
+        out.paste(im, (0, band if top else 0))
+        draw = ImageDraw.Draw(out)
+        y0 = 0 if top else h
+        draw.text((4, y0 + band // 4), "when you see it lol " * 4, fill=(0, 0, 0))
+        return out
+    return edit
+
+
+def _crop(share: float, sides: str) -> Edit:
+    def edit(im: Image.Image) -> Image.Image:
+        w, h = im.size
+        dx, dy = int(w * share), int(h * share)
+        left, top = (dx, dy) if "l" in sides else (0, 0)
+        right, bottom = (w - dx, h - dy) if "r" in sides else (w, h)
+        return im.crop((left, top if "t" in sides or sides == "lrtb" else 0, right,
+                        bottom if "b" in sides or sides == "lrtb" else h))
+    return edit
+
+
+def _rotate(degrees: float) -> Edit:
+    return lambda im: im.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(0, 0, 0))
+
+
+EDITS: dict[str, Edit] = {
+    "resize x0.5": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS),
+    "resize x0.25": lambda im: im.resize((max(16, im.width // 4), max(16, im.height // 4)), Image.Resampling.LANCZOS),
+    "jpeg q50": lambda im: _encode(im, "JPEG", quality=50),
+    "jpeg q30": lambda im: _encode(im, "JPEG", quality=30),
+    "webp": lambda im: _encode(im, "WEBP", quality=70),
+    "png": lambda im: _encode(im, "PNG"),
+    "grayscale": lambda im: ImageOps.grayscale(im).convert("RGB"),
+    "brightness +30%": lambda im: ImageEnhance.Brightness(im).enhance(1.3),
+    "gamma 0.7": lambda im: im.point(lambda v: int(255 * (v / 255) ** 0.7)),
+    "border 10 black": _border(10, (0, 0, 0)),
+    "border 20 white": _border(20, (255, 255, 255)),
+    "border 40 grey": _border(40, (128, 128, 128)),
+    "caption 5% top": _caption(0.05, True),
+    "caption 10% bottom": _caption(0.10, False),
+    "caption 15% bottom": _caption(0.15, False),
+    "crop 2% centred": _crop(0.02, "lrtb"),
+    "crop 5% centred": _crop(0.05, "lrtb"),
+    "crop 10% centred": _crop(0.10, "lrtb"),
+    "crop 10% left": _crop(0.10, "l"),
+    "rotate 1°": _rotate(1),
+    "rotate 3°": _rotate(3),
+    "rotate 5°": _rotate(5),
+    "mirror": lambda im: ImageOps.mirror(im),
+}
+
+
+def plain(image: Image.Image) -> tuple[list[int], list[int], int]:
+    """(PDQ hashes, pHash hashes, quality) of the picture as fedimod hashes it."""
+    samples = downsample(np.asarray(image.convert("F")))
+    return [hash_samples(samples)], [REGISTRY["phash"].hash_frame(image).value], quality(samples)
+
+
+def dihedral(image: Image.Image) -> tuple[list[int], list[int], int]:
+    samples = downsample(np.asarray(image.convert("F")))
+    phash = REGISTRY["phash"]
+    return (list(dihedral_hashes(samples).values()),
+            [phash.hash_frame(image).value, phash.hash_frame(ImageOps.mirror(image)).value], quality(samples))
+
+
+MODES = {"plain": plain, "dihedral": dihedral}
+
+
+def distances(queries: list[int], bank: np.ndarray, bits: int) -> np.ndarray:
+    """Smallest Hamming distance from any query hash to each banked hash."""
+    words = bits // 64
+    q = np.array([[(h >> (64 * w)) & (2**64 - 1) for w in range(words)] for h in queries], dtype=np.uint64)
+    best = np.full(len(bank), bits + 1, dtype=np.int64)
+    for row in q:
+        x = bank ^ row[None, :]
+        counts = np.unpackbits(x.view(np.uint8), axis=1).sum(axis=1)
+        best = np.minimum(best, counts)
+    return best
+
+
+def to_words(values: list[int], bits: int) -> np.ndarray:
+    return np.array([[(h >> (64 * w)) & (2**64 - 1) for w in range(bits // 64)] for h in values], dtype=np.uint64)
+
+
+def main(quick: bool) -> None:
+    items = originals(quick)
+    print(f"{len(items)} distinct originals (disjoint quadrants of {len({n.split('[')[0] for n, _ in items})} photos); "
+          f"{len(EDITS)} edits; thresholds PDQ {PDQ_T}, pHash {PHASH_T}, PDQ quality floor {MIN_QUALITY}")
+    bank = [plain(image) for _, image in items]
+    bank_pdq = to_words([b[0][0] for b in bank], 256)
+    bank_phash = to_words([b[1][0] for b in bank], 64)
+    results: dict[str, dict[str, tuple[int, int]]] = {m: {} for m in MODES}
+    seconds = dict.fromkeys(MODES, 0.0)
+    hashed = 0
+    for edit_name, edit in {"(unedited)": lambda im: im, **EDITS}.items():
+        copies = [edit(image) for _, image in items]
+        for mode, fn in MODES.items():
+            found = false = 0
+            started = time.perf_counter()
+            hashes = [fn(copy) for copy in copies]
+            seconds[mode] += time.perf_counter() - started
+            for i, (pdqs, phashes, q) in enumerate(hashes):
+                d_pdq = distances(pdqs, bank_pdq, 256) if q >= MIN_QUALITY else np.full(len(items), 999)
+                hit = (d_pdq <= PDQ_T) | (distances(phashes, bank_phash, 64) <= PHASH_T)
+                found += bool(hit[i])
+                false += int(hit.sum() - hit[i])
+            results[mode][edit_name] = (found, false)
+        hashed += len(copies)
+    pairs = hashed * (len(items) - 1)
+    print(f"\n{'edit':22}" + "".join(f"{m + ' recall':>17}{'false':>7}" for m in MODES))
+    for edit_name in results["plain"]:
+        row = f"{edit_name:22}"
+        for mode in MODES:
+            found, false = results[mode][edit_name]
+            row += f"{found / len(items):>16.1%} {false:>6}"
+        print(row)
+    print(f"\nfalse matches over all {pairs:,} pairs of distinct images: " + ", ".join(
+        f"{m} {sum(f for _, f in results[m].values())} ({sum(f for _, f in results[m].values()) / pairs:.1e})"
+        for m in MODES))
+    base = seconds["plain"]
+    print("time per image relative to plain PDQ + pHash: " + ", ".join(
+        f"{m} {seconds[m] / base:.2f}x ({seconds[m] / hashed * 1000:.1f} ms)" for m in MODES))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="six photos only")
+    main(parser.parse_args().quick)
