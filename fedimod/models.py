@@ -197,6 +197,10 @@ class Signal:
     signal_type: str
     value: int
     quality: int | None = None
+    # "" for the picture as posted; else the edit this hash undoes (`[media] variants`): a match
+    # on a `mirror` or `rotate90` signal says the post is a banked picture mirrored, or turned 90°
+    # clockwise.
+    variant: str = ""
 
 
 class BankKind(enum.StrEnum):
@@ -274,6 +278,7 @@ class Match:
     # sources that called it a false positive. The policy weighs them by the sources' trust.
     confirmed_by: tuple[tuple[str, str], ...] = ()
     disputed_by: tuple[str, ...] = ()
+    variant: str = ""  # which variant of the posted picture matched ("": the picture as posted)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

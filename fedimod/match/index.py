@@ -214,12 +214,14 @@ class BankIndex:
                 slot.disputed.append(v.source)
         self._verdicts = table
 
-    def _match(self, entry: BankEntry, signal_type: str, distance: int, threshold: int) -> Match:
+    def _match(self, entry: BankEntry, signal: Signal, distance: int, threshold: int) -> Match:
         verdicts = self._verdicts.get((entry.signal_type, entry.value))
         if verdicts is None:
-            return Match(entry=entry, signal_type=signal_type, distance=distance, threshold=threshold)
-        return Match(entry=entry, signal_type=signal_type, distance=distance, threshold=threshold,
-                     confirmed_by=tuple(verdicts.confirmed), disputed_by=tuple(verdicts.disputed))
+            return Match(entry=entry, signal_type=signal.signal_type, distance=distance, threshold=threshold,
+                         variant=signal.variant)
+        return Match(entry=entry, signal_type=signal.signal_type, distance=distance, threshold=threshold,
+                     confirmed_by=tuple(verdicts.confirmed), disputed_by=tuple(verdicts.disputed),
+                     variant=signal.variant)
 
     def match(self, signals: Iterable[Signal]) -> list[Match]:
         """Every entry within its type's threshold of any signal, nearest first.
@@ -235,7 +237,7 @@ class BankIndex:
                 continue
             if not signal_type.is_perceptual:
                 for entry in self._exact.get(signal.signal_type, {}).get(signal.value, ()):
-                    found.append(self._match(entry, signal.signal_type, 0, 0))
+                    found.append(self._match(entry, signal, 0, 0))
                 continue
             index = self._hamming.get(signal.signal_type)
             if index is None:
@@ -244,7 +246,15 @@ class BankIndex:
             query = ints_to_words([signal.value], signal_type.bits)
             for position, distance in index.query(query[0]):
                 value = words_to_int(index.words_at(position))
-                found.append(self._match(self._entry(signal.signal_type, position, value), signal.signal_type,
-                                         distance, threshold))
-        found.sort(key=lambda m: (m.distance, m.entry.id))
-        return found
+                found.append(self._match(self._entry(signal.signal_type, position, value), signal, distance,
+                                         threshold))
+        # One match per entry and type: the closest variant (the picture as posted on a tie).
+        found.sort(key=lambda m: (m.distance, m.variant != "", m.entry.id))
+        seen: set[tuple[int, str]] = set()
+        best = []
+        for match in found:
+            if (match.entry.id, match.signal_type) not in seen:
+                seen.add((match.entry.id, match.signal_type))
+                best.append(match)
+        best.sort(key=lambda m: (m.distance, m.entry.id))
+        return best

@@ -200,12 +200,13 @@ FrameSink = Callable[[list[Signal]], None]
 
 def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[str] = ALL_TYPES,
                max_frames: int = DEFAULT_MAX_FRAMES, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
-               on_frame: FrameSink | None = None) -> HashResult:
+               on_frame: FrameSink | None = None, variants: bool = False) -> HashResult:
     """Decode `data` and compute the requested signals. Never raises for bad input: see `HashResult`.
 
     Frames are hashed as they are decoded; a frame that fails keeps the hashes of those before
     it (`unhashable` then says what stopped the rest). `on_frame` sees each frame's new signals
     as they are made (the pool streams them, so a worker killed at its deadline loses nothing).
+    With `variants`, each frame also yields the hashes of its rotations and mirror images.
     """
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt is None:
@@ -223,7 +224,9 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
                 if frames == 0:
                     width, height = frame.size
                 frames += 1
-                fresh = [s for s in (t.hash_frame(frame) for t in frame_types) if s not in signals]
+                made = ([v for t in frame_types for v in t.hash_frame_variants(frame)] if variants
+                        else [t.hash_frame(frame) for t in frame_types])
+                fresh = [s for s in made if s not in signals]
                 signals.extend(fresh)
                 if on_frame is not None and fresh:
                     on_frame(fresh)

@@ -114,12 +114,12 @@ def _serve(conn: Connection, max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
     while True:
         try:
-            data, types, max_frames, max_decoded_pixels = conn.recv()
+            data, types, max_frames, max_decoded_pixels, variants = conn.recv()
         except (EOFError, OSError):
             return
         on_frame = _FrameStreamer(conn)
         result = hash_media(data, max_pixels, types=types, max_frames=max_frames,
-                            max_decoded_pixels=max_decoded_pixels, on_frame=on_frame)
+                            max_decoded_pixels=max_decoded_pixels, on_frame=on_frame, variants=variants)
         del data
         try:
             conn.send(("done", result))
@@ -200,8 +200,9 @@ class HashPool:
 
     def __init__(self, *, processes: int = 0, max_pixels: int = 40_000_000, max_frames: int = DEFAULT_MAX_FRAMES,
                  max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 tasks_per_child: int = TASKS_PER_CHILD) -> None:
+                 tasks_per_child: int = TASKS_PER_CHILD, variants: bool = False) -> None:
         self._processes = processes or os.cpu_count() or 1
+        self._variants = variants
         self._max_pixels = max_pixels
         self._max_frames = max_frames
         self._max_decoded_pixels = max_decoded_pixels
@@ -260,7 +261,7 @@ class HashPool:
                 if worker is not None:
                     self._retire(worker)
                 worker = await self._start_worker()
-            payload = (data, tuple(types), self._max_frames, self._max_decoded_pixels)
+            payload = (data, tuple(types), self._max_frames, self._max_decoded_pixels, self._variants)
             call = asyncio.ensure_future(asyncio.to_thread(worker.run, payload, self._timeout_s))
             try:
                 outcome, result, frames = await asyncio.shield(call)
@@ -303,4 +304,4 @@ class HashPool:
 def _frames_in(signals: list[Signal], types: Collection[str]) -> int:
     """How many distinct frames the streamed signals describe: one value of the first frame type each."""
     first = next(iter(types_with(Capability.FRAME, types)), None)
-    return 0 if first is None else sum(1 for s in signals if s.signal_type == first.name)
+    return 0 if first is None else sum(1 for s in signals if s.signal_type == first.name and not s.variant)

@@ -290,7 +290,7 @@ async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
             MediaFetcher(config.media) as fetcher,
             HashPool(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
                      max_frames=config.media.max_frames, max_decoded_pixels=config.media.max_decoded_pixels,
-                     timeout_s=config.media.hash_timeout_s) as hasher,
+                     timeout_s=config.media.hash_timeout_s, variants=config.media.variants) as hasher,
             aiohttp.ClientSession(headers={"User-Agent": "fedimod"}) as session,
         ):
             client = MastodonClient(base_url=config.instance.base_url, token=config.instance.token,

@@ -222,6 +222,7 @@ class Workers:
                       bank=match.entry.bank, entry_id=match.entry.id, category=match.entry.category.value,
                       source=match.entry.source, allowlist=match.entry.is_allowlist,
                       signal_type=match.signal_type, distance=match.distance, threshold=match.threshold,
+                      variant=match.variant or None,
                       value=REGISTRY[match.signal_type].format(match.entry.value))
         if completed.new_report or completed.new_action:
             self._on_queued()

@@ -105,6 +105,11 @@ class SignalType:
         """This type's signal of one decoded RGB picture (`FRAME` types)."""
         raise NotImplementedError(f"{self.name} is computed from {self.capability}, not from frames")
 
+    def hash_frame_variants(self, frame: Image.Image) -> list[Signal]:
+        """The signal of the picture and of its variants (rotations, mirror images) where the type
+        can tell them: `[media] variants`. Types without variants give the plain signal only."""
+        return [self.hash_frame(frame)]
+
     def digest(self, data: bytes) -> Signal:
         """This type's signal of a file's bytes (`BYTES` types)."""
         raise NotImplementedError(f"{self.name} is computed from {self.capability}, not from bytes")

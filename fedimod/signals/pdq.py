@@ -28,6 +28,22 @@ class PdqType(SignalType):
         value, quality = pdq_from_luma(np.asarray(frame.convert("F")))
         return Signal(signal_type=self.name, value=value, quality=quality)
 
+    def hash_frame_variants(self, frame: Image.Image) -> list[Signal]:
+        """The eight rotations and mirror images from the one DCT (`pdq_dct.dihedral_hashes`)."""
+        import numpy as np
+
+        from fedimod.signals.pdq_dct import dihedral_hashes, downsample, quality
+
+        samples = downsample(np.asarray(frame.convert("F")))
+        score = quality(samples)
+        return [Signal(signal_type=self.name, value=value, quality=score, variant=_EDIT.get(name, name))
+                for name, value in dihedral_hashes(samples).items()]
+
+
+# A variant is named by the edit it undoes: the posted picture turned 270° clockwise matching a
+# banked one means the re-poster turned it 90°. The other symmetries are their own inverses.
+_EDIT = {"original": "", "rotate90": "rotate270", "rotate270": "rotate90"}
+
 
 PDQ = PdqType(
     name="pdq", bits=256, default_threshold=31, min_quality=50, capability=Capability.FRAME,

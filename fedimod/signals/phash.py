@@ -19,6 +19,13 @@ class PhashType(SignalType):
 
         return Signal(signal_type=self.name, value=int(str(imagehash.phash(frame)), 16))
 
+    def hash_frame_variants(self, frame: Image.Image) -> list[Signal]:
+        """The picture and its mirror image (pHash has no cheap transform of its DCT for the rest)."""
+        from PIL import ImageOps
+
+        mirrored = self.hash_frame(ImageOps.mirror(frame))
+        return [self.hash_frame(frame), Signal(signal_type=self.name, value=mirrored.value, variant="mirror")]
+
 
 PHASH = PhashType(name="phash", bits=64, default_threshold=8, capability=Capability.FRAME, index=IndexKind.HAMMING,
                   examples=("d1c4b3a29f8e7d6c", "ffd8e0c0c0e0f0f8"))

@@ -1,0 +1,60 @@
+"""Matching variants (`[media] variants`): a mirrored or turned re-upload of a banked picture is
+caught and the match says which variant it was; without the setting it is not; a plain hash from
+another tool still matches an unedited copy; distinct pictures stay apart."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import ImageOps
+
+from fedimod.cli.demo import generate_image, jpeg_bytes
+from fedimod.match import BankIndex
+from fedimod.media import hash_media
+from fedimod.models import BankEntry, Category
+from fedimod.sandbox import Sandbox
+from fedimod.store import SQLiteStore
+from tests.helpers import bank_images, make_config, running, wait_until
+
+IMAGE = generate_image(1601)
+
+
+def bank_of(data: bytes) -> BankIndex:
+    """A bank holding the picture's plain PDQ and pHash, as an external list would carry them."""
+    signals = [s for s in hash_media(data).signals if s.signal_type in ("pdq", "phash")]
+    return BankIndex([BankEntry(id=i, bank="ext", signal_type=s.signal_type, value=s.value, category=Category.CSAM)
+                      for i, s in enumerate(signals, start=1)])
+
+
+def test_each_turn_is_caught_with_variants_and_named_and_distinct_pictures_stay_apart() -> None:
+    bank = bank_of(jpeg_bytes(IMAGE))
+    for turn in ("mirror", "flip", "rotate180", "rotate90"):
+        edited = {"mirror": ImageOps.mirror(IMAGE), "flip": ImageOps.flip(IMAGE),
+                  "rotate180": IMAGE.rotate(180), "rotate90": IMAGE.rotate(-90, expand=True)}[turn]
+        data = jpeg_bytes(edited)
+        assert not [m for m in bank.match(hash_media(data).signals) if m.signal_type == "pdq"], turn  # plain misses
+        pdq = [m for m in bank.match(hash_media(data, variants=True).signals) if m.signal_type == "pdq"]
+        assert [m.variant for m in pdq] == [turn], turn  # one match per entry: the closest variant
+    unedited = bank.match(hash_media(jpeg_bytes(IMAGE), variants=True).signals)
+    assert {(m.signal_type, m.variant) for m in unedited} == {("pdq", ""), ("phash", "")}  # as posted, on a tie
+    for seed in range(1602, 1612):
+        assert bank.match(hash_media(jpeg_bytes(generate_image(seed)), variants=True).signals) == []
+
+
+async def test_the_bot_reports_a_mirrored_re_upload_when_variants_are_on(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db = tmp_path / "bot.sqlite3"
+    await bank_images(db, [jpeg_bytes(IMAGE)])
+    config = make_config(sandbox, bot_token, db)
+    config = replace(config, media=replace(config.media, variants=True))
+    user = sandbox.create_account("flipper", domain="remote.example")[0]
+    async with running(config, sandbox) as bot:
+        status = sandbox.post_status(user.id, "flipped", media=[jpeg_bytes(ImageOps.mirror(IMAGE))])
+        sandbox.post_status(user.id, "cat", media=[jpeg_bytes(generate_image(1650))])
+        await wait_until(lambda: len(sandbox.reports) == 1 and bot.workers.stats.media_hashed == 2,
+                         what="the mirrored copy's report")
+    assert sandbox.reports[0].status_ids == [int(status.id)]
+    async with SQLiteStore.open(db) as store:
+        (decision,) = [r.event for r in await store.audit_rows() if r.event.event == "decision"]
+    assert {c.get("variant") for c in decision.detail["matches"] if c["signal_type"] == "pdq"} == {"mirror"}
