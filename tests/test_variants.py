@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from PIL import ImageOps
 
 from fedimod.cli.demo import generate_image, jpeg_bytes
@@ -58,3 +59,27 @@ async def test_the_bot_reports_a_mirrored_re_upload_when_variants_are_on(
     async with SQLiteStore.open(db) as store:
         (decision,) = [r.event for r in await store.audit_rows() if r.event.event == "decision"]
     assert {c.get("variant") for c in decision.detail["matches"] if c["signal_type"] == "pdq"} == {"mirror"}
+
+
+async def test_the_match_command_prints_each_hit_with_its_variant_and_exits_0_either_way(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import json
+
+    from fedimod.cli import main
+
+    db = tmp_path / "banks.sqlite3"
+    await bank_images(db, [jpeg_bytes(IMAGE)], bank="known")
+    config = tmp_path / "fedimod.toml"
+    config.write_text(f'[instance]\nbase_url = "https://x.example"\n[store]\npath = "{db}"\n[media]\nvariants = true\n')
+    mirrored, other, broken = tmp_path / "mirrored.jpg", tmp_path / "other.jpg", tmp_path / "broken.jpg"
+    mirrored.write_bytes(jpeg_bytes(ImageOps.mirror(IMAGE)))
+    other.write_bytes(jpeg_bytes(generate_image(1660)))
+    broken.write_bytes(b"not a picture")
+    code = await asyncio.to_thread(main, ["match", "--format", "json", "-c", str(config), str(mirrored), str(other),
+                                          str(broken)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [r["path"] for r in lines] == [str(mirrored), str(other), str(broken)]
+    (hit,) = [h for h in lines[0]["hits"] if h["signal_type"] == "pdq"]
+    assert (hit["bank"], hit["variant"], hit["distance"] <= 31) == ("known", "mirror", True)
+    assert lines[1]["hits"] == [] and "error" in lines[2] and "error" not in lines[1]

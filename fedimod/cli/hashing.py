@@ -114,7 +114,7 @@ async def _hash_one(item: str, fetcher: Any, hasher: Any, types: tuple[str, ...]
         if item.startswith(URL_SCHEMES):
             data = await fetcher.fetch(item, max_bytes=max_bytes)
         else:
-            data = await asyncio.to_thread(_read, Path(item), max_bytes)
+            data = await asyncio.to_thread(read_capped, Path(item), max_bytes)
     except MediaRejected as exc:
         record["error"] = f"{exc.reason.value}: {str(exc).split(': ', 1)[-1]}"
         return record
@@ -141,7 +141,7 @@ async def _hash_one(item: str, fetcher: Any, hasher: Any, types: tuple[str, ...]
     return record
 
 
-def _read(path: Path, max_bytes: int) -> bytes:
+def read_capped(path: Path, max_bytes: int) -> bytes:
     from fedimod.errors import MediaRejected, RejectReason
 
     with path.open("rb") as handle:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedimod import __version__
-from fedimod.cli import bank, blocklists, feeds, hashing, moderation
+from fedimod.cli import bank, blocklists, feeds, hashing, matching, moderation
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     moderation.register(sub, _add_config)
     feeds.register(sub, _add_config)
     blocklists.register(sub, _add_config)
+    matching.register(sub, _add_config)
 
     sandbox = sub.add_parser("sandbox", help="run the bundled test instance on 127.0.0.1",
                              description="Serve the Mastodon-compatible sandbox instance until interrupted; prints "
@@ -183,6 +184,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = feeds.dispatch(args)
     if result is None:
         result = blocklists.dispatch(args)
+    if result is None:
+        result = matching.dispatch(args)
     if result is not None:
         return result
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
