@@ -15,7 +15,10 @@ other original), and the hashing time per image relative to plain PDQ + pHash.
 Modes:
 - `plain`: the query's PDQ and pHash, as fedimod matches today;
 - `dihedral`: the query's eight PDQ rotations and mirror images, from one DCT
-  (`signals.pdq_dct.dihedral_hashes`), and the pHash of the mirrored picture.
+  (`signals.pdq_dct.dihedral_hashes`), and the pHash of the mirrored picture;
+- `variants`: what the bot matches with `[media] variants = true` (`media.hashing.frame_signals`):
+  the dihedral hashes, and the PDQ and pHash of the picture with its flat borders and caption
+  bands trimmed (`media.trim`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from fedimod.signals import REGISTRY
+from fedimod.media.hashing import frame_signals
+from fedimod.signals import REGISTRY, Capability, types_with
 from fedimod.signals.pdq_dct import dihedral_hashes, downsample, hash_samples, quality
 
 PDQ_T, PHASH_T, MIN_QUALITY = REGISTRY["pdq"].default_threshold, REGISTRY["phash"].default_threshold, 50
@@ -161,7 +165,15 @@ def dihedral(image: Image.Image) -> tuple[list[int], list[int], int]:
             [phash.hash_frame(image).value, phash.hash_frame(ImageOps.mirror(image)).value], quality(samples))
 
 
-MODES = {"plain": plain, "dihedral": dihedral}
+def variants(image: Image.Image) -> tuple[list[int], list[int], int]:
+    """What the bot matches with `[media] variants = true` (`media.hashing.frame_signals`)."""
+    signals = frame_signals(image, types_with(Capability.FRAME), variants=True)
+    pdq = [s for s in signals if s.signal_type == "pdq"]
+    return ([s.value for s in pdq], [s.value for s in signals if s.signal_type == "phash"],
+            next(s.quality or 0 for s in pdq if not s.variant))
+
+
+MODES = {"plain": plain, "dihedral": dihedral, "variants": variants}
 
 
 def distances(queries: list[int], bank: np.ndarray, bits: int) -> np.ndarray:

@@ -43,7 +43,7 @@ def test_each_turn_is_caught_with_variants_and_named_and_distinct_pictures_stay_
         assert bank.match(hash_media(jpeg_bytes(generate_image(seed)), variants=True).signals) == []
 
 
-async def test_the_bot_reports_a_mirrored_re_upload_when_variants_are_on(
+async def test_the_bot_reports_a_mirrored_bordered_re_upload_when_variants_are_on(
         sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
     db = tmp_path / "bot.sqlite3"
     await bank_images(db, [jpeg_bytes(IMAGE)])
@@ -51,14 +51,15 @@ async def test_the_bot_reports_a_mirrored_re_upload_when_variants_are_on(
     config = replace(config, media=replace(config.media, variants=True))
     user = sandbox.create_account("flipper", domain="remote.example")[0]
     async with running(config, sandbox) as bot:
-        status = sandbox.post_status(user.id, "flipped", media=[jpeg_bytes(ImageOps.mirror(IMAGE))])
+        edited = ImageOps.expand(ImageOps.mirror(IMAGE), border=24, fill=(255, 255, 255))
+        status = sandbox.post_status(user.id, "flipped", media=[jpeg_bytes(edited)])
         sandbox.post_status(user.id, "cat", media=[jpeg_bytes(generate_image(1650))])
         await wait_until(lambda: len(sandbox.reports) == 1 and bot.workers.stats.media_hashed == 2,
                          what="the mirrored copy's report")
     assert sandbox.reports[0].status_ids == [int(status.id)]
     async with SQLiteStore.open(db) as store:
         (decision,) = [r.event for r in await store.audit_rows() if r.event.event == "decision"]
-    assert {c.get("variant") for c in decision.detail["matches"] if c["signal_type"] == "pdq"} == {"mirror"}
+    assert {c.get("variant") for c in decision.detail["matches"] if c["signal_type"] == "pdq"} == {"trimmed+mirror"}
 
 
 async def test_the_match_command_prints_each_hit_with_its_variant_and_exits_0_either_way(
@@ -83,3 +84,25 @@ async def test_the_match_command_prints_each_hit_with_its_variant_and_exits_0_ei
     (hit,) = [h for h in lines[0]["hits"] if h["signal_type"] == "pdq"]
     assert (hit["bank"], hit["variant"], hit["distance"] <= 31) == ("known", "mirror", True)
     assert lines[1]["hits"] == [] and "error" in lines[2] and "error" not in lines[1]
+
+
+def test_a_bordered_or_captioned_copy_is_caught_inside_its_frame_even_mirrored() -> None:
+    from PIL import Image, ImageDraw
+
+    from fedimod.media.trim import trimmed
+
+    bank = bank_of(jpeg_bytes(IMAGE))
+    captioned = Image.new("RGB", (IMAGE.width, IMAGE.height + 70), (255, 255, 255))
+    captioned.paste(IMAGE, (0, 70))
+    ImageDraw.Draw(captioned).text((6, 25), "me when the weekend finally arrives " * 3, fill=(0, 0, 0))
+    for edit, picture, variant in (
+            ("border", ImageOps.expand(IMAGE, border=30, fill=(255, 255, 255)), "trimmed"),
+            ("letterbox", ImageOps.expand(IMAGE, border=(0, 60), fill=(0, 0, 0)), "trimmed"),
+            ("caption", captioned, "trimmed"),
+            ("mirrored border", ImageOps.expand(ImageOps.mirror(IMAGE), border=25, fill=(20, 20, 20)),
+             "trimmed+mirror")):
+        data = jpeg_bytes(picture)
+        assert not [m for m in bank.match(hash_media(data).signals) if m.signal_type == "pdq"], edit
+        pdq = [m for m in bank.match(hash_media(data, variants=True).signals) if m.signal_type == "pdq"]
+        assert [m.variant for m in pdq] == [variant], edit
+    assert trimmed(IMAGE) is None  # nothing to trim: no extra hash

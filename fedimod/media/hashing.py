@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import pillow_heif
 from PIL import ExifTags, Image, ImageOps
 
 from fedimod.errors import MediaRejected, RejectReason
 from fedimod.media.fetch import SNIFF_BYTES, VIDEO_FORMATS, sniff_format
+from fedimod.media.trim import trimmed
 from fedimod.models import Signal
-from fedimod.signals import REGISTRY, Capability, types_with
+from fedimod.signals import REGISTRY, Capability, SignalType, types_with
 
 pillow_heif.register_heif_opener()  # HEIC through libheif; AVIF is built into Pillow 11.3+.
 
@@ -198,6 +199,19 @@ def digest_signals(data: bytes, types: Collection[str] = ALL_TYPES) -> list[Sign
 FrameSink = Callable[[list[Signal]], None]
 
 
+def frame_signals(frame: Image.Image, frame_types: Sequence[SignalType], *, variants: bool) -> list[Signal]:
+    """One decoded picture's signals; with `variants`, also those of its rotations and mirror
+    images, and of the picture with its flat borders and caption bands cut off (`trim`)."""
+    if not variants:
+        return [t.hash_frame(frame) for t in frame_types]
+    out = [v for t in frame_types for v in t.hash_frame_variants(frame)]
+    inner = trimmed(frame)
+    if inner is not None:  # and the same of the picture inside its borders or caption
+        out += [replace(v, variant="+".join(filter(None, ("trimmed", v.variant))))
+                for t in frame_types for v in t.hash_frame_variants(inner)]
+    return out
+
+
 def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[str] = ALL_TYPES,
                max_frames: int = DEFAULT_MAX_FRAMES, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
                on_frame: FrameSink | None = None, variants: bool = False) -> HashResult:
@@ -224,9 +238,7 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
                 if frames == 0:
                     width, height = frame.size
                 frames += 1
-                made = ([v for t in frame_types for v in t.hash_frame_variants(frame)] if variants
-                        else [t.hash_frame(frame) for t in frame_types])
-                fresh = [s for s in made if s not in signals]
+                fresh = [s for s in frame_signals(frame, frame_types, variants=variants) if s not in signals]
                 signals.extend(fresh)
                 if on_frame is not None and fresh:
                     on_frame(fresh)
