@@ -62,3 +62,20 @@ async def supervise(name: str, stage: Callable[[], Awaitable[None]], *, restarts
                          extra={"event": "stage_failed", "stage": name, "error": f"{type(exc).__name__}: {exc}",
                                 "failures": failures, "restart_in_s": round(delay, 2)})
             await asyncio.sleep(delay)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a worker process: be killed when the process that started it dies (Linux), so a
+    `kill -9` of fedimod leaves no worker behind. Elsewhere the worker's pipe closing ends it."""
+    import contextlib
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from fedimod.feeds.protocol import is_signed_by
+from fedimod.supervise import die_with_parent
 
 Pair = tuple[str, Mapping[str, Any]]
 
@@ -57,7 +58,8 @@ class SignatureChecker:
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the parent runs an event loop and threads.
-            self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=die_with_parent)
         return self._pool
 
     async def all_valid(self, pairs: Sequence[Pair]) -> bool:

@@ -50,12 +50,12 @@ from fedimod.media.hashing import (
 from fedimod.metrics import Collector, Metric, counter
 from fedimod.models import Signal
 from fedimod.signals import Capability, types_with
+from fedimod.supervise import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 TASKS_PER_CHILD = 500  # bounds what a decoder's leaks can grow to
 DEFAULT_TIMEOUT_S = 20.0
-_PR_SET_PDEATHSIG = 1
 _STREAM_FRAMES_AFTER_S = 0.25
 
 
@@ -83,13 +83,6 @@ def tune_allocator() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class _FrameStreamer:
     """A quick item's frames come with its result; a slow one's are streamed as they are made, so a
     deadline kill keeps them. Sending every frame at once would cost small images ~15 %."""
@@ -108,7 +101,7 @@ class _FrameStreamer:
 
 def _serve(conn: Connection, max_pixels: int) -> None:
     """A worker's life: take an item, stream its frames' signals, send the result; EOF ends it."""
-    _die_with_parent()
+    die_with_parent()
     tune_allocator()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for fedimod; it kills us when it must
     Image.MAX_IMAGE_PIXELS = max_pixels
