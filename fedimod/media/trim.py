@@ -23,7 +23,7 @@ MIN_CHANGE = 0.02  # trimmed by less than this share of both sides: not worth an
 
 def trimmed(frame: Image.Image) -> Image.Image | None:
     """The picture without its flat borders and caption bands, or None when there are none."""
-    rgb = np.asarray(frame.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(frame.convert("RGB"))
     height, width = rgb.shape[:2]
     if height < 32 or width < 32:
         return None
@@ -40,17 +40,20 @@ def trimmed(frame: Image.Image) -> Image.Image | None:
     return frame.crop((left, top, width - right, height - bottom))
 
 
-def _edge(rows: npt.NDArray[np.float32], length: int) -> int:
-    """How many rows at the start of `rows` are border or caption band."""
+def _edge(rows: npt.NDArray[np.uint8], length: int) -> int:
+    """How many rows at the start of `rows` are border or caption band (most pictures stop at
+    the first row, so only the rows looked at are converted)."""
     limit = int(MAX_SHARE * length)
-    first = rows[0]
-    background = np.median(first, axis=0)
-    count = 0
-    for row in rows[:limit]:
-        off = np.abs(row - background).max(axis=1)
-        flat = float((off <= FLAT).mean())
-        if off.max() <= FLAT or (flat >= CAPTION and flat + float((off >= STROKE).mean()) >= TWO_TONE):
-            count += 1
-        else:
-            break
+    background = np.median(rows[0], axis=0).astype(np.float32)
+    count, step = 0, 8
+    while count < limit:
+        block = rows[count:min(limit, count + step)].astype(np.float32)
+        off = np.abs(block - background).max(axis=2)
+        flat = (off <= FLAT).mean(axis=1)
+        strokes = (off >= STROKE).mean(axis=1)
+        border = (off.max(axis=1) <= FLAT) | ((flat >= CAPTION) & (flat + strokes >= TWO_TONE))
+        if not border.all():
+            return count + int(np.argmin(border))
+        count += len(block)
+        step *= 2
     return count
