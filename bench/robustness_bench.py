@@ -164,8 +164,8 @@ def plain(image: Image.Image) -> tuple[list[int], list[int], int]:
 def dihedral(image: Image.Image) -> tuple[list[int], list[int], int]:
     samples = downsample(np.asarray(image.convert("F")))
     phash = REGISTRY["phash"]
-    return (list(dihedral_hashes(samples).values()),
-            [phash.hash_frame(image).value, phash.hash_frame(ImageOps.mirror(image)).value], quality(samples))
+    return (list(dihedral_hashes(samples).values()), [s.value for s in phash.hash_frame_variants(image)],
+            quality(samples))
 
 
 def variants(image: Image.Image) -> tuple[list[int], list[int], int]:

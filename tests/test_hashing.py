@@ -225,3 +225,11 @@ def test_no_dihedral_variant_of_one_photo_comes_near_another_photo() -> None:
             if a != b:
                 plain = pdq_from_luma(luma[b])[0]
                 assert min(bin(v ^ plain).count("1") for v in variants) > PDQ.default_threshold + 20, (a, b)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera", "page"])
+def test_phash_and_its_mirror_from_one_dct_are_imagehashs_bit_for_bit(name: str) -> None:
+    picture = Image.fromarray(getattr(samples, name)()).convert("RGB")
+    plain, mirrored = PHASH.hash_frame_variants(picture)
+    assert plain.value == int(str(imagehash.phash(picture)), 16) == PHASH.hash_frame(picture).value
+    assert (mirrored.variant, mirrored.value) == ("mirror", int(str(imagehash.phash(ImageOps.mirror(picture))), 16))

@@ -41,11 +41,11 @@ def trimmed(frame: Image.Image) -> Image.Image | None:
 
 
 def _edge(rows: npt.NDArray[np.uint8], length: int) -> int:
-    """How many rows at the start of `rows` are border or caption band (most pictures stop at
-    the first row, so only the rows looked at are converted)."""
+    """How many rows at the start of `rows` are border or caption band. Most pictures stop at
+    the first row, so it is looked at alone first, and only the rows looked at are converted."""
     limit = int(MAX_SHARE * length)
     background = np.median(rows[0], axis=0).astype(np.float32)
-    count, step = 0, 8
+    count, step = 0, 1
     while count < limit:
         block = rows[count:min(limit, count + step)].astype(np.float32)
         off = np.abs(block - background).max(axis=2)
