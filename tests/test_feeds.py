@@ -55,7 +55,7 @@ _JSON = st.recursive(
 @given(body=st.dictionaries(st.text(max_size=10), _JSON, max_size=8))
 def test_the_fast_canonical_form_is_rfc_8785_byte_for_byte(body: dict[str, Any]) -> None:
     try:
-        expected = rfc8785.dumps(body)
+        expected = rfc8785.dumps({k: v for k, v in body.items() if k != "sig"})  # what is signed: all but sig
     except (rfc8785.CanonicalizationError, UnicodeEncodeError):
         with pytest.raises((rfc8785.CanonicalizationError, UnicodeEncodeError)):
             canonical(body)
