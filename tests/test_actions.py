@@ -195,6 +195,32 @@ async def test_retraction_lists_and_reverses_the_actions_it_caused(
     assert action.state is (ActionState.REVERTED if reverse else ActionState.DONE)
 
 
+async def test_an_entry_retracted_while_fedimod_was_stopped_is_reconsidered_at_start(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
+    db = await banked(tmp_path)
+    user = sandbox.create_account("mallory")[0]
+    config = make_config(sandbox, bot_token, db, policy=PolicySettings(rules=LADDER.rules,
+                                                                       reverse_on_retraction=True))
+    async with running(config, sandbox):
+        sandbox.post_status(user.id, "spam", media=[altered_copy(SPAM_IMAGE, 0.5)])
+        await wait_until(lambda: len(sandbox.account_actions) == 1, what="the silence")
+
+        async def silence_recorded() -> bool:
+            async with SQLiteStore.open(db) as store:
+                return [a.state for a in await store.actions()] == [ActionState.DONE]
+        await wait_until(silence_recorded, what="the silence recorded")
+    async with SQLiteStore.open(db) as store:  # the bot is stopped: an admin retracts the entries
+        for entry in [e for e in await store.bank_entries() if e.category is Category.SPAM]:
+            await store.remove_bank_entries(entry.bank, signal_type=entry.signal_type, value=entry.value)
+
+    async def retraction_recorded() -> bool:
+        return any(e["event"] == "retraction" for e in await audit(db))
+
+    async with running(config, sandbox):
+        await wait_until(retraction_recorded, what="the retraction, on start")
+    assert sandbox.account_undos == [(user.id, "unsilence")]
+
+
 async def test_retraction_keeps_an_action_that_another_match_still_justifies(
         sandbox: Sandbox, bot_token: str, tmp_path: Path) -> None:
     db = await banked(tmp_path)

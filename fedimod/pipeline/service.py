@@ -142,6 +142,9 @@ class Pipeline:
         if self.retro is not None:
             await self.retro.load()
         await self._banks_changed()
+        # Entries retracted while fedimod was stopped, and a reversal a stop cut off between the
+        # instance's answer and its record: both are seen now, not at the next bank change.
+        await self.executor.reconsider(self._justified_action, reverse=self._config.policy.reverse_on_retraction)
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self.index),
                   workers=self._config.workers.concurrency, dry_run=self._config.report.dry_run)
         async with contextlib.AsyncExitStack() as stack:
