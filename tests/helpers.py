@@ -95,6 +95,15 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s:
         await asyncio.sleep(0.05)
 
 
+def audited(db: Path, event: str) -> Callable[[], Awaitable[bool]]:
+    """For `wait_until`: whether the store at `db` has an audit line of `event` yet (an instance
+    answers before the bot records what it did, so wait for the record, not the answer)."""
+    async def check() -> bool:
+        async with SQLiteStore.open(db) as store:
+            return any(r.event.event == event for r in await store.audit_rows())
+    return check
+
+
 def hamming_distance(a: int, b: int) -> int:
     """The oracle the index tests compare with: bits that differ."""
     return (a ^ b).bit_count()

@@ -13,7 +13,7 @@ from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.models import ActionState, ActionType, BankKind, Category, ReviewState
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
-from tests.helpers import bank_images, make_config, running, wait_until
+from tests.helpers import audited, bank_images, make_config, running, wait_until
 
 CSAM_IMAGE = generate_image(301)
 SPAM_IMAGE = generate_image(302)
@@ -179,10 +179,7 @@ async def test_retraction_lists_and_reverses_the_actions_it_caused(
                 await bank_images(db, [jpeg_bytes(SPAM_IMAGE)], category="other", bank="benign",
                                   kind=BankKind.ALLOW)
 
-        async def retraction_recorded() -> bool:
-            return any(e["event"] == "retraction" for e in await audit(db))
-
-        await wait_until(retraction_recorded, what="the retraction")
+        await wait_until(audited(db, "retraction"), what="the retraction")
         await asyncio.sleep(0.5)  # a second reversal would arrive now
     assert {k.rsplit("|", 1)[1] for k in caused} == {"report", "silence"}
     assert sandbox.account_undos == ([(user.id, "unsilence")] if reverse else [])
@@ -213,11 +210,8 @@ async def test_an_entry_retracted_while_fedimod_was_stopped_is_reconsidered_at_s
         for entry in [e for e in await store.bank_entries() if e.category is Category.SPAM]:
             await store.remove_bank_entries(entry.bank, signal_type=entry.signal_type, value=entry.value)
 
-    async def retraction_recorded() -> bool:
-        return any(e["event"] == "retraction" for e in await audit(db))
-
     async with running(config, sandbox):
-        await wait_until(retraction_recorded, what="the retraction, on start")
+        await wait_until(audited(db, "retraction"), what="the retraction, on start")
     assert sandbox.account_undos == [(user.id, "unsilence")]
 
 

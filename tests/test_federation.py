@@ -21,7 +21,7 @@ from fedimod.models import ActionType, Category, Trust
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
-from tests.helpers import loopback, make_config, running, wait_until
+from tests.helpers import audited, loopback, make_config, running, wait_until
 
 BOT_SCOPES = ("read", "write", "admin:read", "admin:write")
 IMAGE = generate_image(1501)
@@ -84,11 +84,7 @@ async def test_a_find_on_a_reaches_b_through_the_hub_and_so_does_its_retraction(
                     await a_publishes(tmp_path / "a.sqlite3", a_key, "remove")
                     await wait_until(lambda: sb.account_undos == [(user.id, "unsilence")], what="the reversal on B")
                     await wait_until(lambda: len(b.index) == 0, what="the entry gone from B's bank")
-
-                    async def retraction_audited() -> bool:  # the instance answers before B records it
-                        async with SQLiteStore.open(tmp_path / "b.sqlite3") as b_store:
-                            return any(r.event.event == "retraction" for r in await b_store.audit_rows())
-                    await wait_until(retraction_audited, what="B's audit of the retraction")
+                    await wait_until(audited(tmp_path / "b.sqlite3", "retraction"), what="B's audit of the retraction")
                 assert len(sa.reports) == len(sh.reports) == 0  # nothing was posted there
     async with SQLiteStore.open(tmp_path / "b.sqlite3") as store:
         lines = [(r.event.event, r.event.result) for r in await store.audit_rows()]

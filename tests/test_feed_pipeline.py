@@ -23,7 +23,7 @@ from fedimod.ops.watchdog import WatchdogSettings
 from fedimod.sandbox import Sandbox
 from fedimod.signals import REGISTRY
 from fedimod.store import SQLiteStore
-from tests.helpers import make_config, running, wait_until
+from tests.helpers import audited, make_config, running, wait_until
 
 IMAGE = generate_image(901)
 
@@ -59,11 +59,7 @@ async def test_a_peer_feed_drives_reports_and_actions_and_its_retraction_reverse
             await publish_image(a, key, "remove")
             await wait_until(lambda: sandbox.account_undos == [(user.id, "unsilence")], what="the reversal")
             await wait_until(lambda: len(b.index) == 0, what="the entry gone from B's index")
-
-            async def retraction_audited() -> bool:  # the instance answers before B records it
-                async with SQLiteStore.open(tmp_path / "b.sqlite3") as b_store:
-                    return any(r.event.event == "retraction" for r in await b_store.audit_rows())
-            await wait_until(retraction_audited, what="B's audit of the retraction")
+            await wait_until(audited(tmp_path / "b.sqlite3", "retraction"), what="B's audit of the retraction")
         async with SQLiteStore.open(tmp_path / "b.sqlite3") as store:
             lines = [(r.event.event, r.event.result) for r in await store.audit_rows()]
             (action,) = await store.actions()
