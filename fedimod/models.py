@@ -224,11 +224,35 @@ class BankEntry:
     # Who vouches for the entry: the signing key of a feed entry (its origin's, when a hub relays
     # it); "" for local entries and imported files, which the source itself vouches for.
     signer: str = ""
+    # An item is one banked picture hashed several ways (`fedimod bank add-media`): its entries
+    # share `item` (an id) and `label`, and `part` says which hash of it this is ("" the picture
+    # itself, else e.g. "crop 5%", "rotate -2°"). A plain hash from another tool has item "".
+    item: str = ""
+    label: str = ""
+    part: str = ""
 
     @property
     def identity(self) -> str:
         """The independent source this entry counts as when corroboration is counted."""
         return self.signer or self.source
+
+
+MAX_ITEM, MAX_LABEL, MAX_PART = 128, 256, 64
+
+
+def item_problem(item: object, label: object, part: object) -> str | None:
+    """What is wrong with an item's fields (from a file or a feed), or None. Each is a string of
+    printable characters within its length: an id, a label for people, and which hash of the item."""
+    for name, value, limit in (("item", item, MAX_ITEM), ("label", label, MAX_LABEL), ("part", part, MAX_PART)):
+        if not isinstance(value, str):
+            return f"{name} must be a string"
+        if len(value) > limit:
+            return f"{name} is {len(value)} characters long (at most {limit})"
+        if not value.isprintable():
+            return f"{name} holds control characters"
+    if not item and (label or part):
+        return "label and part belong to an item: give item too"
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +268,9 @@ class BankRow:
     expires_at: int | None = None
     is_allowlist: bool | None = None  # None: the file does not say
     signer: str = ""
+    item: str = ""  # see BankEntry
+    label: str = ""
+    part: str = ""
 
 
 class Verdict(enum.StrEnum):

@@ -115,3 +115,20 @@ def test_allowlist_rows_only_go_into_an_allowlist(tmp_path: Path, capsys: pytest
     assert "famous               allow  disabled" in capsys.readouterr().out
     assert main(["bank", "remove", "--bank", "famous", "--type", "pdq", "--value", PDQ, "--config", str(config)]) == 0
     assert "removed 1 entries" in capsys.readouterr().out
+
+
+def test_item_fields_in_jsonl_are_checked_with_their_line_numbers() -> None:
+    from fedimod.match import BankFileRejected
+
+    good = '{"signal_type": "md5", "value": "' + "ab" * 16 + '", "category": "csam", "item": "x1", "label": "L", ' \
+           '"part": "file"}'
+    (parsed,) = parse_bank_file([good], "jsonl")
+    assert (parsed.item, parsed.label, parsed.part) == ("x1", "L", "file")
+    bad = [good.replace('"label": "L"', '"label": "a\\u0000b"'),  # a control character
+           good.replace('"item": "x1"', '"item": ""'),  # a label and part without an item
+           good.replace('"item": "x1"', '"item": 5'),
+           good.replace('"part": "file"', '"part": "' + "p" * 65 + '"')]
+    with pytest.raises(BankFileRejected) as caught:
+        parse_bank_file(bad, "jsonl")
+    assert [e.line for e in caught.value.errors] == [1, 2, 3, 4]
+    assert "control characters" in str(caught.value.errors[0]) and "give item too" in str(caught.value.errors[1])

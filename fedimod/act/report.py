@@ -58,6 +58,7 @@ def cause_detail(matches: Sequence[Match]) -> list[dict[str, object]]:
         {"entry_id": m.entry.id, "bank": m.entry.bank, "source": m.entry.source, "category": m.entry.category.value,
          "signal_type": m.signal_type, "value": REGISTRY[m.signal_type].format(m.entry.value),
          "distance": m.distance, "threshold": m.threshold} | ({"variant": m.variant} if m.variant else {})
+        | ({"item": m.entry.item, "label": m.entry.label, "item_part": m.entry.part} if m.entry.item else {})
         for m in sorted(matches, key=lambda m: (m.distance, m.entry.id))
     ]
 

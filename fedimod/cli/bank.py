@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedimod.config import Config
 
 if TYPE_CHECKING:
-    from fedimod.store import BankRepository
+    from fedimod.store import BankRepository, Store
 
 
 async def run(config: Config, args: argparse.Namespace) -> int:
@@ -20,6 +20,8 @@ async def run(config: Config, args: argparse.Namespace) -> int:
         match args.bank_command:
             case "import":
                 return await _bank_import(store, args)
+            case "add-media":
+                return await _bank_add_media(store, config, args)
             case "export":
                 return await _bank_export(store, args)
             case "list":
@@ -72,6 +74,105 @@ async def _bank_import(store: BankRepository, args: argparse.Namespace) -> int:
         added = await store.add_bank_entries(args.bank, rows, kind=kind, on_progress=lambda n: bar.update(n - bar.n))
     print(f"imported {added} new entries into {kind.value} bank '{args.bank}' ({len(rows) - added} already present)")
     return 0
+
+
+async def _bank_add_media(store: Store, config: Config, args: argparse.Namespace) -> int:
+    """Hash each picture as an item (`media.items`) into the bank; with --publish, into a feed too."""
+    import hashlib
+    from pathlib import Path
+
+    from fedimod.cli.hashing import URL_SCHEMES, expand, read_capped
+    from fedimod.errors import MediaRejected
+    from fedimod.media import HashPool
+    from fedimod.models import BankKind, BankRow, Category, item_problem
+    from fedimod.signals import REGISTRY
+
+    key = None
+    if args.publish:
+        from fedimod.feeds.protocol import SigningKey
+
+        if args.key is None:
+            print("fedimod: error: --publish needs --key (the feed's signing key)", file=sys.stderr)
+            return 2
+        key = SigningKey.load(args.key)
+    if args.label is not None and (problem := item_problem("item", args.label, "")):
+        print(f"fedimod: error: --label: {problem}", file=sys.stderr)
+        return 2
+    media = config.media
+    failures = added_items = 0
+    inputs = list(expand(args.paths))
+    async with HashPool(processes=1, max_pixels=media.max_pixels, max_frames=1,
+                        max_decoded_pixels=media.max_decoded_pixels, timeout_s=media.hash_timeout_s,
+                        items=True) as hasher:
+        for path in inputs:
+            if path.startswith(URL_SCHEMES):
+                print(f"{path}: error: add-media takes files, not URLs (fetch the file first)")
+                failures += 1
+                continue
+            try:
+                data = await asyncio.to_thread(read_capped, Path(path), media.max_video_bytes)
+                result = await hasher.hash(data)
+                result.raise_if_rejected()
+            except MediaRejected as exc:
+                print(f"{path}: error: {exc.reason.value}: {str(exc).split(': ', 1)[-1]}")
+                failures += 1
+                continue
+            except OSError as exc:
+                print(f"{path}: error: unreadable: {exc.strerror or exc}")
+                failures += 1
+                continue
+            item = hashlib.sha256(data).hexdigest()
+            del data
+            label = args.label if args.label is not None else Path(path).name[:256]
+            if not label.isprintable():
+                label = label.encode("unicode_escape").decode("ascii")[:256]
+            kept, weak = [], 0
+            for signal in result.signals:
+                signal_type = REGISTRY[signal.signal_type]
+                if signal_type.is_degenerate(signal.value) or (
+                        signal_type.min_quality is not None and signal.quality is not None
+                        and signal.quality < signal_type.min_quality):
+                    weak += 1  # a flat crop: it would never be evidence
+                    continue
+                kept.append(signal)
+            if not any(s.signal_type in ("pdq", "phash") for s in kept) and result.frames:
+                print(f"{path}: warning: the picture is too flat for a perceptual hash; only exact copies will "
+                      "match")
+            rows = [BankRow(line=n, signal_type=s.signal_type, value=s.value, category=Category(args.category),
+                            item=item, label=label, part=s.variant or ("file" if not REGISTRY[s.signal_type]
+                                                                       .is_perceptual else ""))
+                    for n, s in enumerate(kept, start=1)]
+            kind = BankKind.ALLOW if args.allowlist else BankKind.BLOCK
+            added = await store.add_bank_entries(args.bank, rows, kind=kind)
+            added_items += added > 0
+            note = "" if added else " (already in the bank)"
+            print(f"{path}: item {item} '{label}' in {kind.value} bank '{args.bank}': {len(rows)} hashes, "
+                  f"{added} new{note}" + (f"; {weak} too flat to keep" if weak else ""))
+            if key is not None and added:
+                published = await _publish_item(store, key, args.publish, rows, kept,
+                                                label=args.label or "")
+                print(f"{path}: published {published} entries to feed '{args.publish}'")
+    print(f"{added_items} new item(s) of {len(inputs)} input(s)" + (f", {failures} failed" if failures else ""))
+    return 1 if inputs and failures == len(inputs) else 0
+
+
+async def _publish_item(store: Store, key: Any, feed: str, rows: list[Any], signals: list[Any], *, label: str) -> int:
+    """Each hash of the item as an `add` entry of the feed. Only a label given with --label is
+    published: a file's name stays here."""
+    import time
+
+    from fedimod.feeds.protocol import make_entry
+    from fedimod.signals import REGISTRY
+
+    now = int(time.time())
+    for row, signal in zip(rows, signals, strict=True):
+        def add(seq: int, row: Any = row, quality: int | None = signal.quality) -> dict[str, Any]:
+            return key.sign(make_entry(  # type: ignore[no-any-return]
+                feed=feed, seq=seq, op="add", signal_type=row.signal_type,
+                value=REGISTRY[row.signal_type].format(row.value), category=row.category, added_at=now,
+                quality=quality, item=row.item, label=label, part=row.part))
+        await store.publish_feed_entry(feed, add)
+    return len(rows)
 
 
 async def _bank_export(store: BankRepository, args: argparse.Namespace) -> int:
@@ -133,11 +234,13 @@ async def _bank_stats(store: BankRepository, config: Config) -> int:
 async def _bank_remove(store: BankRepository, args: argparse.Namespace) -> int:
     from fedimod.signals import signal_type_named
 
-    if args.all == bool(args.signal_type or args.value):
-        print("fedimod: error: give either --all or both --type and --value", file=sys.stderr)
+    if args.all + bool(args.signal_type or args.value) + bool(args.item) != 1:
+        print("fedimod: error: give one of --all, --item, or both --type and --value", file=sys.stderr)
         return 2
     if args.all:
         removed = await store.remove_bank_entries(args.bank)
+    elif args.item:
+        removed = await store.remove_bank_entries(args.bank, item=args.item)
     else:
         if not (args.signal_type and args.value):
             print("fedimod: error: --type and --value go together", file=sys.stderr)

@@ -18,6 +18,7 @@ from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
 from fedimod.match import FORMATS
+from fedimod.models import Category
 
 if TYPE_CHECKING:
     from fedimod.pipeline.service import Pipeline
@@ -77,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the bank is an allowlist: its hashes never trigger an action")
     imp.add_argument("--source", help="source recorded on each entry (default: the file's own, else 'local')")
     _add_config(imp)
+    media = bank_sub.add_parser(
+        "add-media", help="hash pictures into a bank as items (with their crops, trims and small turns)",
+        description="Hash each picture (files or directories) as an item: its PDQ, pHash, MD5 and SHA-256, and "
+                    "the PDQ of its trims, crops of 1-12 %% and turns of 2 and 4 degrees, so that re-posted edits "
+                    "still match (docs/detection.md). An item's hashes match together, as one hit. Decoding "
+                    "runs in a separate process under the configured limits. Needs no instance token.")
+    media.add_argument("paths", nargs="+", metavar="PATH", help="picture files or directories")
+    media.add_argument("--bank", required=True, help="bank to add to (created if new)")
+    media.add_argument("--category", choices=[c.value for c in Category], default=Category.OTHER.value,
+                       help="category of every item (default: other)")
+    media.add_argument("--label", help="each item's label (default: the file's name)")
+    media.add_argument("--allowlist", action="store_true", help="the bank is an allowlist (known-benign pictures)")
+    media.add_argument("--publish", metavar="FEED", help="also publish every hash of each new item to this feed "
+                                                        "(only a --label is published, never a file's name)")
+    media.add_argument("--key", type=Path, help="the feed's signing key (with --publish)")
+    _add_config(media)
     exp = bank_sub.add_parser("export", help="write a bank's entries in any import format",
                               description="Write every entry of a bank (expired and disabled ones included), in "
                                           "any format that 'bank import' reads.")
@@ -100,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--bank", required=True, help="bank to remove from")
     rm.add_argument("--type", dest="signal_type", help="signal type of the entry to remove")
     rm.add_argument("--value", help="hash value (hex) of the entry to remove")
+    rm.add_argument("--item", help="remove every hash of this item (its id, as add-media and match print it)")
     rm.add_argument("--all", action="store_true", help="remove the whole bank")
     _add_config(rm)
     for verb in ("enable", "disable"):

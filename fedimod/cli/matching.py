@@ -4,9 +4,11 @@
 
 Each input is hashed in the bot's pool (with `[media] variants` as configured) and looked up in
 the store's banks. With `--format json`, one object per input line: `{"path", "hits": [{"bank",
-"label", "entry", "signal_type", "distance", "variant"}, …]}`, plus `"error"` for an input that
-failed. Exits 0 whether or not anything matched (2 for a usage or config error). No instance token
-is needed.
+"label", "entry", "signal_type", "distance", "variant", …}, …]}`, plus `"error"` for an input that
+failed. A hit names the pair that matched: `variant`, the edit of the input that came near (null:
+the input as it is; "mirror", "trimmed", "centre+mirror"…), and for an item (`bank add-media`)
+`item`, its `label` and `item_part`, which of the item's hashes it came near ("crop 5%"…). Exits 0
+whether or not anything matched (2 for a usage or config error). No instance token is needed.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ async def _run(args: argparse.Namespace) -> int:
                 record["error"] = f"unreadable: {exc.strerror or exc}"
             else:
                 record["hits"] = [{
-                    "bank": m.entry.bank, "label": None, "entry": m.entry.id, "signal_type": m.signal_type,
-                    "value": REGISTRY[m.signal_type].format(m.entry.value), "distance": m.distance,
-                    "variant": m.variant or None, "category": m.entry.category.value,
-                    "allowlist": m.entry.is_allowlist} for m in index.match(result.signals)]
+                    "bank": m.entry.bank, "label": m.entry.label or None, "entry": m.entry.id,
+                    "signal_type": m.signal_type, "value": REGISTRY[m.signal_type].format(m.entry.value),
+                    "distance": m.distance, "threshold": m.threshold, "variant": m.variant or None,
+                    "item": m.entry.item or None, "item_part": m.entry.part or None,
+                    "category": m.entry.category.value, "allowlist": m.entry.is_allowlist}
+                    for m in index.match(result.signals)]
             if args.format == "json":
                 print(json.dumps(record), flush=True)
             else:
@@ -93,5 +97,7 @@ def _print_text(record: dict[str, Any]) -> None:
         return
     for hit in record["hits"]:
         variant = f" as {hit['variant']}" if hit["variant"] else ""
-        print(f"{record['path']}: {hit['signal_type']} distance {hit['distance']}{variant} to entry {hit['entry']} "
+        part = f" ({hit['item_part']})" if hit["item_part"] else ""
+        target = (f"item '{hit['label']}'{part}, entry {hit['entry']}," if hit["item"] else f"entry {hit['entry']}")
+        print(f"{record['path']}: {hit['signal_type']} distance {hit['distance']}{variant} to {target} "
               f"of bank {hit['bank']} ({hit['category']}{', allowlist' if hit['allowlist'] else ''})", flush=True)

@@ -467,7 +467,8 @@ class FeedClient:
             else:
                 page.adds.append(BankRow(line=entry.seq, signal_type=entry.signal_type, value=entry.value,
                                          category=entry.category, source=source.name, added_at=entry.added_at,
-                                         expires_at=entry.expires_at, signer=signer))
+                                         expires_at=entry.expires_at, signer=signer, item=entry.item,
+                                         label=entry.label, part=entry.part))
             if entry.fact is not None:
                 via = source.name if entry.via is None else f"{source.name}/{entry.via}"
                 page.facts.append((entry.fact, via))

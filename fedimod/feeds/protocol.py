@@ -26,7 +26,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from fedimod.errors import FedimodError, HashParseError
-from fedimod.models import Category, Verdict
+from fedimod.models import Category, Verdict, item_problem
 from fedimod.signals import signal_type_named
 
 VERSION = 1
@@ -35,7 +35,7 @@ FACTS = ("add", "remove", "verdict")  # what a hub may relay: statements about a
 MAX_NOTE = 500
 MAX_VIA = 100
 _FIELDS = frozenset({"v", "feed", "seq", "op", "signal_type", "value", "category", "added_at", "expires_at", "note",
-                     "new_key", "verdict", "origin", "via", "quality", "key", "sig"})
+                     "new_key", "verdict", "origin", "via", "quality", "key", "sig", "item", "label", "part"})
 
 
 class FeedError(FedimodError):
@@ -160,12 +160,16 @@ def _verify_key(key: str) -> VerifyKey:
 
 def make_entry(*, feed: str, seq: int, op: str, signal_type: str, value: str, category: Category,
                added_at: int, expires_at: int | None = None, note: str | None = None,
-               quality: int | None = None) -> dict[str, Any]:
+               quality: int | None = None, item: str = "", label: str = "", part: str = "") -> dict[str, Any]:
+    """An add or remove of one hash; `item`, `label` and `part` when the hash is one of an item's
+    (one picture hashed several ways, matched together)."""
     entry: dict[str, Any] = {"v": VERSION, "feed": feed, "seq": seq, "op": op, "signal_type": signal_type,
                              "value": value, "category": category.value, "added_at": added_at,
                              "expires_at": expires_at}
     if quality is not None:
         entry["quality"] = quality
+    if item:
+        entry |= {"item": item, "label": label, "part": part}
     if note:
         entry["note"] = note[:MAX_NOTE]
     return entry
@@ -200,6 +204,9 @@ class ParsedEntry:
     new_key: str | None = None  # op "rotate": the key that signs every later entry
     verdict: Verdict | None = None  # op "verdict"
     quality: int | None = None  # the producer's PDQ quality of the hashed picture, when it says
+    item: str = ""  # an add that is one hash of an item: the item, its label, which hash it is
+    label: str = ""
+    part: str = ""
     signer: str = ""  # the key that signed the fact: the feed's own, or a relayed member's
     via: str | None = None  # a relayed fact: the member feed it came from
     fact: Mapping[str, Any] | None = None  # the signed fact itself, as a hub relays it onward
@@ -313,6 +320,10 @@ def _parse_fact(raw: Mapping[str, Any], *, seq: int, added: int, signer: str, vi
     quality = raw.get("quality")
     if quality is not None and not (_is_int(quality) and 0 <= quality <= 100):
         raise FeedError("malformed", f"entry {seq}: quality must be an integer from 0 to 100")
+    item, label, part = raw.get("item", ""), raw.get("label", ""), raw.get("part", "")
+    problem = item_problem(item, label, part)
+    if problem:
+        raise FeedError("malformed", f"entry {seq}: {problem}")
     try:
         value = signal_type.parse(str(raw.get("value")))
         if raw["op"] == "verdict":
@@ -324,7 +335,7 @@ def _parse_fact(raw: Mapping[str, Any], *, seq: int, added: int, signer: str, vi
         raise FeedError("malformed", f"entry {seq}: {exc}") from exc
     return ParsedEntry(seq=seq, op=raw["op"], signal_type=signal_type.name, value=value, category=category,
                        added_at=added, expires_at=raw.get("expires_at"), verdict=verdict, signer=signer, via=via,
-                       fact=raw, quality=quality)
+                       fact=raw, quality=quality, item=item, label=label, part=part)
 
 
 def _is_public_key(text: str) -> bool:

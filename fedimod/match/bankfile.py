@@ -10,7 +10,8 @@
   separated; the first one naming a fedimod category — csam, ncii, terror, spam, other — becomes
   the category, else ``other``).
 - ``jsonl``: fedimod's own, one object per line with ``signal_type``, ``value``, ``category``,
-  ``source``, ``added_at`` and ``expires_at`` (ISO-8601 UTC or null): every stored field.
+  ``source``, ``added_at`` and ``expires_at`` (ISO-8601 UTC or null), and for a hash that is part
+  of an item ``item``, ``label`` and ``part`` (see `check_item`): every stored field.
 
 Parsing never stops at the first bad row: `parse_bank_file` returns all rows or raises
 `BankFileRejected` listing every bad line number, so an import is all or nothing.
@@ -28,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from fedimod.errors import BankFileError, HashParseError
-from fedimod.models import BankEntry, BankRow, Category
+from fedimod.models import BankEntry, BankRow, Category, item_problem
 from fedimod.outputs import csv_cell, csv_restore
 from fedimod.signals import signal_type_named
 
@@ -173,7 +174,8 @@ def _te_render(entries: Iterable[BankEntry]) -> Iterator[str]:
 
 # -- JSON lines ------------------------------------------------------------------------------------
 
-_JSONL_KEYS = frozenset({"signal_type", "value", "category", "source", "added_at", "expires_at"})
+_JSONL_KEYS = frozenset({"signal_type", "value", "category", "source", "added_at", "expires_at", "item", "label",
+                         "part"})
 
 
 def _jsonl_rows(lines: Iterable[str]) -> Iterator[RowResult]:
@@ -201,10 +203,15 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[RowResult]:
             source = obj.get("source")
             if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE):
                 raise BankFileError(number, f"source must be a string of at most {MAX_SOURCE} characters, or null")
+            item, label, part = obj.get("item", ""), obj.get("label", ""), obj.get("part", "")
+            problem = item_problem(item, label, part)
+            if problem:
+                raise BankFileError(number, problem)
             yield number, BankRow(
                 line=number, signal_type=signal_type, value=value, category=category, source=source,
                 added_at=_parse_iso(number, "added_at", obj.get("added_at")),
                 expires_at=_parse_iso(number, "expires_at", obj.get("expires_at")),
+                item=item, label=label, part=part,
             )
         except BankFileError as exc:
             yield number, exc
@@ -212,11 +219,14 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[RowResult]:
 
 def _jsonl_render(entries: Iterable[BankEntry]) -> Iterator[str]:
     for e in entries:
-        yield json.dumps({
+        row = {
             "signal_type": e.signal_type, "value": signal_type_named(e.signal_type).format(e.value),
             "category": e.category.value, "source": e.source, "added_at": _iso(e.added_at),
             "expires_at": _iso(e.expires_at),
-        })
+        }
+        if e.item:
+            row |= {"item": e.item, "label": e.label, "part": e.part}
+        yield json.dumps(row)
 
 
 @dataclass(frozen=True, slots=True)

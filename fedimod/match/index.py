@@ -2,8 +2,12 @@
 
 Perceptual types (pdq, phash) use `MultiIndexHamming`: exact range search, every entry within the
 threshold with its distance. Digests (md5, sha256) use a dict. Per hash the index keeps only
-compact arrays (entry id, bank, category, source, allowlist flag); a `BankEntry` record is made
-for hits only, so a bank of millions of hashes costs about 120 bytes per PDQ hash in all.
+compact arrays (entry id, bank, category, source, signer, item, label, part, allowlist flag); a
+`BankEntry` record is made for hits only, so a bank of millions of hashes costs about 130 bytes
+per PDQ hash in all.
+
+An item's hashes (one banked picture hashed several ways) match together: a query that comes
+near several of them is one match on the item, by its closest hash.
 
 Entries must be added in increasing id order per signal type (the store's ids are), so removal
 finds an entry's position by binary search instead of a per-entry dict.
@@ -52,20 +56,25 @@ class _Meta:
         self.signer = np.zeros(0, dtype=np.int16)
         self.category = np.zeros(0, dtype=np.int8)
         self.allow = np.zeros(0, dtype=np.bool_)
+        self.item = np.zeros(0, dtype=np.int32)  # code of (item, label); 0: no item
+        self.part = np.zeros(0, dtype=np.int16)
         self.size = 0
 
+    _COLUMNS = ("ids", "bank", "source", "signer", "category", "allow", "item", "part")
+
     def append(self, ids: npt.NDArray[np.int64], bank: npt.NDArray[np.int16], source: npt.NDArray[np.int16],
-               signer: npt.NDArray[np.int16], category: npt.NDArray[np.int8], allow: npt.NDArray[np.bool_]) -> None:
+               signer: npt.NDArray[np.int16], category: npt.NDArray[np.int8], allow: npt.NDArray[np.bool_],
+               item: npt.NDArray[np.int32], part: npt.NDArray[np.int16]) -> None:
         if self.size and len(ids) and ids[0] <= self.ids[self.size - 1]:
             raise ValueError("bank entries must be added in increasing id order")
         need = self.size + len(ids)
         if need > len(self.ids):
             cap = max(need, 2 * len(self.ids), 1024)
-            for name in ("ids", "bank", "source", "signer", "category", "allow"):
+            for name in self._COLUMNS:
                 setattr(self, name, np.resize(getattr(self, name), cap))
         sl = slice(self.size, need)
-        self.ids[sl], self.bank[sl], self.source[sl], self.signer[sl], self.category[sl], self.allow[sl] = (
-            ids, bank, source, signer, category, allow)
+        for name, values in zip(self._COLUMNS, (ids, bank, source, signer, category, allow, item, part), strict=True):
+            getattr(self, name)[sl] = values
         self.size = need
 
     def positions_of(self, entry_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -77,7 +86,7 @@ class _Meta:
 
     @property
     def nbytes(self) -> int:
-        return self.size * (8 + 2 + 2 + 2 + 1 + 1)
+        return self.size * (8 + 2 + 2 + 2 + 1 + 1 + 4 + 2)
 
 
 @dataclass(slots=True)
@@ -107,6 +116,10 @@ class BankIndex:
         self._banks = _Interner()
         self._sources = _Interner()
         self._signers = _Interner()
+        self._items = _Interner()  # "item\0label"; code 0 is "no item"
+        self._items.code("\0")
+        self._parts = _Interner()  # code 0 is "" (the item's own picture, or no item)
+        self._parts.code("")
         self._verdicts: dict[tuple[str, int], _Verdicts] = {}
         self._hamming: dict[str, MultiIndexHamming] = {}
         self._meta: dict[str, _Meta] = {}
@@ -162,11 +175,14 @@ class BankIndex:
                 signers=[e.signer for e in group],
                 categories=[e.category for e in group],
                 allow=np.array([e.is_allowlist for e in group], dtype=np.bool_),
+                items=[(e.item, e.label) for e in group],
+                parts=[e.part for e in group],
             )
 
     def add_arrays(self, signal_type: str, *, ids: npt.NDArray[np.int64], words: npt.NDArray[np.uint64],
                    banks: list[str], sources: list[str], categories: list[Category],
-                   allow: npt.NDArray[np.bool_], signers: list[str] | None = None) -> None:
+                   allow: npt.NDArray[np.bool_], signers: list[str] | None = None,
+                   items: list[tuple[str, str]] | None = None, parts: list[str] | None = None) -> None:
         """Bulk add for a perceptual type (the store loader and the benchmark use this)."""
         if signal_type not in self._hamming:
             self._hamming[signal_type] = MultiIndexHamming(REGISTRY[signal_type].bits, self.thresholds[signal_type])
@@ -178,6 +194,9 @@ class BankIndex:
             np.array([self._signers.code(s) for s in (signers or [""] * len(ids))], dtype=np.int16),
             np.array([_CATEGORIES.index(c) for c in categories], dtype=np.int8),
             allow,
+            np.array([self._items.code(f"{i}\0{label}") if i else 0 for i, label in (items or [("", "")] * len(ids))],
+                     dtype=np.int32),
+            np.array([self._parts.code(p) for p in (parts or [""] * len(ids))], dtype=np.int16),
         )
         self._hamming[signal_type].add(words)
 
@@ -195,11 +214,13 @@ class BankIndex:
 
     def _entry(self, signal_type: str, position: int, value: int) -> BankEntry:
         meta = self._meta[signal_type]
+        item, _, label = self._items.names[meta.item[position]].partition("\0")
         return BankEntry(
             id=int(meta.ids[position]), bank=self._banks.names[meta.bank[position]], signal_type=signal_type,
             value=value, category=_CATEGORIES[meta.category[position]],
             source=self._sources.names[meta.source[position]], is_allowlist=bool(meta.allow[position]),
-            signer=self._signers.names[meta.signer[position]],
+            signer=self._signers.names[meta.signer[position]], item=item, label=label,
+            part=self._parts.names[meta.part[position]],
         )
 
     def set_verdicts(self, verdicts: Iterable[VerdictRecord]) -> None:
@@ -243,18 +264,27 @@ class BankIndex:
             if index is None:
                 continue
             threshold = self.thresholds[signal.signal_type]
+            # A pair of variants (either side edited) must come `variant_margin` closer.
+            strict = threshold - signal_type.variant_margin
             query = ints_to_words([signal.value], signal_type.bits)
+            parts = self._meta[signal.signal_type].part
             for position, distance in index.query(query[0]):
+                edited = bool(signal.variant) or bool(parts[position])
+                if edited and distance > strict:
+                    continue
                 value = words_to_int(index.words_at(position))
                 found.append(self._match(self._entry(signal.signal_type, position, value), signal, distance,
-                                         threshold))
-        # One match per entry and type: the closest variant (the picture as posted on a tie).
-        found.sort(key=lambda m: (m.distance, m.variant != "", m.entry.id))
-        seen: set[tuple[int, str]] = set()
+                                         strict if edited else threshold))
+        # One match per entry, or per item, and type: the closest variant pair (on a tie, the
+        # picture as posted and the item's own picture).
+        found.sort(key=lambda m: (m.distance, m.variant != "", m.entry.part != "", m.entry.id))
+        seen: set[tuple[object, str]] = set()
         best = []
         for match in found:
-            if (match.entry.id, match.signal_type) not in seen:
-                seen.add((match.entry.id, match.signal_type))
+            entry = match.entry
+            key = ((entry.bank, entry.signer, entry.item) if entry.item else entry.id, match.signal_type)
+            if key not in seen:
+                seen.add(key)
                 best.append(match)
         best.sort(key=lambda m: (m.distance, m.entry.id))
         return best

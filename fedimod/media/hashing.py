@@ -29,9 +29,11 @@ from PIL import ExifTags, Image, ImageOps
 
 from fedimod.errors import MediaRejected, RejectReason
 from fedimod.media.fetch import SNIFF_BYTES, VIDEO_FORMATS, sniff_format
-from fedimod.media.trim import trimmed
+from fedimod.media.items import centre_box, item_signals
+from fedimod.media.trim import trim_box
 from fedimod.models import Signal
 from fedimod.signals import REGISTRY, Capability, SignalType, types_with
+from fedimod.signals.base import Box
 
 pillow_heif.register_heif_opener()  # HEIC through libheif; AVIF is built into Pillow 11.3+.
 
@@ -201,26 +203,35 @@ FrameSink = Callable[[list[Signal]], None]
 
 def frame_signals(frame: Image.Image, frame_types: Sequence[SignalType], *, variants: bool) -> list[Signal]:
     """One decoded picture's signals; with `variants`, also those of its rotations and mirror
-    images, and of the picture with its flat borders and caption bands cut off (`trim`)."""
+    images, of the picture with its flat borders and caption bands cut off (`trim`), and, for the
+    geometric types, of its centre (what a banked item's turned hashes are made of: `items`)."""
     if not variants:
         return [t.hash_frame(frame) for t in frame_types]
-    out = [v for t in frame_types for v in t.hash_frame_variants(frame)]
-    inner = trimmed(frame)
-    if inner is not None:  # and the same of the picture inside its borders or caption
-        out += [replace(v, variant="+".join(filter(None, ("trimmed", v.variant))))
-                for t in frame_types for v in t.hash_frame_variants(inner)]
+    regions: list[tuple[str, Box | None]] = [("", None)]
+    inner = trim_box(frame)
+    if inner is not None:  # the picture inside its borders or caption
+        regions.append(("trimmed", inner))
+    middle = centre_box(*frame.size) if min(frame.size) >= 64 else None
+    out = []
+    for signal_type in frame_types:
+        mine = regions + ([("centre", middle)] if middle is not None and signal_type.geometric else [])
+        hashed = signal_type.hash_frame_regions(frame, [box for _, box in mine])
+        for (part, _), signals in zip(mine, hashed, strict=True):
+            out += [replace(s, variant="+".join(filter(None, (part, s.variant)))) for s in signals]
     return out
 
 
 def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[str] = ALL_TYPES,
                max_frames: int = DEFAULT_MAX_FRAMES, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
-               on_frame: FrameSink | None = None, variants: bool = False) -> HashResult:
+               on_frame: FrameSink | None = None, variants: bool = False, items: bool = False) -> HashResult:
     """Decode `data` and compute the requested signals. Never raises for bad input: see `HashResult`.
 
     Frames are hashed as they are decoded; a frame that fails keeps the hashes of those before
     it (`unhashable` then says what stopped the rest). `on_frame` sees each frame's new signals
     as they are made (the pool streams them, so a worker killed at its deadline loses nothing).
-    With `variants`, each frame also yields the hashes of its rotations and mirror images.
+    With `variants`, each frame also yields the hashes of its rotations and mirror images. With
+    `items`, the first frame yields every hash of the item it makes (`items.item_signals`: what a
+    bank stores of a picture it is given), each named by its part in `Signal.variant`.
     """
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt is None:
@@ -238,7 +249,9 @@ def hash_media(data: bytes, max_pixels: int = 40_000_000, *, types: Collection[s
                 if frames == 0:
                     width, height = frame.size
                 frames += 1
-                fresh = [s for s in frame_signals(frame, frame_types, variants=variants) if s not in signals]
+                made = (item_signals(frame, frame_types) if items and frames == 1
+                        else frame_signals(frame, frame_types, variants=variants and not items))
+                fresh = [s for s in made if s not in signals]
                 signals.extend(fresh)
                 if on_frame is not None and fresh:
                     on_frame(fresh)

@@ -107,12 +107,13 @@ def _serve(conn: Connection, max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
     while True:
         try:
-            data, types, max_frames, max_decoded_pixels, variants = conn.recv()
+            data, types, max_frames, max_decoded_pixels, variants, items = conn.recv()
         except (EOFError, OSError):
             return
         on_frame = _FrameStreamer(conn)
         result = hash_media(data, max_pixels, types=types, max_frames=max_frames,
-                            max_decoded_pixels=max_decoded_pixels, on_frame=on_frame, variants=variants)
+                            max_decoded_pixels=max_decoded_pixels, on_frame=on_frame, variants=variants,
+                            items=items)
         del data
         try:
             conn.send(("done", result))
@@ -193,9 +194,10 @@ class HashPool:
 
     def __init__(self, *, processes: int = 0, max_pixels: int = 40_000_000, max_frames: int = DEFAULT_MAX_FRAMES,
                  max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 tasks_per_child: int = TASKS_PER_CHILD, variants: bool = False) -> None:
+                 tasks_per_child: int = TASKS_PER_CHILD, variants: bool = False, items: bool = False) -> None:
         self._processes = processes or os.cpu_count() or 1
         self._variants = variants
+        self._items = items  # hash pictures as bank items (`hash_media`'s `items`)
         self._max_pixels = max_pixels
         self._max_frames = max_frames
         self._max_decoded_pixels = max_decoded_pixels
@@ -254,7 +256,7 @@ class HashPool:
                 if worker is not None:
                     self._retire(worker)
                 worker = await self._start_worker()
-            payload = (data, tuple(types), self._max_frames, self._max_decoded_pixels, self._variants)
+            payload = (data, tuple(types), self._max_frames, self._max_decoded_pixels, self._variants, self._items)
             call = asyncio.ensure_future(asyncio.to_thread(worker.run, payload, self._timeout_s))
             try:
                 outcome, result, frames = await asyncio.shield(call)

@@ -24,8 +24,8 @@ class MediaSettings:
     max_decoded_pixels: int = 400_000_000
     # Wall-clock limit for decoding and hashing one item; the worker is killed and replaced past it.
     hash_timeout_s: float = 20.0
-    # Also match each picture's rotations and mirror images (PDQ's eight from one DCT, pHash's
-    # mirror): bench/robustness_bench.py measures what it catches and costs.
-    variants: bool = False
+    # Also match each picture's rotations and mirror images, its trim and its centre (`frame_signals`):
+    # bench/robustness_bench.py measures what it catches and costs (docs/detection.md).
+    variants: bool = True
     # Hosts fetched even when they resolve to private addresses (a test instance on loopback).
     allow_hosts: tuple[str, ...] = ()

@@ -212,7 +212,7 @@ class Workers:
         outcome = self._decide(job, result.signals, matches)
         completed = await self._store.complete_job(job, outcome)
         if self._on_scanned is not None:
-            self._on_scanned(job, result.signals)
+            self._on_scanned(job, tuple(s for s in result.signals if not s.variant))  # as the scan log keeps them
         log_event(logger, logging.INFO, "media_hashed", job_id=job.id, status_id=job.status_id,
                   attachment_id=job.attachment_id, format=result.format, width=result.width, height=result.height,
                   frames=result.frames, quality=quality_of(result.signals), matches=len(matches))
@@ -222,7 +222,8 @@ class Workers:
                       bank=match.entry.bank, entry_id=match.entry.id, category=match.entry.category.value,
                       source=match.entry.source, allowlist=match.entry.is_allowlist,
                       signal_type=match.signal_type, distance=match.distance, threshold=match.threshold,
-                      variant=match.variant or None,
+                      variant=match.variant or None, item=match.entry.item or None,
+                      label=match.entry.label or None, item_part=match.entry.part or None,
                       value=REGISTRY[match.signal_type].format(match.entry.value))
         if completed.new_report or completed.new_action:
             self._on_queued()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 _HEX = re.compile(r"[0-9a-f]+")
+Box = tuple[int, int, int, int]  # left, top, right, bottom, as Pillow crops
 
 
 class Capability(enum.StrEnum):
@@ -56,6 +58,13 @@ class SignalType:
     examples: tuple[str, ...] = ()
     # Other tools' names for the same signal (ThreatExchange's `video_md5` is an MD5 of the file).
     aliases: tuple[str, ...] = ()
+    # Hashes of crops and small rotations are worth their false-match risk: each is one more
+    # chance to come near a distinct picture, which PDQ's 256 bits keep far off and pHash's 64 do
+    # not (docs/detection.md, the margin). Only such types get an item's crops and the query's centre.
+    geometric: bool = False
+    # A match between variants (a mirrored query, an item's crop…) must come this much closer than
+    # the threshold: pHash's nearest distinct pairs under variants lie 2 bits past its threshold.
+    variant_margin: int = 0
 
     @property
     def hex_digits(self) -> int:
@@ -109,6 +118,11 @@ class SignalType:
         """The signal of the picture and of its variants (rotations, mirror images) where the type
         can tell them: `[media] variants`. Types without variants give the plain signal only."""
         return [self.hash_frame(frame)]
+
+    def hash_frame_regions(self, frame: Image.Image, regions: Sequence[Box | None]) -> list[list[Signal]]:
+        """`hash_frame_variants` of each region of the picture (a box: left, top, right, bottom;
+        None: the whole). A type may share its work between regions (PDQ converts once)."""
+        return [self.hash_frame_variants(frame if box is None else frame.crop(box)) for box in regions]
 
     def digest(self, data: bytes) -> Signal:
         """This type's signal of a file's bytes (`BYTES` types)."""

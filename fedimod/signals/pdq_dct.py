@@ -41,15 +41,17 @@ def axis_weights(n: int) -> npt.NDArray[np.float32]:
     window = (n + 2 * SAMPLES - 1) // (2 * SAMPLES)
     lo, hi = _box_bounds(n, window)
     inv_count = 1.0 / (hi - lo + 1)
-    picks = [int((i + 0.5) * n / SAMPLES) for i in range(SAMPLES)]
+    picks = np.array([int((i + 0.5) * n / SAMPLES) for i in range(SAMPLES)])
     # Row i = Σ over k in pick i's first window of (1/count_pick)·(second-pass box row k). Each box
-    # row is constant on [lo_k, hi_k]: add it to a difference array, then one cumulative sum.
+    # row is constant on [lo_k, hi_k]: add it to a difference array, then one cumulative sum. All
+    # rows at once, each row's terms in increasing k (as a loop over the rows would add them).
+    spans = hi[picks] - lo[picks] + 1
+    rows = np.repeat(np.arange(SAMPLES), spans)
+    ks = np.concatenate([np.arange(lo[p], hi[p] + 1) for p in picks.tolist()])
+    scale = inv_count[picks][rows] * inv_count[ks]
     diff = np.zeros((SAMPLES, n + 1))
-    for i, pick in enumerate(picks):
-        ks = np.arange(lo[pick], hi[pick] + 1)
-        scale = inv_count[pick] * inv_count[ks]
-        np.add.at(diff[i], lo[ks], scale)
-        np.add.at(diff[i], hi[ks] + 1, -scale)
+    np.add.at(diff, (rows, lo[ks]), scale)
+    np.add.at(diff, (rows, hi[ks] + 1), -scale)
     weights: npt.NDArray[np.float32] = np.cumsum(diff[:, :n], axis=1).astype(np.float32)
     return weights
 
@@ -65,12 +67,12 @@ def _dct_matrix() -> npt.NDArray[np.float32]:
 @lru_cache(maxsize=128)
 def _row_bands(n: int) -> tuple[tuple[int, int, npt.NDArray[np.float32]], ...]:
     """Each row of `axis_weights(n)` as (first, end, weights there): it is zero elsewhere."""
-    bands = []
-    for row in axis_weights(n):
-        nonzero = np.flatnonzero(row)
-        first, end = int(nonzero[0]), int(nonzero[-1]) + 1
-        bands.append((first, end, np.ascontiguousarray(row[first:end])))
-    return tuple(bands)
+    weights = axis_weights(n)
+    nonzero = weights != 0
+    firsts = np.argmax(nonzero, axis=1)
+    ends = n - np.argmax(nonzero[:, ::-1], axis=1)
+    return tuple((int(first), int(end), np.ascontiguousarray(row[first:end]))
+                 for row, first, end in zip(weights, firsts, ends, strict=True))
 
 
 def downsample(luma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

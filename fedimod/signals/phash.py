@@ -43,4 +43,5 @@ def _bits(low: Any) -> int:
 
 
 PHASH = PhashType(name="phash", bits=64, default_threshold=8, capability=Capability.FRAME, index=IndexKind.HAMMING,
+                  variant_margin=2,
                   examples=("d1c4b3a29f8e7d6c", "ffd8e0c0c0e0f0f8"))

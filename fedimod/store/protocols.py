@@ -96,7 +96,8 @@ class JobRepository(Protocol):
         ...
 
     async def complete_job(self, job: MediaJob, outcome: JobOutcome, now: float | None = None) -> Completed:
-        """Record a finished job with its hashes, matches, decision, report and action, atomically."""
+        """Record a finished job with its hashes (the picture's own: no variants), matches,
+        decision, report and action, atomically."""
         ...
 
     async def fail_job(self, job: MediaJob, error: str, *, retry_at: float | None, now: float | None = None,
@@ -120,8 +121,9 @@ class BankRepository(Protocol):
         ...
 
     async def remove_bank_entries(self, bank: str, *, signal_type: str | None = None, value: int | None = None,
-                                  now: float | None = None) -> int:
-        """Remove one entry (type and value) or the whole bank; every removal is logged."""
+                                  item: str | None = None, now: float | None = None) -> int:
+        """Remove one entry (type and value), every hash of one item, or the whole bank; every
+        removal is logged."""
         ...
 
     async def set_bank_enabled(self, bank: str, enabled: bool) -> bool: ...

@@ -103,3 +103,19 @@ async def test_bank_stats_count_per_bank_type_and_category(store: Store) -> None
     assert stats == {
         ("a", "md5", Category.CSAM): (BankKind.BLOCK, True, 1), ("a", "pdq", Category.CSAM): (BankKind.BLOCK, True, 1),
         ("a", "pdq", Category.SPAM): (BankKind.BLOCK, True, 1), ("empty", None, None): (BankKind.ALLOW, True, 0)}
+
+
+async def test_an_items_hashes_keep_their_item_label_and_part_and_go_together(store: Store) -> None:
+    from dataclasses import replace
+
+    item = [replace(row(1, PDQ_A), item="i" * 64, label="case 7", part=""),
+            replace(row(2, PDQ_B), item="i" * 64, label="case 7", part="crop 5%"),
+            replace(row(3, 9, signal_type="md5"), item="i" * 64, label="case 7", part="file")]
+    await store.add_bank_entries("items", [*item, row(4, 10, signal_type="md5")])
+    entries = await store.bank_entries()
+    assert [(e.item, e.label, e.part) for e in entries] == [
+        ("i" * 64, "case 7", ""), ("i" * 64, "case 7", "crop 5%"), ("i" * 64, "case 7", "file"), ("", "", "")]
+    start = (await store.bank_state()).removal_seq
+    assert await store.remove_bank_entries("items", item="i" * 64) == 3
+    assert [e.value for e in await store.bank_entries()] == [10]  # the bank and the plain hash stay
+    assert len((await store.bank_removals(start)).entry_ids) == 3

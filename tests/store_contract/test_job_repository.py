@@ -111,7 +111,9 @@ async def test_complete_job_records_signals_and_the_job_leaves_the_queue(store: 
     assert await store.oldest_pending_created_at() == pytest.approx(T0)
     (job,) = await store.claim_jobs(1, lease_s=60, now=T0)
     signals = (Signal(signal_type="pdq", value=PDQ_A, quality=88), Signal(signal_type="md5", value=5))
-    done = await store.complete_job(job, JobOutcome(signals=signals, matches=(), report=None), now=T0 + 1)
+    mirror = Signal(signal_type="pdq", value=PDQ_A ^ 0xFFFF, quality=88, variant="mirror")  # no hash of the post
+    done = await store.complete_job(job, JobOutcome(signals=(*signals, mirror), matches=(), report=None),
+                                    now=T0 + 1)
     assert (done.new_report, done.new_action) == (False, False)
     (media,) = await store.status_media("1")
     assert media.state is JobState.DONE and media.error is None and set(media.signals) == set(signals)

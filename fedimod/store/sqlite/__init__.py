@@ -59,7 +59,9 @@ class SQLiteStore(SQLiteJobs, SQLiteFeeds, SQLiteBanks, SQLiteRetro, SQLiteBlock
         now = time.time() if now is None else now
         new_report = new_action = False
         async with self._transaction():
-            for signal in outcome.signals:
+            # The scan log keeps the picture's own hashes only: a variant (a mirror, a trim) is no
+            # hash of what was posted, so it is neither published as one nor matched later as one.
+            for signal in (s for s in outcome.signals if not s.variant):
                 await self._conn.execute(
                     "INSERT OR IGNORE INTO job_signals (job_id, signal_type, value, quality) VALUES (?, ?, ?, ?)",
                     (job.id, signal.signal_type, signal_type_named(signal.signal_type).format(signal.value),

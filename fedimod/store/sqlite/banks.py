@@ -72,7 +72,7 @@ class SQLiteBanks(Database):
                 batch.append((bank, row.signal_type, signal_type_named(row.signal_type).format(row.value),
                               row.category.value, row.source or "local",
                               row.added_at if row.added_at is not None else added_at, row.expires_at, import_id,
-                              row.signer))
+                              row.signer, row.item, row.label, row.part))
                 if len(batch) >= _STAGE_BATCH:
                     added += await self._stage(batch)
                     done += len(batch)
@@ -97,7 +97,7 @@ class SQLiteBanks(Database):
             before = self._conn.total_changes
             await self._conn.executemany(
                 "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
-                "expires_at, import_id, signer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+                "expires_at, import_id, signer, item, label, part) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
             return self._conn.total_changes - before
 
     async def _abandon_import(self, import_id: int | None) -> None:
@@ -121,11 +121,16 @@ class SQLiteBanks(Database):
                 await self._abandon_import(int(import_id))
 
     async def remove_bank_entries(
-        self, bank: str, *, signal_type: str | None = None, value: int | None = None, now: float | None = None
+        self, bank: str, *, signal_type: str | None = None, value: int | None = None, item: str | None = None,
+        now: float | None = None,
     ) -> int:
-        """Remove one entry (type and value) or, with neither, the whole bank. Removals are logged."""
+        """Remove one entry (type and value), every hash of one item, or, with none of them, the
+        whole bank. Removals are logged."""
         where, params = "bank = ?", [bank]
-        if signal_type is not None and value is not None:
+        if item is not None:
+            where += " AND item = ?"
+            params.append(item)
+        elif signal_type is not None and value is not None:
             where += " AND signal_type = ? AND value = ?"
             params += [signal_type, signal_type_named(signal_type).format(value)]
         removed_at = time.time() if now is None else now
@@ -137,7 +142,7 @@ class SQLiteBanks(Database):
                 "INSERT INTO bank_removals (entry_id, bank, signal_type, value, removed_at) VALUES (?, ?, ?, ?, ?)",
                 [(r[0], r[1], r[2], r[3], removed_at) for r in rows])
             await self._conn.execute(f"DELETE FROM bank_entries WHERE {where}", params)
-            if signal_type is None:
+            if signal_type is None and item is None:
                 await self._conn.execute("DELETE FROM banks WHERE name = ?", (bank,))
         return len(ids)
 
@@ -166,7 +171,7 @@ class SQLiteBanks(Database):
             params.append(now_s)
         rows = await self._all(
             "SELECT e.id, e.bank, e.signal_type, e.value, e.category, e.source, b.kind, e.added_at, e.expires_at, "
-            "e.signer "
+            "e.signer, e.item, e.label, e.part "
             f"FROM bank_entries e JOIN banks b ON b.name = e.bank WHERE {' AND '.join(where)} ORDER BY e.id",
             params,
         )
@@ -174,7 +179,7 @@ class SQLiteBanks(Database):
             BankEntry(
                 id=r[0], bank=r[1], signal_type=r[2], value=signal_type_named(r[2]).parse(r[3]),
                 category=Category(r[4]), source=r[5], is_allowlist=r[6] == BankKind.ALLOW.value,
-                added_at=int(r[7]), expires_at=r[8], signer=r[9],
+                added_at=int(r[7]), expires_at=r[8], signer=r[9], item=r[10], label=r[11], part=r[12],
             )
             for r in rows
         ]

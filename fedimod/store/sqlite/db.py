@@ -318,6 +318,14 @@ _MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 9: items. One banked picture hashed several ways (crops, small rotations, trimmed): its
+    # entries share an item id and a label, and each says which hash of the item it is (part).
+    """
+    ALTER TABLE bank_entries ADD COLUMN item TEXT NOT NULL DEFAULT '';
+    ALTER TABLE bank_entries ADD COLUMN label TEXT NOT NULL DEFAULT '';
+    ALTER TABLE bank_entries ADD COLUMN part TEXT NOT NULL DEFAULT '';
+    CREATE INDEX bank_entries_by_item ON bank_entries (bank, item) WHERE item != '';
+    """,
 )
 
 

@@ -93,9 +93,10 @@ class SQLiteFeeds(SQLiteBanks):
             before = self._conn.total_changes
             await self._conn.executemany(
                 "INSERT OR IGNORE INTO bank_entries (bank, signal_type, value, category, source, added_at, "
-                "expires_at, signer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "expires_at, signer, item, label, part) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(bank, r.signal_type, signal_type_named(r.signal_type).format(r.value), r.category.value, source,
-                  r.added_at if r.added_at is not None else int(now_s), r.expires_at, r.signer) for r in adds])
+                  r.added_at if r.added_at is not None else int(now_s), r.expires_at, r.signer, r.item, r.label,
+                  r.part) for r in adds])
             added = self._conn.total_changes - before
             removed = 0
             for signal_type, value, signer in removes:
