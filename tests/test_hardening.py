@@ -216,12 +216,17 @@ def write_bank(path: Path, rows: int, seed: int) -> None:
 
 
 def raw_counts(db: Path) -> tuple[int, int]:
-    """(entries readers see, rows in the table)."""
+    """(entries readers see, rows in the table). Blocking, and it may wait on SQLite's locks: beside
+    a running bot, call it through `counts_off_loop`, or a wait would stall the bot's event loop."""
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
         visible = conn.execute("SELECT COUNT(*) FROM bank_entries WHERE import_id IS NULL OR import_id IN "
                                "(SELECT id FROM bank_imports WHERE state = 'done')").fetchone()[0]
         total = conn.execute("SELECT COUNT(*) FROM bank_entries").fetchone()[0]
     return int(visible), int(total)
+
+
+async def counts_off_loop(db: Path) -> tuple[int, int]:
+    return await asyncio.to_thread(raw_counts, db)
 
 
 def takes_write_lock(db: Path, timeout_s: float) -> bool:
@@ -255,16 +260,19 @@ async def test_a_big_import_beside_a_running_bot_neither_stops_it_nor_shows_half
     async with running(make_config(sandbox, bot_token, db), sandbox) as pipeline:
         # Killed half-way: readers never see its rows.
         victim = await import_(big)
-        await wait_until(lambda: raw_counts(db)[1] > before + 20_000, timeout_s=60, what="the import staging rows")
+        async def staging() -> bool:
+            return (await counts_off_loop(db))[1] > before + 20_000
+
+        await wait_until(staging, timeout_s=60, what="the import staging rows")
         victim.kill()
         await victim.wait()
-        assert raw_counts(db)[0] == before
+        assert (await counts_off_loop(db))[0] == before
         # The next import cleans up what the dead one left, and the bot reports posts all along.
         importer = await import_(big)
         posted, got_in = [], 0
         while importer.returncode is None:
             posted.append(sandbox.post_status(user.id, "during import", media=[altered_copy(BANNED, 0.4)]).id)
-            staged = raw_counts(db)[1] - before
+            staged = (await counts_off_loop(db))[1] - before
             if 0 < staged < 400_000:  # mid-import: another writer still gets the lock within a second
                 got_in += await asyncio.to_thread(takes_write_lock, db, 1.0)
             with contextlib.suppress(TimeoutError):

@@ -122,3 +122,32 @@ async def test_a_flood_entry_is_quarantined_and_alerts_and_acts_only_once_releas
                 assert await admin.decide_quarantine(held.entry_id, QuarantineState.RELEASED) is not None
             await wait_until(lambda: len(sandbox.reports) == 5, what="the released entry's reports")
             await wait_until(lambda: "entry_quarantined" not in b.watchdog.active, what="the alert cleared")
+
+
+def test_many_new_entries_against_a_young_scan_log_find_the_same_hits_either_way_round() -> None:
+    """A big import is looked up the cheaper way round (its entries indexed, the log's hashes
+    queried): the hits must be those the one-by-one lookup finds."""
+    import random
+
+    from fedimod.match.scanlog import ScanLogIndex
+    from fedimod.models import ScanRow
+
+    rng = random.Random(3)
+    logged = [rng.getrandbits(256) for _ in range(30)]
+    log = ScanLogIndex([ScanRow(job_id=n + 1, signal_type="pdq", value=v, account_id=str(n % 5),
+                                scanned_at=1000.0 + n) for n, v in enumerate(logged)])
+
+    def near(value: int, flips: int) -> int:
+        for bit in rng.sample(range(256), flips):
+            value ^= 1 << bit
+        return value
+
+    values = [near(logged[rng.randrange(30)], rng.randrange(0, 40)) for _ in range(500)]
+    values += [rng.getrandbits(256) for _ in range(500)]
+    batched = log.hits_batch("pdq", values)  # 1,000 values against 30 logged hashes: the reverse way
+
+    def hits(found: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]
+        return sorted((h.job_id, h.distance) for h in found)
+
+    assert [hits(h) for h in batched] == [hits(log.hits("pdq", v)) for v in values]
+    assert sum(map(len, batched)) > 100

@@ -116,7 +116,21 @@ class ScanLogIndex:
         if index is None or not values:
             return [[] for _ in values]
         columns = self._columns[signal_type]
-        found = index.query_batch(ints_to_words(values, REGISTRY[signal_type].bits))
+        bits = REGISTRY[signal_type].bits
+        if len(values) > 4 * len(index):
+            # Far more values than scanned hashes (a big import against a young log): index the
+            # values instead and look each scanned hash up among them, the cheaper way round.
+            values_index = MultiIndexHamming(bits, self.thresholds[signal_type])
+            values_index.add(ints_to_words(values, bits))
+            logged = np.stack([index.words_at(p) for p in range(len(index))]) if len(index) else None
+            out: list[list[ScanHit]] = [[] for _ in values]
+            if logged is not None:
+                for p, near in enumerate(values_index.query_batch(logged)):
+                    for q, d in near:
+                        out[q].append(ScanHit(job_id=int(columns.jobs[p]), account=int(columns.accounts[p]),
+                                              scanned_at=float(columns.times[p]), distance=d))
+            return out
+        found = index.query_batch(ints_to_words(values, bits))
         return [[ScanHit(job_id=int(columns.jobs[p]), account=int(columns.accounts[p]),
                          scanned_at=float(columns.times[p]), distance=d) for p, d in one] for one in found]
 

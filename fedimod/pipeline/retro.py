@@ -44,6 +44,7 @@ from fedimod.store import Store
 logger = logging.getLogger(__name__)
 
 CURSOR_KEY = "retro_entry_id"
+_SCREEN_BATCH = 5000  # new entries looked up in the scan log per slice of the event loop
 RELEASED_KEY = "retro_quarantine_version"
 DAY_S = 86400.0
 
@@ -135,8 +136,8 @@ class RetroMatcher:
         entries = [e for e in await self._store.bank_entries(after_id=cursor, up_to_id=up_to_id)
                    if not e.is_allowlist]
         fresh = []
-        for entry in entries:
-            record = self._flood(entry)
+        for entry, hits in zip(entries, await self._hits(entries), strict=True):
+            record = self._flood(entry, hits)
             if record is None:
                 fresh.append(entry)
                 continue
@@ -152,8 +153,26 @@ class RetroMatcher:
         self.stats.held = len(await self._store.quarantined(QuarantineState.HELD))
         return fresh
 
-    def _flood(self, entry: BankEntry) -> QuarantineRecord | None:
-        hits = self.log.hits(entry.signal_type, entry.value)
+    async def _hits(self, entries: list[BankEntry]) -> list[list[ScanHit]]:
+        """The scan log's hits of each entry: perceptual ones looked up in batches, with the event
+        loop let go between them (a big import brings hundreds of thousands at once)."""
+        out: list[list[ScanHit] | None] = [None] * len(entries)
+        by_type: dict[str, list[int]] = {}
+        for n, entry in enumerate(entries):
+            if REGISTRY[entry.signal_type].is_perceptual:
+                by_type.setdefault(entry.signal_type, []).append(n)
+            else:
+                out[n] = self.log.hits(entry.signal_type, entry.value)
+        for signal_type, positions in by_type.items():
+            for start in range(0, len(positions), _SCREEN_BATCH):
+                batch = positions[start:start + _SCREEN_BATCH]
+                found = self.log.hits_batch(signal_type, [entries[n].value for n in batch])
+                for n, hits in zip(batch, found, strict=True):
+                    out[n] = hits
+                await asyncio.sleep(0)
+        return [hits or [] for hits in out]
+
+    def _flood(self, entry: BankEntry, hits: list[ScanHit]) -> QuarantineRecord | None:
         if not hits:
             return None
         s = self._settings

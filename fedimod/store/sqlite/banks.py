@@ -6,7 +6,8 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from fedimod.errors import StoreError
 from fedimod.models import BankCount, BankEntry, BankInfo, BankKind, BankRemovals, BankRow, BankState, Category
@@ -16,6 +17,17 @@ from fedimod.store.sqlite.db import Database
 # Entries of an import still staging (or abandoned) are invisible to every reader.
 VISIBLE = "(e.import_id IS NULL OR e.import_id IN (SELECT id FROM bank_imports WHERE state = 'done'))"
 _STAGE_BATCH = 5000
+
+
+def rows_to_entries(rows: Iterable[Sequence[Any]]) -> list[BankEntry]:
+    return [
+        BankEntry(
+            id=r[0], bank=r[1], signal_type=r[2], value=signal_type_named(r[2]).parse(r[3]),
+            category=Category(r[4]), source=r[5], is_allowlist=r[6] == BankKind.ALLOW.value,
+            added_at=int(r[7]), expires_at=r[8], signer=r[9], item=r[10], label=r[11], part=r[12],
+        )
+        for r in rows
+    ]
 
 
 def _process_alive(pid: int) -> bool:
@@ -175,14 +187,9 @@ class SQLiteBanks(Database):
             f"FROM bank_entries e JOIN banks b ON b.name = e.bank WHERE {' AND '.join(where)} ORDER BY e.id",
             params,
         )
-        return [
-            BankEntry(
-                id=r[0], bank=r[1], signal_type=r[2], value=signal_type_named(r[2]).parse(r[3]),
-                category=Category(r[4]), source=r[5], is_allowlist=r[6] == BankKind.ALLOW.value,
-                added_at=int(r[7]), expires_at=r[8], signer=r[9], item=r[10], label=r[11], part=r[12],
-            )
-            for r in rows
-        ]
+        # Hundreds of thousands of rows (a big import) take seconds to turn into entries: off the
+        # event loop, so the bot's streams, workers and health answers go on meanwhile.
+        return rows_to_entries(rows) if len(rows) < 2000 else await asyncio.to_thread(rows_to_entries, rows)
 
     async def bank_removals(self, after_seq: int) -> BankRemovals:
         rows = await self._all("SELECT seq, entry_id FROM bank_removals WHERE seq > ? ORDER BY seq", (after_seq,))
