@@ -141,3 +141,19 @@ async def loopback(routes: Mapping[str, Handler] | None = None, *, static: Path 
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def reported_copy(sandbox: Sandbox, config: Config, *, copy: bytes, innocent: bytes) -> list[dict[str, Any]]:
+    """Post an edited copy of a banked picture and an innocent one from a remote account; wait
+    until both are hashed and exactly the copy is reported; the decision's match detail."""
+    user = sandbox.create_account("reposter", domain="remote.example")[0]
+    async with running(config, sandbox) as bot:
+        status = sandbox.post_status(user.id, "look", media=[copy])
+        sandbox.post_status(user.id, "cat", media=[innocent])
+        await wait_until(lambda: len(sandbox.reports) == 1 and bot.workers.stats.media_hashed == 2,
+                         what="the copy's report")
+    assert sandbox.reports[0].status_ids == [int(status.id)]
+    async with SQLiteStore.open(config.store.path) as store:
+        (decision,) = [r.event for r in await store.audit_rows() if r.event.event == "decision"]
+    matches: list[dict[str, Any]] = decision.detail["matches"]
+    return matches

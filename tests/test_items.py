@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +26,7 @@ from fedimod.media.trim import edges
 from fedimod.models import BankEntry, Category, Signal
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
-from tests.helpers import make_config, running, wait_until
+from tests.helpers import make_config, reported_copy
 
 Edit = Callable[[Image.Image], Image.Image]
 
@@ -220,16 +219,7 @@ async def test_the_bot_reports_a_cropped_captioned_copy_of_an_item(
     assert (await _cli(capsys, "bank", "add-media", "--bank", "known", "--category", "csam", "--label", "k",
                        str(picture), "-c", str(conf)))[0] == 0
     config = make_config(sandbox, bot_token, db)
-    config = replace(config, media=replace(config.media, variants=True))
-    user = sandbox.create_account("cropper", domain="remote.example")[0]
-    async with running(config, sandbox) as bot:
-        edited = _caption(crop(image, 0.08, 0.08, 0.08, 0.08))
-        status = sandbox.post_status(user.id, "cropped", media=[jpeg_bytes(edited)])
-        sandbox.post_status(user.id, "other", media=[jpeg_bytes(generate_image(2801))])
-        await wait_until(lambda: len(sandbox.reports) == 1 and bot.workers.stats.media_hashed == 2,
-                         what="the cropped copy's report")
-    assert sandbox.reports[0].status_ids == [int(status.id)]
-    async with SQLiteStore.open(db) as store:
-        (decision,) = [r.event for r in await store.audit_rows() if r.event.event == "decision"]
-    causes = [c for c in decision.detail["matches"] if c["signal_type"] == "pdq"]
+    edited = jpeg_bytes(_caption(crop(image, 0.08, 0.08, 0.08, 0.08)))
+    matches = await reported_copy(sandbox, config, copy=edited, innocent=jpeg_bytes(generate_image(2801)))
+    causes = [c for c in matches if c["signal_type"] == "pdq"]
     assert len(causes) == 1 and causes[0]["label"] == "k" and causes[0]["item_part"].startswith("crop")

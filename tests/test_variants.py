@@ -15,8 +15,7 @@ from fedimod.match import BankIndex
 from fedimod.media import hash_media
 from fedimod.models import BankEntry, Category
 from fedimod.sandbox import Sandbox
-from fedimod.store import SQLiteStore
-from tests.helpers import bank_images, make_config, running, wait_until
+from tests.helpers import bank_images, make_config, reported_copy
 
 IMAGE = generate_image(1601)
 
@@ -49,17 +48,9 @@ async def test_the_bot_reports_a_mirrored_bordered_re_upload_when_variants_are_o
     await bank_images(db, [jpeg_bytes(IMAGE)])
     config = make_config(sandbox, bot_token, db)
     config = replace(config, media=replace(config.media, variants=True))
-    user = sandbox.create_account("flipper", domain="remote.example")[0]
-    async with running(config, sandbox) as bot:
-        edited = ImageOps.expand(ImageOps.mirror(IMAGE), border=24, fill=(255, 255, 255))
-        status = sandbox.post_status(user.id, "flipped", media=[jpeg_bytes(edited)])
-        sandbox.post_status(user.id, "cat", media=[jpeg_bytes(generate_image(1650))])
-        await wait_until(lambda: len(sandbox.reports) == 1 and bot.workers.stats.media_hashed == 2,
-                         what="the mirrored copy's report")
-    assert sandbox.reports[0].status_ids == [int(status.id)]
-    async with SQLiteStore.open(db) as store:
-        (decision,) = [r.event for r in await store.audit_rows() if r.event.event == "decision"]
-    assert {c.get("variant") for c in decision.detail["matches"] if c["signal_type"] == "pdq"} == {"trimmed+mirror"}
+    edited = ImageOps.expand(ImageOps.mirror(IMAGE), border=24, fill=(255, 255, 255))
+    matches = await reported_copy(sandbox, config, copy=jpeg_bytes(edited), innocent=jpeg_bytes(generate_image(1650)))
+    assert {c.get("variant") for c in matches if c["signal_type"] == "pdq"} == {"trimmed+mirror"}
 
 
 async def test_the_match_command_prints_each_hit_with_its_variant_and_exits_0_either_way(
