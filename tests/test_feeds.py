@@ -120,7 +120,8 @@ async def test_unwanted_or_unusable_entries_are_skipped_and_counted_and_the_sync
     await publish(a, key, "add", MD5, signal_type="md5", category=Category.SPAM)
     await publish(a, key, "add", "0" * 64)  # a degenerate hash: matches every flat image
     await publish(a, key, "add", "0" * 62 + "ff")  # nearly so: 8 bits set of 256
-    for unusable in ({"signal_type": "vpdq"}, {"category": "future-category"}, {"quality": 20}):
+    for unusable in ({"signal_type": "vpdq"}, {"category": "future-category"}, {"quality": 20},
+                     {"item": "x", "label": "a\u2028b", "part": ""}, {"label": "no item"}):
         await a.publish_feed_entry("a", lambda seq, u=unusable: key.sign(make_entry(
             feed="a", seq=seq, op="add", signal_type="pdq", value=OTHER_PDQ, category=Category.CSAM,
             added_at=1764547200) | u))
@@ -130,9 +131,10 @@ async def test_unwanted_or_unusable_entries_are_skipped_and_counted_and_the_sync
                             categories=frozenset({Category.CSAM}))
         client = FeedClient(session=session, store=b, meta=b)
         result = await client.sync(source)
-    assert (result.added, result.cursor) == (2, 8)
+    assert (result.added, result.cursor) == (2, 10)
     assert client.stats.rejected == {("peer-a", "category"): 2, ("peer-a", "degenerate"): 2,
-                                     ("peer-a", "signal_type"): 1, ("peer-a", "low_quality"): 1}
+                                     ("peer-a", "signal_type"): 1, ("peer-a", "low_quality"): 1,
+                                     ("peer-a", "item"): 2}
 
 
 Tamper = Callable[[list[dict[str, Any]]], object]

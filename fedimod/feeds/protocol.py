@@ -322,8 +322,8 @@ def _parse_fact(raw: Mapping[str, Any], *, seq: int, added: int, signer: str, vi
         raise FeedError("malformed", f"entry {seq}: quality must be an integer from 0 to 100")
     item, label, part = raw.get("item", ""), raw.get("label", ""), raw.get("part", "")
     problem = item_problem(item, label, part)
-    if problem:
-        raise FeedError("malformed", f"entry {seq}: {problem}")
+    if problem:  # the hash may be sound; what it says of its item is not usable here
+        raise UnusableEntry("item", f"entry {seq}: {problem}")
     try:
         value = signal_type.parse(str(raw.get("value")))
         if raw["op"] == "verdict":
