@@ -63,7 +63,8 @@ class SignalType:
     # not (docs/detection.md, the margin). Only such types get an item's crops and the query's centre.
     geometric: bool = False
     # A match between variants (a mirrored query, an item's crop…) must come this much closer than
-    # the threshold: pHash's nearest distinct pairs under variants lie 2 bits past its threshold.
+    # the threshold: under variants, pHash's nearest distinct pairs came within 8 bits, its very
+    # threshold (bench/robustness_bench.py, docs/detection.md).
     variant_margin: int = 0
 
     @property
