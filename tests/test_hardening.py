@@ -110,8 +110,11 @@ async def test_a_decoy_report_carrying_our_marker_is_not_taken_for_ours(
             assert resp.status == 200
         sandbox.throttle(1, retry_after_s=1, path_prefix="/api/v1/reports")  # the bot's first report: 429
         sandbox.media_gate.set()
-        await wait_until(lambda: any(r.account_id == bot_id for r in sandbox.reports), timeout_s=30,
-                         what="the bot's own report")
+        async with SQLiteStore.open(db) as store:
+            # The instance records the report before it answers; wait for the bot to record the answer.
+            async def recorded() -> bool:
+                return [r.state for r in await store.reports()] == ["sent"]
+            await wait_until(recorded, timeout_s=30, what="the bot's own report recorded as sent")
     ours = [r for r in sandbox.reports if r.account_id == bot_id]
     assert len(ours) == 1 and ours[0].status_ids == [status.id]
     async with SQLiteStore.open(db) as store:
