@@ -144,8 +144,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
     return Config(
         instance=_instance(top.table("instance", _names(InstanceSettings, without=frozenset({"token"}))), env,
                            require_token),
-        store=StoreSettings(path=Path(top.table("store", frozenset({"path"})).get(
-            "path", str, str(StoreSettings().path)))),
+        store=_store(top.table("store", frozenset({"path", "url", "url_env"})), env),
         media=_media(top.table("media", _names(MediaSettings))),
         workers=_read(top.table("workers", _names(WorkerSettings)), WorkerSettings),
         report=_report(top.table("report", _names(ReportSettings))),
@@ -230,6 +229,24 @@ def _listen(table: _Table, default: str) -> tuple[str, int] | None:
         raise ConfigError(table.key("listen"),
                           f"{listen!r} must be HOST:PORT such as 127.0.0.1:9464, or \"\" to disable")
     return host.strip("[]"), int(port_text)
+
+
+def _store(table: _Table, env: Mapping[str, str]) -> StoreSettings:
+    """`[store] path` (SQLite), or `url` / `url_env` (the variable holding a postgresql:// URL, so
+    that a password stays out of the file)."""
+    url = table.get("url", str, "")
+    if "url_env" in table:
+        name = table.get("url_env", str, "")
+        url = env.get(name, "")
+        if not url:
+            raise ConfigError("store.url_env", f"the environment variable {name} is not set")
+    if url and "path" in table:
+        raise ConfigError("store.url", "set either path (SQLite) or url (PostgreSQL), not both")
+    if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("store.url", "must be a postgresql:// URL (SQLite is configured by path)")
+        return StoreSettings(url=url)
+    return StoreSettings(path=Path(table.get("path", str, str(StoreSettings().path))))
 
 
 def _ops(table: _Table) -> OpsSettings:

@@ -249,23 +249,29 @@ async def _ops(config: Config) -> list[Check]:
 
 
 async def _store(config: Config) -> list[Check]:
+    from fedimod.errors import StoreError
     from fedimod.store import StoreProbe, open_store
     from fedimod.store.lock import describe_holder, is_locked
 
-    path = config.store.path
-    if is_locked(path):
-        return [Check(name="store", ok=False, detail=f"{path} is held by a running bot ({describe_holder(path)})",
+    where = config.store.describe()
+    if not config.store.is_postgres and is_locked(config.store.path):
+        return [Check(name="store", ok=False,
+                      detail=f"{where} is held by a running bot ({describe_holder(config.store.path)})",
                       fix="one bot per store: stop it before starting another, or give this one its own path")]
-    async with open_store(config.store):
-        pass  # created and migrated if new
-    probe = StoreProbe(path)
+    try:
+        async with open_store(config.store):
+            pass  # created and migrated if new
+    except StoreError as exc:
+        return [Check(name="store", ok=False, detail=str(exc), fix="check [store]: the path's directory, or the "
+                      "PostgreSQL server, its URL and the role's rights")]
+    probe = StoreProbe(config.store)
     try:
         result = await probe.probe()
     finally:
         await probe.close()
-    return [Check(name="store", ok=result.writable, detail=f"{path} writable" if result.writable else
-                  f"{path}: {result.error}", fix="" if result.writable else "free disk space or fix the file's "
-                                                                            "permissions")]
+    return [Check(name="store", ok=result.writable, detail=f"{where} writable" if result.writable else
+                  f"{where}: {result.error}", fix="" if result.writable else "free disk space or fix the file's "
+                                                                             "permissions")]
 
 
 async def _banks(config: Config) -> list[Check]:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 
@@ -20,19 +19,19 @@ from fedimod.logs import log_event
 from fedimod.metrics import Collector, Metric, gauge, gauges
 from fedimod.models import ProbeResult
 from fedimod.ops.watchdog import Notifier, WatchdogSettings
-from fedimod.store import StoreProbe
+from fedimod.store import StoreProbe, StoreSettings
 
 logger = logging.getLogger(__name__)
 
 
 class StoreHealth(Collector):
-    def __init__(self, path: Path, interval_s: float) -> None:
-        self._path = path
+    def __init__(self, settings: StoreSettings, interval_s: float) -> None:
+        self._settings = settings
         self._interval_s = interval_s
         self.last = ProbeResult(writable=True)  # until the first probe says otherwise
 
     async def run(self) -> None:
-        probe = StoreProbe(self._path)
+        probe = StoreProbe(self._settings)
         try:
             while True:
                 result = await probe.probe()

@@ -80,7 +80,7 @@ class Pipeline:
             self.retro = RetroMatcher(settings=config.retro, store=store, keeper=self.index, decider=self.decider,
                                       on_queued=self._reports_due.set)
             self.metrics.register(self.retro.stats)
-        self.health = StoreHealth(config.store.path, config.ops.probe_interval_s)
+        self.health = StoreHealth(config.store, config.ops.probe_interval_s)
         self.intake = PostIntake(store.record_posts, self._post_recorded)
         self.ingester = StreamIngester(
             session=session, base_url=config.instance.base_url, token=config.instance.token,

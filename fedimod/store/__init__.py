@@ -6,6 +6,7 @@ open their store through it, so a second backend is added here and nowhere else.
 
 from contextlib import AbstractAsyncContextManager
 
+from fedimod.store.probe import StoreProbe
 from fedimod.store.protocols import (
     ActionRepository,
     AuditRepository,
@@ -17,14 +18,19 @@ from fedimod.store.protocols import (
     Store,
 )
 from fedimod.store.settings import StoreSettings
-from fedimod.store.sqlite import SQLiteStore, StoreProbe
+from fedimod.store.sql import SQLStore
+from fedimod.store.sqlite import SQLiteStore
 
 __all__ = [
     "ActionRepository", "AuditRepository", "BankRepository", "BlocklistRepository", "FeedRepository", "JobRepository",
-    "RetroRepository", "SQLiteStore", "Store", "StoreProbe", "StoreSettings", "open_store",
+    "RetroRepository", "SQLStore", "SQLiteStore", "Store", "StoreProbe", "StoreSettings", "open_store",
 ]
 
 
-def open_store(settings: StoreSettings) -> AbstractAsyncContextManager[SQLiteStore]:
-    """The configured store, opened (and migrated) for the block."""
+def open_store(settings: StoreSettings, *, migrate: bool = True) -> AbstractAsyncContextManager[SQLStore]:
+    """The configured store, opened (and, unless `migrate=False`, migrated) for the block."""
+    if settings.is_postgres:
+        from fedimod.store.postgres import PostgresStore  # psycopg loads only where it is used
+
+        return PostgresStore.open(settings.url, migrate=migrate)
     return SQLiteStore.open(settings.path)

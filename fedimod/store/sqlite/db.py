@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
-
-import aiosqlite
 
 from fedimod.errors import StoreError
-from fedimod.models import AuditEvent, Match
-from fedimod.signals import signal_type_named
+from fedimod.store.sql.base import Database
 from fedimod.supervise import backoff_s
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -329,9 +324,6 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
-
-
-
 def _statements(script: str) -> Iterator[str]:
     """Split a migration into statements; a trigger body's own `;` does not end its statement."""
     pending = ""
@@ -344,6 +336,7 @@ def _statements(script: str) -> Iterator[str]:
     if pending.strip(" \n;"):
         raise StoreError(f"incomplete statement in migration: {pending[:80]!r}")
 
+
 _BEGIN_ATTEMPTS = 5
 
 
@@ -351,14 +344,8 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-
-
-class Database:
-    """The connection and the helpers every repository shares (see the module docstring)."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        self._lock = asyncio.Lock()
+class SQLiteDatabase(Database):
+    """SQLite's schema and transactions under the shared repositories (see the module docstring)."""
 
     async def _setup(self) -> None:
         conn = self._conn
@@ -387,9 +374,10 @@ class Database:
                 )
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _transaction(self, *, ordered: bool = True) -> AsyncIterator[None]:
         """One write transaction. Taking the write lock is retried with backoff while another
-        connection holds it (a CLI import beside the bot); SQLite's errors leave as `StoreError`."""
+        connection holds it (a CLI import beside the bot); SQLite's errors leave as `StoreError`.
+        Every SQLite transaction is ordered (one writer at a time), so `ordered` changes nothing."""
         async with self._lock:
             for attempt in range(1, _BEGIN_ATTEMPTS + 1):
                 try:
@@ -414,36 +402,3 @@ class Database:
                 with contextlib.suppress(sqlite3.Error):
                     await self._conn.execute("ROLLBACK")
                 raise StoreError(f"store commit failed: {exc}") from exc
-
-    # Reads run as one operation on the connection's thread (execute, fetch, close). A cursor left
-    # open across awaits would keep a read snapshot that another task's BEGIN IMMEDIATE on this
-    # connection then tries to upgrade; once another connection has committed, SQLite refuses that
-    # at once with "database is locked", without waiting for busy_timeout.
-    async def _one(self, sql: str, params: Sequence[object] = ()) -> Any:
-        rows = await self._conn.execute_fetchall(sql, params)
-        return next(iter(rows), None)
-
-    async def _all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        return list(await self._conn.execute_fetchall(sql, params))
-
-
-    # -- writers for use inside a caller's transaction -------------------------------------------
-
-    async def _append_audit(self, event: AuditEvent, now: float) -> int:
-        cursor = await self._conn.execute(
-            "INSERT INTO audit (at, event, key, status_id, account_id, action, rule, result, dry_run, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, event.event, event.key, event.status_id, event.account_id, event.action, event.rule, event.result,
-             int(event.dry_run), json.dumps(event.detail, sort_keys=True, separators=(",", ":"))),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
-
-    async def _record_causes(self, key: str, causes: Sequence[Match]) -> None:
-        await self._conn.executemany(
-            "INSERT OR IGNORE INTO action_causes (key, entry_id, bank, source, category, signal_type, value, distance) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(key, m.entry.id, m.entry.bank, m.entry.source, m.entry.category.value, m.signal_type,
-              signal_type_named(m.signal_type).format(m.entry.value), m.distance) for m in causes],
-        )
-

@@ -19,13 +19,13 @@ from fedimod.models import (
     StoreCounts,
 )
 from fedimod.signals import signal_type_named
-from fedimod.store.sqlite.banks import VISIBLE
-from fedimod.store.sqlite.db import Database
+from fedimod.store.sql.banks import VISIBLE
+from fedimod.store.sql.base import Database
 
 _AUDIT_COLUMNS = "id, at, event, key, status_id, account_id, action, rule, result, dry_run, detail"
 
 
-class SQLiteAudit(Database):
+class SQLAudit(Database):
     async def append_audit(self, event: AuditEvent, now: float | None = None) -> int:
         async with self._transaction():
             return await self._append_audit(event, time.time() if now is None else now)
@@ -46,7 +46,7 @@ class SQLiteAudit(Database):
             params.append(status_id)
         sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY id"
         if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
+            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) AS newest ORDER BY id"
         return [AuditRecord(id=r[0], at=r[1], event=AuditEvent(
                     event=r[2], key=r[3], status_id=r[4], account_id=r[5], action=r[6], rule=r[7], result=r[8],
                     dry_run=bool(r[9]), detail=json.loads(r[10])))

@@ -10,12 +10,12 @@ from typing import Any
 
 from fedimod.models import BankKind, BankRow, FeedApplied, FeedHead, Verdict, VerdictRecord
 from fedimod.signals import signal_type_named
-from fedimod.store.sqlite.banks import SQLiteBanks
+from fedimod.store.sql.banks import SQLBanks
 
 Signer = Callable[[int], dict[str, Any]]  # sequence number → the signed entry to publish under it
 
 
-class SQLiteFeeds(SQLiteBanks):
+class SQLFeeds(SQLBanks):
     async def publish_feed_entry(self, feed: str, sign: Signer, now: float | None = None) -> dict[str, Any]:
         """Publish the next entry of `feed`: numbered, signed by `sign` and stored in one transaction,
         so two publishers never take the same sequence number."""

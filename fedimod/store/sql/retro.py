@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 from fedimod.models import MediaJob, QuarantineRecord, QuarantineState, ScanRow, Signal
 from fedimod.signals import signal_type_named
-from fedimod.store.sqlite.db import Database
-from fedimod.store.sqlite.jobs import JOB_COLUMNS, job_from_row
+from fedimod.store.sql.base import Database
+from fedimod.store.sql.jobs import JOB_COLUMNS, job_from_row
 
 _QUARANTINE_COLUMNS = ("entry_id, bank, source, signal_type, value, hits, accounts, share, state, held_at, decided_at, "
                        "reason")
 
 
-class SQLiteRetro(Database):
+class SQLRetro(Database):
     async def scan_log(self, *, since: float, after_job: int = 0, limit: int | None = None) -> list[ScanRow]:
         """Hashes of media scanned since `since` (job created), by job id then signal, after `after_job`."""
         rows = await self._all(

@@ -12,7 +12,7 @@ from typing import Any
 
 from fedimod.models import FailedJob, JobState, MediaJob, Post
 from fedimod.outputs import scrub_urls
-from fedimod.store.sqlite.db import Database
+from fedimod.store.sql.base import Database
 
 JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
                 "account_acct")
@@ -29,7 +29,7 @@ def job_from_row(job: Sequence[Any]) -> MediaJob:
 _RUNNABLE = "((state = ? AND available_at <= ?) OR (state = ? AND lease_until < ?))"
 
 
-class SQLiteJobs(Database):
+class SQLJobs(Database):
     async def record_posts(self, items: Sequence[tuple[Post, str]], now: float | None = None) -> list[int]:
         """Store posts and their pending jobs in one transaction; new jobs per post, in order.
 
@@ -97,7 +97,7 @@ class SQLiteJobs(Database):
 
     async def release_leases(self) -> int:
         """Make jobs leased by a previous (killed) process claimable again. Call once at start-up."""
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             cursor = await self._conn.execute(
                 "UPDATE jobs SET state = ?, lease_until = NULL WHERE state = ?",
                 (JobState.PENDING.value, JobState.LEASED.value),
@@ -111,7 +111,7 @@ class SQLiteJobs(Database):
         never reaches `fail_job`, so without this it would be claimed, and kill, again and again.
         """
         now = time.time() if now is None else now
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             dead = await self._all(
                 f"UPDATE jobs SET state = ?, lease_until = NULL, updated_at = ?, "
                 f"last_error = 'claimed ' || attempts || ' times and never finished: the process stopped while "
@@ -127,10 +127,11 @@ class SQLiteJobs(Database):
         The attempt is counted here, at the claim, so that a crash mid-job still counts it.
         """
         now = time.time() if now is None else now
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             claimed = await self._all(
                 f"UPDATE jobs SET state = ?, attempts = attempts + 1, lease_until = ?, updated_at = ? "
-                f"WHERE id IN (SELECT id FROM jobs WHERE {_RUNNABLE} ORDER BY id LIMIT ?) RETURNING id",
+                f"WHERE id IN (SELECT id FROM jobs WHERE {_RUNNABLE} ORDER BY id LIMIT ?{self.claim_lock}) "
+                "RETURNING id",
                 (JobState.LEASED.value, now + lease_s, now, JobState.PENDING.value, now, JobState.LEASED.value, now,
                  limit),
             )
@@ -145,7 +146,7 @@ class SQLiteJobs(Database):
 
     async def set_job_urls(self, job_id: int, media_url: str | None, remote_url: str | None) -> None:
         """Record the URLs an attachment has now (a video's `url` is null until it is processed)."""
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             await self._conn.execute("UPDATE jobs SET media_url = ?, remote_url = ? WHERE id = ?",
                                      (media_url, remote_url, job_id))
 
@@ -154,7 +155,7 @@ class SQLiteJobs(Database):
         if not job_ids:
             return 0
         now = time.time() if now is None else now
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             cursor = await self._conn.execute(
                 f"UPDATE jobs SET lease_until = ? WHERE state = ? AND id IN ({','.join('?' * len(job_ids))})",
                 (now + lease_s, JobState.LEASED.value, *job_ids),
@@ -165,7 +166,7 @@ class SQLiteJobs(Database):
         """Give back leased jobs that were never started: pending again, the attempt not counted."""
         if not job_ids:
             return 0
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             cursor = await self._conn.execute(
                 f"UPDATE jobs SET state = ?, attempts = attempts - 1, lease_until = NULL "
                 f"WHERE state = ? AND id IN ({','.join('?' * len(job_ids))})",
@@ -187,7 +188,7 @@ class SQLiteJobs(Database):
         """Record a failed attempt: back to pending at `retry_at`, or `final_state` for good when None."""
         now = time.time() if now is None else now
         state = final_state if retry_at is None else JobState.PENDING
-        async with self._transaction():
+        async with self._transaction(ordered=False):
             await self._conn.execute(
                 "UPDATE jobs SET state = ?, lease_until = NULL, available_at = ?, last_error = ?, updated_at = ? "
                 "WHERE id = ?",

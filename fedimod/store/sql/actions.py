@@ -28,7 +28,7 @@ from fedimod.models import (
     StoredAction,
 )
 from fedimod.signals import signal_type_named
-from fedimod.store.sqlite.db import Database
+from fedimod.store.sql.base import Database
 
 _ACTION_COLUMNS = (
     "a.id, a.idempotency_key, a.account_id, a.status_id, a.action, a.rule, a.report_key, a.notify, a.text, "
@@ -50,7 +50,7 @@ def _action(row: Sequence[Any]) -> StoredAction:
         created_at=row[17], done_at=row[18], remote_report_id=row[19],
     )
 
-class SQLiteActions(Database):
+class SQLActions(Database):
     async def due_reports(self, now: float | None = None) -> list[PendingReport]:
         now = time.time() if now is None else now
         rows = await self._all(
@@ -206,7 +206,7 @@ class SQLiteActions(Database):
         """Move a provisional action's review from `expected` to `new` (compare-and-set, so the bot
         and `fedimod review` never both act on it); with `revert`, also mark the action reverted."""
         return await self._update_audited(
-            "UPDATE actions SET review_state = ?, state = CASE WHEN ? THEN ? ELSE state END "
+            "UPDATE actions SET review_state = ?, state = CASE WHEN ? = 1 THEN ? ELSE state END "
             "WHERE id = ? AND review_state = ?",
             (new.value, int(revert), ActionState.REVERTED.value, action_id, expected.value), event, now)
 

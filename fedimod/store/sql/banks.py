@@ -12,7 +12,7 @@ from typing import Any
 from fedimod.errors import StoreError
 from fedimod.models import BankCount, BankEntry, BankInfo, BankKind, BankRemovals, BankRow, BankState, Category
 from fedimod.signals import signal_type_named
-from fedimod.store.sqlite.db import Database
+from fedimod.store.sql.base import Database
 
 # Entries of an import still staging (or abandoned) are invisible to every reader.
 VISIBLE = "(e.import_id IS NULL OR e.import_id IN (SELECT id FROM bank_imports WHERE state = 'done'))"
@@ -40,7 +40,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class SQLiteBanks(Database):
+class SQLBanks(Database):
     async def ensure_bank(self, name: str, kind: BankKind) -> None:
         """Create the bank if new; refuse to mix kinds (a block bank never becomes an allowlist)."""
         async with self._transaction():
@@ -73,10 +73,10 @@ class SQLiteBanks(Database):
         await self._abandon_dead_imports()
         async with self._transaction():
             await self._ensure_bank(bank, kind)
-            cursor = await self._conn.execute(
-                "INSERT INTO bank_imports (bank, state, pid, host, started_at) VALUES (?, 'staging', ?, ?, ?)",
-                (bank, os.getpid(), socket.gethostname(), time.time()))
-            import_id = cursor.lastrowid
+            row = await self._one(
+                "INSERT INTO bank_imports (bank, state, pid, host, started_at) VALUES (?, 'staging', ?, ?, ?) "
+                "RETURNING id", (bank, os.getpid(), socket.gethostname(), time.time()))
+            import_id = int(row[0])
         added = done = 0
         try:
             batch: list[tuple[object, ...]] = []

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from fedimod.models import AccountEntry, DomainBlock, ManagedAccount, ManagedBlock, Severity
-from fedimod.store.sqlite.db import Database
+from fedimod.store.sql.base import Database
 
 
 def _dump(block: DomainBlock) -> str:
@@ -20,7 +20,7 @@ def _load(text: str) -> DomainBlock:
     return DomainBlock(**{**fields, "severity": Severity(fields["severity"])})
 
 
-class SQLiteBlocklists(Database):
+class SQLBlocklists(Database):
     async def managed_blocks(self) -> dict[str, ManagedBlock]:
         rows = await self._all("SELECT domain, remote_id, block, sources, updated_at FROM managed_blocks")
         return {r[0]: ManagedBlock(block=_load(r[2]), remote_id=r[1], sources=tuple(json.loads(r[3])),
