@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedimod import __version__
-from fedimod.cli import bank, blocklists, feeds, hashing, matching, moderation
+from fedimod.cli import bank, blocklists, feeds, hashing, matching, moderation, storage
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     feeds.register(sub, _add_config)
     blocklists.register(sub, _add_config)
     matching.register(sub, _add_config)
+    storage.register(sub, _add_config)
 
     sandbox = sub.add_parser("sandbox", help="run the bundled test instance on 127.0.0.1",
                              description="Serve the Mastodon-compatible sandbox instance until interrupted; prints "
@@ -204,6 +205,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = blocklists.dispatch(args)
     if result is None:
         result = matching.dispatch(args)
+    if result is None:
+        result = storage.dispatch(args)
     if result is not None:
         return result
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices

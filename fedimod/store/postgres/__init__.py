@@ -53,6 +53,22 @@ class PostgresDatabase(Database):
             with contextlib.suppress(StoreError):
                 await conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))
 
+    async def _columns(self, table: str) -> list[str]:
+        # An ALWAYS identity (job_signals.seq) is PostgreSQL's own: a copy never writes it.
+        rows = await self._all(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ? AND (identity_generation IS NULL OR identity_generation != 'ALWAYS') "
+            "ORDER BY ordinal_position", (table,))
+        return [str(r[0]) for r in rows]
+
+    async def _after_copy(self, table: str) -> None:
+        for (column,) in await self._all(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ? AND identity_generation = 'BY DEFAULT'", (table,)):
+            await self._conn.execute(
+                f"SELECT setval(pg_get_serial_sequence(?, ?), (SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}), "
+                "false)", (table, column))
+
     @asynccontextmanager
     async def _transaction(self, *, ordered: bool = True) -> AsyncIterator[None]:
         async with self._lock:

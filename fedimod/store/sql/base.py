@@ -58,6 +58,13 @@ class Database:
         for other processes' ordered writes (see store/postgres)."""
         raise NotImplementedError
 
+    async def _columns(self, table: str) -> list[str]:
+        """The table's columns a copy writes (store/copy.py), in schema order."""
+        raise NotImplementedError
+
+    async def _after_copy(self, table: str) -> None:
+        """Called once a copy has written `table` (PostgreSQL moves its id sequences past the copied ids)."""
+
     # Reads run as one operation (execute, fetch, close). On SQLite a cursor left open across awaits
     # would keep a read snapshot that another task's BEGIN IMMEDIATE on this connection then tries
     # to upgrade; once another connection has committed, SQLite refuses that at once with

@@ -373,6 +373,9 @@ class SQLiteDatabase(Database):
                     (str(number),),
                 )
 
+    async def _columns(self, table: str) -> list[str]:
+        return [str(r[1]) for r in await self._all(f"PRAGMA table_info({table})")]
+
     @asynccontextmanager
     async def _transaction(self, *, ordered: bool = True) -> AsyncIterator[None]:
         """One write transaction. Taking the write lock is retried with backoff while another
