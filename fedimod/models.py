@@ -480,6 +480,19 @@ class StoreCounts:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessInfo:
+    """A running fedimod process on the store, and the singleton roles it holds right now."""
+
+    id: str
+    host: str
+    pid: int
+    role: str
+    version: str
+    started_at: float
+    holds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeResult:
     """What a store probe found: whether a write commits, and the table figures /metrics shows."""
 

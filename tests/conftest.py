@@ -9,6 +9,7 @@ import pytest
 
 from fedimod.sandbox import Sandbox
 from tests.helpers import BOT_SCOPES
+from tests.postgres import pg_url  # noqa: F401  (a fixture for every test module)
 
 
 @pytest.fixture(autouse=True)

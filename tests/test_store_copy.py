@@ -23,7 +23,6 @@ from fedimod.models import (
 )
 from fedimod.store import SQLiteStore
 from fedimod.store.postgres import PostgresStore
-from tests.postgres import pg_url  # noqa: F401  (fixture)
 from tests.store_contract.records import PDQ_A, PDQ_B, account_action, match, post, report, row
 
 T0 = 1_790_000_000.0
@@ -31,7 +30,7 @@ T0 = 1_790_000_000.0
 
 async def _populate(path: Path) -> None:
     async with SQLiteStore.open(path) as store:
-        await store.add_bank_entries("local", [row(1, PDQ_A), row(2, PDQ_B, signal_type="pdq", category=Category.TERROR),
+        await store.add_bank_entries("local", [row(1, PDQ_A), row(2, PDQ_B, category=Category.TERROR),
                                                BankRow(line=3, signal_type="md5", value=0xABC, category=Category.CSAM,
                                                        item="item-1", label="photo.jpg", part="crop:centre")],
                                      now=T0)

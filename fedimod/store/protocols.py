@@ -75,8 +75,14 @@ class JobRepository(Protocol):
         """Make every leased job pending again (start-up: the previous holder is gone)."""
         ...
 
-    async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None) -> list[MediaJob]:
-        """Lease up to `limit` runnable jobs, oldest first, counting the attempt now."""
+    async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None,
+                         owner: str = "") -> list[MediaJob]:
+        """Lease up to `limit` runnable jobs to `owner` (a process id), oldest first, counting the
+        attempt now. Processes claiming at once never get the same job."""
+        ...
+
+    async def release_leases_of_dead(self, live_owners: Sequence[str]) -> int:
+        """Give back at once the jobs leased by owners not in `live_owners` (processes that died)."""
         ...
 
     async def renew_leases(self, job_ids: Sequence[int], lease_s: float, now: float | None = None) -> int: ...

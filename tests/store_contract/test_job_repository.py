@@ -122,3 +122,25 @@ async def test_complete_job_records_signals_and_the_job_leaves_the_queue(store: 
     assert (counts.posts, counts.media_hashed, dict(counts.jobs_by_state)) == (1, 1, {"done": 1})
     scanned = await store.scan_counts(since=T0 - 1)
     assert (scanned.posts, scanned.media_hashed) == (1, 1)
+
+
+async def test_the_leases_of_a_dead_owner_come_back_at_once_and_a_live_owners_stay(store: Store) -> None:
+    await store.record_posts([(post("1", "a", "b", "c", "d"), "s")], now=T0)
+    alive = await store.claim_jobs(2, lease_s=600, now=T0, owner="p-alive")
+    dead = await store.claim_jobs(2, lease_s=600, now=T0, owner="p-dead")
+    assert {j.id for j in alive}.isdisjoint({j.id for j in dead}) and len(alive) == len(dead) == 2
+    assert await store.claim_jobs(5, lease_s=600, now=T0 + 1) == []
+    assert await store.release_leases_of_dead(["p-alive"]) == 2
+    again = await store.claim_jobs(5, lease_s=600, now=T0 + 1, owner="p-new")
+    assert sorted(j.id for j in again) == sorted(j.id for j in dead)
+    assert [j.attempts for j in again] == [2, 2]  # the dead owner's attempt stays counted
+    assert await store.release_leases_of_dead(["p-alive", "p-new"]) == 0
+
+
+async def test_concurrent_claims_never_lease_one_job_twice(store: Store) -> None:
+    import asyncio
+
+    await store.record_posts([(post(str(n), f"m{n}"), "s") for n in range(1, 61)], now=T0)
+    batches = await asyncio.gather(*(store.claim_jobs(7, lease_s=600, now=T0, owner=f"w{n}") for n in range(12)))
+    ids = [j.id for batch in batches for j in batch]
+    assert len(ids) == len(set(ids)) == 60

@@ -12,30 +12,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fedimod.errors import StoreError
+from fedimod.models import ProcessInfo
+from fedimod.store.coordination import SINGLETONS
 from fedimod.store.postgres.connection import PGConnection, redact
 from fedimod.store.postgres.schema import MIGRATIONS
 from fedimod.store.sql import SQLStore
 from fedimod.store.sql.base import Database
 
-__all__ = ["PostgresStore", "redact"]
+__all__ = ["PostgresStore", "lock_key", "redact"]
 
-# Advisory lock keys (one 64-bit space per database): migrations, and ordered writes.
-MIGRATION_LOCK = 0x6665_6469_0001
-WRITE_LOCK = 0x6665_6469_0002
+
+def lock_key(scope: str, name: str) -> int:
+    """An advisory lock key (one 64-bit space per database) for `name` in the store at `scope`
+    (its schema), so that two stores in one database never hold each other's locks."""
+    return int.from_bytes(hashlib.sha256(f"fedimod:{scope}:{name}".encode()).digest()[:8], "big") >> 1
 
 
 class PostgresDatabase(Database):
     claim_lock = " FOR UPDATE SKIP LOCKED"
     _conn: PGConnection
+    scope = "public"  # the schema the store lives in, read at open
+
+    def channel(self, name: str) -> str:
+        """The NOTIFY channel for `name` (store/coordination.py) in this store."""
+        return f"fedimod.{self.scope}.{name}"[:63]
+
+    async def _notify(self, channel: str) -> None:
+        await self._conn.execute("SELECT pg_notify(?, '')", (self.channel(channel),))
+
+    async def _scope(self) -> None:
+        row = await self._one("SELECT current_schema()")
+        if row is None or row[0] is None:
+            raise StoreError("no schema to use: the role's search_path names none that exists")
+        self.scope = str(row[0])
 
     async def _setup(self) -> None:
         conn = self._conn
         # Two processes starting at once: one migrates, the other waits and then finds it done.
-        await conn.execute("SELECT pg_advisory_lock(?)", (MIGRATION_LOCK,))
+        await conn.execute("SELECT pg_advisory_lock(?)", (lock_key(self.scope, "migrations"),))
         try:
             async with self._transaction(ordered=False):
                 await conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -51,7 +70,7 @@ class PostgresDatabase(Database):
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(number),))
         finally:
             with contextlib.suppress(StoreError):
-                await conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))
+                await conn.execute("SELECT pg_advisory_unlock(?)", (lock_key(self.scope, "migrations"),))
 
     async def _columns(self, table: str) -> list[str]:
         # An ALWAYS identity (job_signals.seq) is PostgreSQL's own: a copy never writes it.
@@ -75,7 +94,7 @@ class PostgresDatabase(Database):
             await self._conn.execute("BEGIN")
             try:
                 if ordered:
-                    await self._conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+                    await self._conn.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(self.scope, "writes"),))
                 yield
             except BaseException:
                 with contextlib.suppress(StoreError):
@@ -98,6 +117,7 @@ class PostgresStore(PostgresDatabase, SQLStore):
         try:
             store = cls(conn)
             try:
+                await store._scope()
                 if migrate:
                     await store._setup()
             except StoreError as exc:
@@ -105,3 +125,24 @@ class PostgresStore(PostgresDatabase, SQLStore):
             yield store
         finally:
             await conn.close()
+
+    async def live_processes(self) -> list[ProcessInfo]:
+        """The processes alive on this store (their own lock held) and the singletons each holds."""
+        rows = await self._all(
+            "SELECT p.id, p.host, p.pid, p.role, p.version, p.started_at, p.lock_key, l.key FROM processes p "
+            "JOIN (SELECT pid, (classid::bigint << 32) | objid::bigint AS key FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) l "
+            "ON l.pid = p.backend_pid ORDER BY p.started_at, p.id")
+        names = {lock_key(self.scope, name): name for name in SINGLETONS}
+        found: dict[str, tuple[ProcessInfo, list[str], bool]] = {}
+        for pid_, host, pid, role, version, started, own, key in rows:
+            info, holds, alive = found.get(pid_, (ProcessInfo(id=pid_, host=host, pid=int(pid), role=role,
+                                                                version=version, started_at=float(started)), [], False))
+            if key == own:
+                alive = True
+            elif key in names:
+                holds.append(names[key])
+            found[pid_] = (info, holds, alive)
+        return [ProcessInfo(id=i.id, host=i.host, pid=i.pid, role=i.role, version=i.version, started_at=i.started_at,
+                            holds=tuple(sorted(h))) for i, h, alive in found.values() if alive]

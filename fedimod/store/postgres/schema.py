@@ -1,10 +1,11 @@
-"""The PostgreSQL schema: SQLite's (store/sqlite/db.py) at its version 9, in PostgreSQL's types.
+"""The PostgreSQL schema: SQLite's (store/sqlite/db.py) at its version 10, in PostgreSQL's types,
+and the registry of running processes that only PostgreSQL has (store/postgres/coordinator.py).
 
 Ids are `bigint` identities (`BY DEFAULT`, so `fedimod store copy` can keep a row's id), times
 `double precision` seconds as on SQLite, flags `integer` 0/1 as on SQLite, so the one SQL of the
 repositories reads and writes both alike. `job_signals.seq` stands for SQLite's `rowid`: the
 order a job's hashes were recorded in. Later changes are appended as migrations, numbered on
-their own (PostgreSQL's version 1 is SQLite's 9).
+their own (PostgreSQL's version 1 is SQLite's 10).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT,
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
+        lease_owner TEXT NOT NULL DEFAULT '',
         UNIQUE (status_id, attachment_id)
     );
     CREATE INDEX jobs_by_state ON jobs (state, available_at);
@@ -240,6 +242,17 @@ MIGRATIONS: tuple[str, ...] = (
         sources TEXT NOT NULL,
         applied INTEGER NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE processes (
+        id TEXT PRIMARY KEY,
+        lock_key BIGINT NOT NULL,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        role TEXT NOT NULL,
+        version TEXT NOT NULL,
+        backend_pid BIGINT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL
     );
     """,
 )

@@ -11,6 +11,7 @@ import time
 
 from fedimod.models import Completed, JobOutcome, JobState, MediaJob, ReportState
 from fedimod.signals import signal_type_named
+from fedimod.store.coordination import DUE
 from fedimod.store.sql.actions import SQLActions
 from fedimod.store.sql.audit import SQLAudit
 from fedimod.store.sql.banks import SQLBanks
@@ -65,4 +66,6 @@ class SQLStore(SQLJobs, SQLFeeds, SQLBanks, SQLRetro, SQLBlocklists, SQLActions,
                 "UPDATE jobs SET state = ?, lease_until = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
                 (JobState.DONE.value, now, job.id),
             )
+            if new_report or new_action:
+                await self._notify(DUE)
         return Completed(new_report=new_report, new_action=new_action)

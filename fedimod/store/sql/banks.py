@@ -12,6 +12,7 @@ from typing import Any
 from fedimod.errors import StoreError
 from fedimod.models import BankCount, BankEntry, BankInfo, BankKind, BankRemovals, BankRow, BankState, Category
 from fedimod.signals import signal_type_named
+from fedimod.store.coordination import BANKS
 from fedimod.store.sql.base import Database
 
 # Entries of an import still staging (or abandoned) are invisible to every reader.
@@ -99,6 +100,7 @@ class SQLBanks(Database):
             async with self._transaction():
                 await self._conn.execute("UPDATE bank_imports SET state = 'done', finished_at = ? WHERE id = ?",
                                          (time.time(), import_id))
+                await self._notify(BANKS)
         except BaseException:
             await asyncio.shield(self._abandon_import(import_id))
             raise
@@ -156,11 +158,13 @@ class SQLBanks(Database):
             await self._conn.execute(f"DELETE FROM bank_entries WHERE {where}", params)
             if signal_type is None and item is None:
                 await self._conn.execute("DELETE FROM banks WHERE name = ?", (bank,))
+            await self._notify(BANKS)
         return len(ids)
 
     async def set_bank_enabled(self, bank: str, enabled: bool) -> bool:
         async with self._transaction():
             cursor = await self._conn.execute("UPDATE banks SET enabled = ? WHERE name = ?", (int(enabled), bank))
+            await self._notify(BANKS)
         return cursor.rowcount > 0
 
     async def bank_entries(

@@ -58,6 +58,10 @@ class Database:
         for other processes' ordered writes (see store/postgres)."""
         raise NotImplementedError
 
+    async def _notify(self, channel: str) -> None:
+        """Inside a write transaction: tell other processes, once it commits, that `channel`
+        (store/coordination.py) has news. Nobody else writes a SQLite store: nothing to do."""
+
     async def _columns(self, table: str) -> list[str]:
         """The table's columns a copy writes (store/copy.py), in schema order."""
         raise NotImplementedError

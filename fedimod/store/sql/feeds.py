@@ -10,6 +10,7 @@ from typing import Any
 
 from fedimod.models import BankKind, BankRow, FeedApplied, FeedHead, Verdict, VerdictRecord
 from fedimod.signals import signal_type_named
+from fedimod.store.coordination import BANKS
 from fedimod.store.sql.banks import SQLBanks
 
 Signer = Callable[[int], dict[str, Any]]  # sequence number → the signed entry to publish under it
@@ -116,6 +117,8 @@ class SQLFeeds(SQLBanks):
             await self._conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [(cursor_key, str(cursor)), *(meta or {}).items()])
+            if added or removed or verdicts:
+                await self._notify(BANKS)
         return FeedApplied(added=added, removed=removed, verdicts=len(verdicts),
                            relayed=len(relays) if relay_feed is not None else 0)
 

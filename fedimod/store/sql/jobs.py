@@ -12,6 +12,7 @@ from typing import Any
 
 from fedimod.models import FailedJob, JobState, MediaJob, Post
 from fedimod.outputs import scrub_urls
+from fedimod.store.coordination import JOBS
 from fedimod.store.sql.base import Database
 
 JOB_COLUMNS = ("jobs.id, jobs.status_id, attachment_id, media_type, media_url, remote_url, account_id, url, attempts, "
@@ -67,6 +68,8 @@ class SQLJobs(Database):
                 "state, available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 job_rows,
             )
+            if job_rows:
+                await self._notify(JOBS)
         return new_jobs
 
     async def newest_status_id(self, at_most: str | None = None) -> str | None:
@@ -104,6 +107,19 @@ class SQLJobs(Database):
             )
         return cursor.rowcount
 
+    async def release_leases_of_dead(self, live_owners: Sequence[str]) -> int:
+        """Give back the jobs leased by processes no longer alive (not in `live_owners`), at once
+        rather than when their leases run out. The attempt stays counted."""
+        owners = list(live_owners) or [""]
+        async with self._transaction(ordered=False):
+            cursor = await self._conn.execute(
+                "UPDATE jobs SET state = ?, lease_until = NULL WHERE state = ? AND lease_owner != '' "
+                f"AND lease_owner NOT IN ({','.join('?' * len(owners))})",
+                (JobState.PENDING.value, JobState.LEASED.value, *owners))
+            if cursor.rowcount:
+                await self._notify(JOBS)
+        return cursor.rowcount
+
     async def dead_letter_exhausted(self, max_attempts: int, now: float | None = None) -> list[FailedJob]:
         """Fail for good the runnable jobs already claimed `max_attempts` times.
 
@@ -121,7 +137,8 @@ class SQLJobs(Database):
             )
         return [FailedJob(job_id=int(r[0]), status_id=str(r[1]), attempts=int(r[2])) for r in dead]
 
-    async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None) -> list[MediaJob]:
+    async def claim_jobs(self, limit: int, lease_s: float, now: float | None = None,
+                         owner: str = "") -> list[MediaJob]:
         """Lease up to `limit` runnable jobs (pending and due, or with an expired lease), oldest first.
 
         The attempt is counted here, at the claim, so that a crash mid-job still counts it.
@@ -129,11 +146,11 @@ class SQLJobs(Database):
         now = time.time() if now is None else now
         async with self._transaction(ordered=False):
             claimed = await self._all(
-                f"UPDATE jobs SET state = ?, attempts = attempts + 1, lease_until = ?, updated_at = ? "
+                f"UPDATE jobs SET state = ?, attempts = attempts + 1, lease_until = ?, updated_at = ?, lease_owner = ? "
                 f"WHERE id IN (SELECT id FROM jobs WHERE {_RUNNABLE} ORDER BY id LIMIT ?{self.claim_lock}) "
                 "RETURNING id",
-                (JobState.LEASED.value, now + lease_s, now, JobState.PENDING.value, now, JobState.LEASED.value, now,
-                 limit),
+                (JobState.LEASED.value, now + lease_s, now, owner, JobState.PENDING.value, now, JobState.LEASED.value,
+                 now, limit),
             )
             if not claimed:
                 return []

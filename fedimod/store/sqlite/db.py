@@ -321,6 +321,11 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE bank_entries ADD COLUMN part TEXT NOT NULL DEFAULT '';
     CREATE INDEX bank_entries_by_item ON bank_entries (bank, item) WHERE item != '';
     """,
+    # 10: which process holds a job's lease, so the leases of a process that died are given back
+    # as soon as it is known dead (several processes on PostgreSQL), not when they run out.
+    """
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
