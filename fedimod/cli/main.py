@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(SIGINT/SIGTERM). The access token is read from the environment variable "
                                      "named by [instance].token_env.")
     _add_config(run)
+    run.add_argument("--role", choices=("all", "ingest", "worker"), default="all",
+                     help="on a PostgreSQL store, what this process does: ingest (streams, sweep, webhooks), "
+                          "worker (hashing, reports and actions, feed and blocklist syncs) or all (default); "
+                          "the one-at-a-time parts run in one process of their role, and another takes over "
+                          "if it stops")
     run.add_argument("--dry-run", action="store_true",
                      help="hash, match and decide, but send no report or action (the audit log says what would "
                           "have been done)")
@@ -172,7 +177,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             setup_logging(config.log_level)
             if args.dry_run:
                 config = _with_dry_run(config)
-            return asyncio.run(_run(config))
+            if args.role != "all" and not config.store.is_postgres:
+                raise FedimodError(f"--role {args.role} needs a PostgreSQL store ([store] url): on SQLite one "
+                                   "process does everything")
+            return asyncio.run(_run(config, args.role))
         case "demo":
             from fedimod.cli.demo import run_demo  # the demo alone may start the sandbox
 
@@ -218,7 +226,7 @@ def _with_dry_run(config: Config) -> Config:
     return replace(config, report=replace(config.report, dry_run=True))
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, role: str = "all") -> int:
     from fedimod.pipeline.service import open_pipeline
 
     loop = asyncio.get_running_loop()
@@ -244,7 +252,7 @@ async def _run(config: Config) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signal.Signals(signum).name)
     try:
-        async with open_pipeline(config) as pipeline:
+        async with open_pipeline(config, role) as pipeline:
             await pipeline.run()
     except asyncio.CancelledError:
         if not stopping:
@@ -264,6 +272,7 @@ async def _status(config: Config) -> int:
         counts = await store.counts()
         reports = await store.reports()
         failed_jobs = await store.failed_jobs()
+        processes = await _processes(config, store)
     print(f"posts seen     {counts.posts}")
     print("jobs           " + (", ".join(f"{k} {v}" for k, v in sorted(counts.jobs_by_state.items())) or "none"))
     print(f"media hashed   {counts.media_hashed}")
@@ -275,9 +284,34 @@ async def _status(config: Config) -> int:
     for report in reports:
         if report.state is ReportState.FAILED:
             print(f"  failed report {report.key}: {report.last_error}")
+    for line in processes:
+        print(line)
     for line in await _live_status(config):
         print(line)
     return 0
+
+
+async def _processes(config: Config, store: object) -> list[str]:
+    """Every fedimod process running on the store, its role and the singletons it holds."""
+    import time
+
+    from fedimod.store.lock import describe_holder, is_locked
+
+    if not config.store.is_postgres:
+        if is_locked(config.store.path):
+            return [f"processes      1: {describe_holder(config.store.path) or 'a bot'}, role all, holds every "
+                    "singleton (SQLite: one process per store)"]
+        return ["processes      none running"]
+    from fedimod.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    live = await store.live_processes()
+    lines = [f"processes      {len(live)} running" if live else "processes      none running"]
+    for p in live:
+        up = time.time() - p.started_at
+        lines.append(f"  {p.id}  {p.role:<6} pid {p.pid} on {p.host}, up {up:.0f} s, fedimod {p.version}; holds "
+                     + (", ".join(p.holds) or "no singleton"))
+    return lines
 
 
 async def _live_status(config: Config) -> list[str]:

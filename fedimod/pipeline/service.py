@@ -8,6 +8,11 @@ Every stage runs supervised (`supervise`): an unexpected error restarts it, neve
 job table is the source of truth: workers claim jobs from it, so a post stored before a crash is
 hashed after the restart. Every stage's stats are a collector in one `Metrics` registry, which
 /metrics, /readyz, `fedimod status` and the watchdog all read.
+
+On PostgreSQL several processes share the store, each with a role (`fedimod run --role`): `ingest`
+runs the sources, `worker` the hashing workers and what acts on their results, `all` both. The
+singletons among those stages (store/coordination.py) run in one process at a time; the others
+in every process of their role. On SQLite there is one process, and it runs everything.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from fedimod.feeds.follow import FeedFollower
 from fedimod.feeds.protocol import SigningKey
 from fedimod.feeds.server import FeedServer
 from fedimod.feeds.verify import SignatureChecker
-from fedimod.ingest import PostSource, StreamIngester
+from fedimod.ingest import StreamIngester
 from fedimod.ingest.intake import PostIntake
 from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
@@ -51,18 +56,27 @@ from fedimod.pipeline.index import IndexKeeper
 from fedimod.pipeline.retro import RetroMatcher
 from fedimod.pipeline.settings import Config
 from fedimod.pipeline.workers import Workers, wait_for
-from fedimod.store import Store, open_store
+from fedimod.store import Store, open_coordinator, open_store
+from fedimod.store.coordination import BANKS, DUE, JOBS, Coordinator, LocalCoordinator
 from fedimod.store.lock import StoreLock
 from fedimod.supervise import Restarts, supervise
 
 logger = logging.getLogger(__name__)
 
+ROLES = ("all", "ingest", "worker")
+
 
 class Pipeline:
     def __init__(self, *, config: Config, store: Store, fetcher: MediaFetcher, hasher: HashPool,
-                 client: MastodonClient, session: aiohttp.ClientSession) -> None:
+                 client: MastodonClient, session: aiohttp.ClientSession, coordinator: Coordinator | None = None,
+                 role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
         self._config = config
         self._store = store
+        self._role = role
+        self._coordinator: Coordinator = coordinator or LocalCoordinator(role)
+        self._banks_due = asyncio.Event()
         self._instance = urlsplit(config.instance.base_url).netloc
         self._draining = asyncio.Event()
         self._reports_due = asyncio.Event()
@@ -95,7 +109,8 @@ class Pipeline:
                                fetcher=fetcher, hasher=hasher, index=self.index, decider=self.decider,
                                fetch_status=self.ingester.timeline.fetch_status, on_queued=self._reports_due.set,
                                draining=self._draining,
-                               on_scanned=self.retro.observe if self.retro is not None else None)
+                               on_scanned=self.retro.observe if self.retro is not None else None,
+                               owner=self._coordinator.process_id)
         self.watchdog = Watchdog(settings=config.watchdog, metrics=self.metrics, newest_ids=self._newest_ids,
                                  notifiers=notifiers(config.watchdog, client=client, session=session,
                                                      instance=self._instance))
@@ -134,19 +149,31 @@ class Pipeline:
         return (await timeline.newest_on_instance(),
                 await self._store.newest_status_id(timeline.newest_plausible_id()))
 
+    @property
+    def _ingests(self) -> bool:
+        return self._role in ("all", "ingest")
+
+    @property
+    def _works(self) -> bool:
+        return self._role in ("all", "worker")
+
     async def run(self) -> None:
-        released = await self._store.release_leases()
-        if released:
-            log_event(logger, logging.WARNING, "leases_released", jobs=released,
-                      msg="jobs in flight when the previous process stopped will run again")
+        coordinator = self._coordinator
+        if isinstance(coordinator, LocalCoordinator):
+            # The only process on this store: whatever is leased was leased by one that stopped.
+            released = await self._store.release_leases()
+            if released:
+                log_event(logger, logging.WARNING, "leases_released", jobs=released,
+                          msg="jobs in flight when the previous process stopped will run again")
+        coordinator.on(JOBS, self.workers.work.set)
+        coordinator.on(DUE, self._reports_due.set)
+        coordinator.on(BANKS, self._banks_due.set)
         if self.retro is not None:
             await self.retro.load()
         await self._banks_changed()
-        # Entries retracted while fedimod was stopped, and a reversal a stop cut off between the
-        # instance's answer and its record: both are seen now, not at the next bank change.
-        await self.executor.reconsider(self._justified_action, reverse=self._config.policy.reverse_on_retraction)
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self.index),
-                  workers=self._config.workers.concurrency, dry_run=self._config.report.dry_run)
+                  workers=self._config.workers.concurrency if self._works else 0, role=self._role,
+                  process_id=coordinator.process_id, dry_run=self._config.report.dry_run)
         async with contextlib.AsyncExitStack() as stack:
             if self._checker is not None:
                 stack.callback(self._checker.close)
@@ -155,7 +182,7 @@ class Pipeline:
                     OpsServer(self.metrics, host=self._config.ops.host, port=self._config.ops.port))
                 self.ops_port = ops.port
             hooks = self._config.webhooks
-            if hooks.host is not None:
+            if hooks.host is not None and self._ingests:
                 self.webhooks = await stack.enter_async_context(WebhookReceiver(
                     secret=hooks.secret, on_post=self.accept_post, host=hooks.host, port=hooks.port,
                     path=hooks.path))
@@ -171,10 +198,7 @@ class Pipeline:
                                documents=CuratedList(self._client).documents() if feeds.serve_blocklist else None))
                 self.feed_port = server.port
                 self.metrics.register(server.stats)
-            sources: list[PostSource] = [self.ingester, self.ingester.timeline]
-            if self.webhooks is not None:
-                sources.append(self.webhooks)
-            await self._run_stages(sources)
+            await self._run_stages()
 
     def drain(self) -> None:
         """Stop taking work: ingest stops now; workers finish the job in hand, the executor files
@@ -187,31 +211,54 @@ class Pipeline:
         """A supervised stage: an exception restarts it (counted, logged, alerted), never the service."""
         return group.create_task(supervise(name, run, restarts=self.restarts), name=name)
 
-    async def _run_stages(self, sources: list[PostSource]) -> None:
+    def _singleton(self, name: str, run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """`run`, in whichever process holds singleton `name` (store/coordination.py)."""
+        return functools.partial(self._coordinator.exclusive, name, run)
+
+    async def _run_stages(self) -> None:
+        single = self._singleton
+        # Cancelled when draining starts: the sources, and what only follows or watches.
+        followers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("banks", self._follow_banks), ("watchdog", self.watchdog.run), ("store_probe", self.health.run)]
+        # End by themselves once draining; the group waits for them.
+        finishers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self._ingests:
+            followers += [(self.ingester.name, single("stream", self.ingester.run)),
+                          (self.ingester.timeline.name, single("sweep", self.ingester.timeline.run))]
+            if self.webhooks is not None:
+                followers.append((self.webhooks.name, self.webhooks.run))
+        if self._works:
+            followers.append(("reviewer", single("reviewer", self._reviewer)))
+            if self.feeds is not None:
+                followers.append((self.feeds.name, single("feeds", self.feeds.run)))
+            if self.blocklists is not None:
+                followers.append(("blocklists", single("blocklists", self._follow_blocklists)))
+            if not isinstance(self._coordinator, LocalCoordinator):
+                followers.append(("reaper", single("reaper", self._reap)))
+            finishers += [("executor", single("executor", self._executor))] + [
+                (f"worker-{n}", self.workers.run) for n in range(self._config.workers.concurrency)]
         async with asyncio.TaskGroup() as group:
-            intake = [self._stage(group, source.name, source.run) for source in sources] + [
-                self._stage(group, "banks", self._follow_banks),
-                self._stage(group, "reviewer", self._reviewer),
-                self._stage(group, "watchdog", self.watchdog.run),
-                self._stage(group, "store_probe", self.health.run),
-            ] + ([self._stage(group, self.feeds.name, self.feeds.run)] if self.feeds is not None else []) + (
-                [self._stage(group, "blocklists", self._follow_blocklists)] if self.blocklists is not None else [])
-            # These end by themselves once draining; the group waits for them.
-            _ = [self._stage(group, "executor", self._executor)] + [
-                self._stage(group, f"worker-{n}", self.workers.run) for n in range(self._config.workers.concurrency)]
+            following = [self._stage(group, name, run) for name, run in followers]
+            finishing = {name: self._stage(group, name, run) for name, run in finishers}
             writer = self._stage(group, "intake", self.intake.run)
             await self._draining.wait()
-            for task in intake:
+            if "executor" in finishing and "executor" not in self._coordinator.held():
+                following.append(finishing.pop("executor"))  # waiting for another process's executor
+            for task in following:
                 task.cancel()
-            await asyncio.wait(intake)
+            await asyncio.wait(following)
             await self.intake.close()  # commit what ingest queued before it stopped
             await writer
         await self.workers.give_back()
 
     async def _follow_banks(self) -> None:
         while True:
-            await asyncio.sleep(self._config.banks.refresh_s)
-            if await self._banks_changed():
+            # Every refresh_s, or at once when another process announces a bank change.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.banks.refresh_s):
+                    await self._banks_due.wait()
+            self._banks_due.clear()
+            if await self._banks_changed() and "executor" in self._coordinator.held():
                 await self.executor.reconsider(self._justified_action,
                                                reverse=self._config.policy.reverse_on_retraction)
 
@@ -219,7 +266,7 @@ class Pipeline:
         """Follow the banks: new entries are screened for floods before the index uses them, and
         once it does, matched against the scan log; True when entries may have gone away."""
         state = await self._store.bank_state()
-        if self.retro is None:
+        if self.retro is None or not await self._coordinator.claim("retro"):
             return await self.index.refresh(state)
         fresh = await self.retro.screen(state.settled_id)
         # The entries the index takes are those screened; the holds the screen just made apply now.
@@ -246,6 +293,9 @@ class Pipeline:
     async def _executor(self) -> None:
         """Files due reports and actions one at a time (the instance's rate limits are per token).
         When draining, it leaves once the workers are done and nothing is due."""
+        # Entries retracted while no executor ran, and a reversal a stop cut off between the
+        # instance's answer and its record: both are seen now, not at the next bank change.
+        await self.executor.reconsider(self._justified_action, reverse=self._config.policy.reverse_on_retraction)
         while True:
             await self.executor.run_due()
             if self._draining.is_set() and self.workers.active == 0:
@@ -253,6 +303,16 @@ class Pipeline:
                     return
                 continue
             await wait_for(self._reports_due, await self.executor.next_due())
+
+    async def _reap(self) -> None:
+        """Give back at once the jobs leased by processes that died (PostgreSQL, several processes)."""
+        while True:
+            live = [p.id for p in await self._coordinator.live_processes()]
+            released = await self._store.release_leases_of_dead(live)
+            if released:
+                log_event(logger, logging.WARNING, "leases_released", jobs=released,
+                          msg="jobs leased by a process that died will run again")
+            await asyncio.sleep(2.0)
 
     async def _reviewer(self) -> None:
         while True:
@@ -283,13 +343,17 @@ class CuratedList:
 
 
 @asynccontextmanager
-async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
+async def open_pipeline(config: Config, role: str = "all") -> AsyncIterator[Pipeline]:
     """Open every resource the pipeline needs, and close them all on the way out.
 
-    The store's lock is taken first: a second bot on the same store stops here, naming the first."""
-    with StoreLock(config.store.path):
+    On SQLite the store's lock is taken first: a second bot on the same store stops here, naming
+    the first. On PostgreSQL any number of processes may run; they coordinate through the store."""
+    async with contextlib.AsyncExitStack() as stack:
+        if not config.store.is_postgres:
+            stack.enter_context(StoreLock(config.store.path))
+        store = await stack.enter_async_context(open_store(config.store))
+        coordinator = await stack.enter_async_context(open_coordinator(config.store, store, role))
         async with (
-            open_store(config.store) as store,
             MediaFetcher(config.media) as fetcher,
             HashPool(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
                      max_frames=config.media.max_frames, max_decoded_pixels=config.media.max_decoded_pixels,
@@ -298,8 +362,10 @@ async def open_pipeline(config: Config) -> AsyncIterator[Pipeline]:
         ):
             client = MastodonClient(base_url=config.instance.base_url, token=config.instance.token,
                                      request_timeout_s=config.instance.request_timeout_s, budget=budget_for(config))
-            yield Pipeline(config=config, store=store, fetcher=fetcher, hasher=hasher, client=client,
-                           session=session)
+            pipeline = Pipeline(config=config, store=store, fetcher=fetcher, hasher=hasher, client=client,
+                                session=session, coordinator=coordinator, role=role)
+            pipeline.metrics.register(coordinator)
+            yield pipeline
 
 
 def budget_for(config: Config) -> RateBudget:

@@ -75,7 +75,7 @@ class Workers:
     def __init__(self, *, settings: WorkerSettings, max_video_bytes: int, store: JobRepository,
                  fetcher: MediaFetcher, hasher: HashPool, index: IndexKeeper, decider: Decider,
                  fetch_status: StatusFetcher, on_queued: Callable[[], None], draining: asyncio.Event,
-                 on_scanned: Callable[[MediaJob, tuple[Signal, ...]], None] | None = None) -> None:
+                 on_scanned: Callable[[MediaJob, tuple[Signal, ...]], None] | None = None, owner: str = "") -> None:
         self._settings = settings
         self._max_video_bytes = max_video_bytes
         self._store = store
@@ -87,6 +87,7 @@ class Workers:
         self._on_queued = on_queued  # a report or action was queued: wake the executor
         self._on_scanned = on_scanned  # a job's hashes are recorded: the scan log index takes them
         self._draining = draining
+        self._owner = owner  # this process, named on every lease it takes
         self.work = asyncio.Event()
         self.active = 0
         self.stats = WorkerStats()
@@ -159,7 +160,7 @@ class Workers:
                 if not self._claimed:
                     await self._dead_letter_exhausted()
                     self._claimed.extend(await self._store.claim_jobs(self._settings.concurrency,
-                                                                      self._settings.lease_s))
+                                                                      self._settings.lease_s, owner=self._owner))
                     if len(self._claimed) > 1:
                         self.work.set()  # idle workers: there is more here than this one can take
         return self._claimed.popleft() if self._claimed else None

@@ -6,6 +6,7 @@ open their store through it, so a second backend is added here and nowhere else.
 
 from contextlib import AbstractAsyncContextManager
 
+from fedimod.store.coordination import Coordinator, LocalCoordinator
 from fedimod.store.probe import StoreProbe
 from fedimod.store.protocols import (
     ActionRepository,
@@ -23,8 +24,21 @@ from fedimod.store.sqlite import SQLiteStore
 
 __all__ = [
     "ActionRepository", "AuditRepository", "BankRepository", "BlocklistRepository", "FeedRepository", "JobRepository",
-    "RetroRepository", "SQLStore", "SQLiteStore", "Store", "StoreProbe", "StoreSettings", "open_store",
+    "RetroRepository", "SQLStore", "SQLiteStore", "Store", "StoreProbe", "StoreSettings", "open_coordinator",
+    "open_store",
 ]
+
+
+def open_coordinator(settings: StoreSettings, store: SQLStore, role: str) -> AbstractAsyncContextManager[Coordinator]:
+    """How this process shares the store with others: by advisory locks and NOTIFY on PostgreSQL;
+    on SQLite, where it is the only one, trivially."""
+    if settings.is_postgres:
+        from fedimod.store.postgres import PostgresStore
+        from fedimod.store.postgres.coordinator import PGCoordinator
+
+        assert isinstance(store, PostgresStore)
+        return PGCoordinator(store, settings.url, role)
+    return LocalCoordinator(role)
 
 
 def open_store(settings: StoreSettings, *, migrate: bool = True) -> AbstractAsyncContextManager[SQLStore]:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fedimod import __version__
+from fedimod.metrics import Metric, gauge, gauges
 from fedimod.models import ProcessInfo
 
 # What the store's writers announce, for processes that wait on them.
@@ -32,9 +33,23 @@ CHANNELS = (JOBS, DUE, BANKS)
 SINGLETONS = ("stream", "sweep", "executor", "reviewer", "feeds", "blocklists", "retro", "reaper")
 
 
+def process_metrics(info: ProcessInfo, held: tuple[str, ...]) -> list[Metric]:
+    """This process's identity and what it holds, as /metrics shows them. The identity is one info
+    series to join on (`* on(instance) group_left(role) fedimod_process_info`), not a label on every
+    series: a process id changes at each start and would start every series afresh."""
+    identity: dict[tuple[str, ...], float] = {(info.id, info.role, info.host, str(info.pid)): 1}
+    info_metric = gauges("fedimod_process_info", "1, labelled with this process's id, role, host and pid",
+                         ("process", "role", "host", "pid"), identity)
+    return [info_metric, gauges("fedimod_singleton_held", "1 for each singleton this process holds now",
+                                "singleton", dict.fromkeys(held, 1)),
+            gauge("fedimod_process_start_time_seconds", "When this process registered", info.started_at)]
+
+
 class Coordinator(Protocol):
     @property
     def process_id(self) -> str: ...
+
+    def collect(self) -> list[Metric]: ...
 
     def held(self) -> tuple[str, ...]:
         """The singletons this process holds now."""
@@ -89,3 +104,12 @@ class LocalCoordinator:
     async def live_processes(self) -> list[ProcessInfo]:
         return [ProcessInfo(id=self._info.id, host=self._info.host, pid=self._info.pid, role=self._info.role,
                             version=self._info.version, started_at=self._info.started_at, holds=self.held())]
+
+    def collect(self) -> list[Metric]:
+        return process_metrics(self._info, self.held())
+
+    async def __aenter__(self) -> LocalCoordinator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass

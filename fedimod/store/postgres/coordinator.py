@@ -29,9 +29,9 @@ import psycopg
 from fedimod import __version__
 from fedimod.errors import StoreError
 from fedimod.logs import log_event
-from fedimod.metrics import Metric, counter, gauge, gauges
+from fedimod.metrics import Metric, counter, gauge
 from fedimod.models import ProcessInfo
-from fedimod.store.coordination import CHANNELS
+from fedimod.store.coordination import CHANNELS, process_metrics
 from fedimod.store.postgres import PostgresStore, lock_key
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class PGCoordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self.acquired_total = 0
         self.lost_total = 0
+        self._started_at = time.time()
 
     @property
     def process_id(self) -> str:
@@ -90,7 +91,7 @@ class PGCoordinator:
             cursor = await conn.execute("SELECT pg_backend_pid()")
             row = await cursor.fetchone()
             assert row is not None
-            now = time.time()
+            now = self._started_at
             await conn.execute(
                 "INSERT INTO processes (id, lock_key, host, pid, role, version, backend_pid, started_at, seen_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
@@ -171,7 +172,7 @@ class PGCoordinator:
         lost = self._lost
         self._held[name] = time.time()
         self.acquired_total += 1
-        log_event(logger, logging.INFO, "singleton_acquired", singleton=name, process=self._id,
+        log_event(logger, logging.INFO, "singleton_acquired", singleton=name, process_id=self._id,
                   waited_s=round(time.monotonic() - waiting_since, 3))
         body = asyncio.ensure_future(run())
         dropped = asyncio.ensure_future(lost.wait())
@@ -197,7 +198,7 @@ class PGCoordinator:
         if await self._try_lock(lock_key(self._store.scope, name)):
             self._held[name] = time.time()
             self.acquired_total += 1
-            log_event(logger, logging.INFO, "singleton_acquired", singleton=name, process=self._id, waited_s=0)
+            log_event(logger, logging.INFO, "singleton_acquired", singleton=name, process_id=self._id, waited_s=0)
             return True
         return False
 
@@ -235,9 +236,10 @@ class PGCoordinator:
         return await self._store.live_processes()
 
     def collect(self) -> list[Metric]:
+        info = ProcessInfo(id=self._id, host=socket.gethostname(), pid=os.getpid(), role=self._role,
+                           version=__version__, started_at=self._started_at)
         return [
-            gauges("fedimod_singleton_held", "1 for each singleton this process holds now", "singleton",
-                   dict.fromkeys(self._held, 1)),
+            *process_metrics(info, self.held()),
             counter("fedimod_singleton_acquired", "Singletons this process has taken (at start or over)",
                     self.acquired_total),
             counter("fedimod_coordination_lost", "Times the control connection to the store broke",
