@@ -189,3 +189,34 @@ async def test_ingest_and_worker_processes_split_the_work_and_status_lists_them(
             ingest_line = next(line for line in text.splitlines() if " ingest " in line)
             assert "stream" in ingest_line and "sweep" in ingest_line and "executor" not in ingest_line, text
             assert all(w.returncode is None for w in workers)
+
+
+async def test_a_process_whose_database_session_is_killed_stops_its_singletons_and_takes_them_back(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, pg_url: str) -> None:
+    """The server ends the control session (a failover, an admin's pg_terminate_backend): the
+    locks went with it, so the process must stop acting as holder at once, reconnect, and hold
+    again only once the locks are its own again."""
+    await _bank(pg_url)
+    config = _config(tmp_path, sandbox, pg_url)
+    seller, _ = sandbox.create_account("seller")
+    async with PostgresStore.open(pg_url) as store, _processes(config, bot_token, tmp_path, 1) as (proc,):
+        await wait_until(lambda: _holder(store, "stream"), timeout_s=30, what="the stream holder")
+        (before,) = await store.live_processes()
+        (backend,) = (await store._one("SELECT backend_pid FROM processes WHERE id = ?", (before.id,)))
+        await store._one("SELECT pg_terminate_backend(?)", (backend,))
+
+        async def holds_again() -> bool:
+            rows = await store._all("SELECT backend_pid FROM processes WHERE id = ?", (before.id,))
+            holder = await _holder(store, "stream")
+            return bool(rows) and rows[0][0] != backend and holder is not None and holder.id == before.id
+
+        await wait_until(holds_again, timeout_s=30, what="the process holding the stream on a new session")
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), timeout_s=30, what="the stream again")
+        status = sandbox.post_status(seller.id, "offer", media=[altered_copy(BANNED[1], 0.7)])
+        await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=30, what="the report")
+        await asyncio.sleep(1.0)
+        assert [r.status_ids for r in sandbox.reports] == [[int(status.id)]]
+        assert proc.returncode is None
+    log = (tmp_path / "bot-0.log").read_text()
+    assert '"coordination_lost"' in log and '"coordination_restored"' in log
+    assert "Traceback" not in log

@@ -85,7 +85,7 @@ class Watchdog(Collector):
         conditions = {"hashing_stalled": self._hashing_stalled(m), "hash_errors": self._error_rate(m),
                       "ingest_stalled": await self._ingest_stalled(m), "stage_failing": self._stage_failing(m),
                       "store_unwritable": self._store_unwritable(m), "feed_stale": self._feed_stale(m),
-                      "entry_quarantined": self._quarantined(m)}
+                      "entry_quarantined": self._quarantined(m), "coordination_lost": self._uncoordinated(m)}
         for name, message in conditions.items():
             if message is not None and name not in self.active:
                 self.active[name] = message
@@ -111,6 +111,13 @@ class Watchdog(Collector):
             return None
         error = next(iter(m.values("fedimod_store_error")), "unknown error")
         return f"the store cannot commit writes ({error}); nothing new is recorded"
+
+    @staticmethod
+    def _uncoordinated(m: Metrics) -> str | None:
+        if m.value("fedimod_coordination_connected", default=1):  # SQLite, or connected
+            return None
+        return ("this process lost its control connection to the PostgreSQL store: its singletons (stream, "
+                "executor, …) stopped here until it is back; another process may hold them meanwhile")
 
     @staticmethod
     def _quarantined(m: Metrics) -> str | None:

@@ -57,7 +57,8 @@ class Coordinator(Protocol):
 
     async def exclusive(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Wait until this process holds singleton `name`, then run it for as long as it is held.
-        Losing it (the database connection dropped) cancels `run` and raises `StoreError`."""
+        Losing it (the database session that held it ended) cancels `run`, and the wait begins
+        again; returns when `run` does."""
         ...
 
     async def claim(self, name: str) -> bool:

@@ -160,37 +160,41 @@ class PGCoordinator:
     # -- singletons --------------------------------------------------------------------------------
 
     async def exclusive(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run `run` whenever this process holds `name`: wait for it, run, and if the session that
+        held it breaks, cancel `run` and wait for it again (see the module docstring)."""
         key = lock_key(self._store.scope, name)
-        waiting_since = time.monotonic()
-        announced = False
-        while not await self._try_lock(key):
-            if not announced:
-                log_event(logger, logging.INFO, "singleton_waiting", singleton=name,
-                          msg="another process holds it; taking over if it stops")
-                announced = True
-            await asyncio.sleep(self._poll_s)
-        lost = self._lost
-        self._held[name] = time.time()
-        self.acquired_total += 1
-        log_event(logger, logging.INFO, "singleton_acquired", singleton=name, process_id=self._id,
-                  waited_s=round(time.monotonic() - waiting_since, 3))
-        body = asyncio.ensure_future(run())
-        dropped = asyncio.ensure_future(lost.wait())
-        try:
-            done, _ = await asyncio.wait({body, dropped}, return_when=asyncio.FIRST_COMPLETED)
-            if body in done:
-                body.result()
-                return
-            raise StoreError(f"lost the {name} singleton: the store's control connection broke")
-        finally:
-            for task in (body, dropped):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-            self._held.pop(name, None)
-            if not lost.is_set():
-                await self._unlock(key)
+        while True:
+            waiting_since = time.monotonic()
+            announced = False
+            while not await self._try_lock(key):
+                if not announced:
+                    log_event(logger, logging.INFO, "singleton_waiting", singleton=name,
+                              msg="another process holds it; taking over if it stops")
+                    announced = True
+                await asyncio.sleep(self._poll_s)
+            lost = self._lost
+            self._held[name] = time.time()
+            self.acquired_total += 1
+            log_event(logger, logging.INFO, "singleton_acquired", singleton=name, process_id=self._id,
+                      waited_s=round(time.monotonic() - waiting_since, 3))
+            body = asyncio.ensure_future(run())
+            dropped = asyncio.ensure_future(lost.wait())
+            try:
+                done, _ = await asyncio.wait({body, dropped}, return_when=asyncio.FIRST_COMPLETED)
+                if body in done:
+                    body.result()
+                    return
+                log_event(logger, logging.WARNING, "singleton_lost", singleton=name,
+                          msg="stopped here: the session that held it ended; waiting to hold it again")
+            finally:
+                for task in (body, dropped):
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
+                self._held.pop(name, None)
+                if not lost.is_set():
+                    await self._unlock(key)
 
     async def claim(self, name: str) -> bool:
         if name in self._held:
