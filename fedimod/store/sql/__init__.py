@@ -31,7 +31,10 @@ class SQLStore(SQLJobs, SQLFeeds, SQLBanks, SQLRetro, SQLBlocklists, SQLActions,
         matching attachment or post adds causes and audit lines but never a second request."""
         now = time.time() if now is None else now
         new_report = new_action = False
-        async with self._transaction():
+        # Most media match nothing: recording its hashes and closing the job appends to no log that
+        # another process reads by id, so it need not wait its turn behind other processes' writes.
+        appends = bool(outcome.matches or outcome.decision or outcome.report or outcome.action)
+        async with self._transaction(ordered=appends):
             # The scan log keeps the picture's own hashes only: a variant (a mirror, a trim) is no
             # hash of what was posted, so it is neither published as one nor matched later as one.
             for signal in (s for s in outcome.signals if not s.variant):
