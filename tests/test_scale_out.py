@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from PIL import Image
+
 from fedimod.cli.demo import altered_copy, generate_image, jpeg_bytes
 from fedimod.match import parse_bank_lines
 from fedimod.media import hash_media
@@ -220,3 +222,42 @@ async def test_a_process_whose_database_session_is_killed_stops_its_singletons_a
     log = (tmp_path / "bot-0.log").read_text()
     assert '"coordination_lost"' in log and '"coordination_restored"' in log
     assert "Traceback" not in log
+
+
+async def test_media_hashed_by_any_process_is_matched_again_when_a_bank_learns_it(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, pg_url: str) -> None:
+    """Retroactive matching runs in one process, but media is hashed by all of them: the
+    process holding it must see what the others hashed, or a hash learned later misses them."""
+    async with PostgresStore.open(pg_url) as store:
+        await store.add_bank_entries("test-bank", [])  # the bank exists, still empty
+    config = _config(tmp_path, sandbox, pg_url)
+    seller, _ = sandbox.create_account("seller")
+    later = [generate_image(800 + n) for n in range(6)]
+    async with PostgresStore.open(pg_url) as store, _processes(config, bot_token, tmp_path, 2):
+        await wait_until(lambda: _all_live(store, 2), timeout_s=30, what="two live processes")
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), timeout_s=30, what="the stream")
+        posted = [str(sandbox.post_status(seller.id, f"pic {n}", media=[altered_copy(image, 0.8)]).id)
+                  for n, image in enumerate(later)]
+
+        async def hashed() -> bool:
+            for status_id in posted:
+                if [m.state for m in await store.status_media(status_id)] != [JobState.DONE]:
+                    return False
+            return True
+
+        await wait_until(hashed, timeout_s=60, what="every picture hashed")
+        owners = {row[0] for row in await store._all(
+            "SELECT DISTINCT lease_owner FROM jobs WHERE status_id IN (" + ",".join("?" * len(posted)) + ")", posted)}
+        assert not sandbox.reports
+        await _bank_images(pg_url, later)  # the bank learns them afterwards (a feed, an import)
+        await wait_until(lambda: len(sandbox.reports) == len(posted), timeout_s=60, what="the retroactive reports")
+        await asyncio.sleep(1.5)
+        assert sorted(str(s) for r in sandbox.reports for s in r.status_ids) == sorted(posted)
+    print(f"hashed by {len(owners)} processes")
+
+
+async def _bank_images(url: str, images: list[Image.Image]) -> None:
+    lines = [f"{s.signal_type} {REGISTRY[s.signal_type].format(s.value)} csam"
+             for image in images for s in hash_media(jpeg_bytes(image)).signals if s.signal_type in ("pdq", "md5")]
+    async with PostgresStore.open(url) as store:
+        await store.add_bank_entries("test-bank", parse_bank_lines(lines))

@@ -108,6 +108,14 @@ class RetroMatcher:
         log_event(logger, logging.INFO, "scan_log_loaded", rows=len(rows), bytes=self.log.nbytes,
                   seconds=round(time.monotonic() - started, 3))
 
+    async def catch_up(self, up_to_id: int) -> None:
+        """Several processes share the store: media hashed by the others never passed `observe`
+        here, so before new entries are screened and judged, the log is read again from the store."""
+        new_entries = up_to_id > int(await self._store.get_meta(CURSOR_KEY) or 0)
+        if new_entries or await self._store.quarantined(after_version=int(await self._store.get_meta(RELEASED_KEY)
+                                                                          or 0)):
+            await self.load()
+
     def observe(self, job: MediaJob, signals: Sequence[Signal]) -> None:
         """A job just recorded: its hashes join the log index."""
         now = self._clock()

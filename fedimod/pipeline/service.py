@@ -76,6 +76,9 @@ class Pipeline:
         self._store = store
         self._role = role
         self._coordinator: Coordinator = coordinator or LocalCoordinator(role)
+        # Other processes share the store (PostgreSQL): the scan log is read from it by the one
+        # process that holds retroactive matching, rather than kept in every process's memory.
+        self._shared = not isinstance(self._coordinator, LocalCoordinator)
         self._banks_due = asyncio.Event()
         self._instance = urlsplit(config.instance.base_url).netloc
         self._draining = asyncio.Event()
@@ -109,7 +112,8 @@ class Pipeline:
                                fetcher=fetcher, hasher=hasher, index=self.index, decider=self.decider,
                                fetch_status=self.ingester.timeline.fetch_status, on_queued=self._reports_due.set,
                                draining=self._draining,
-                               on_scanned=self.retro.observe if self.retro is not None else None,
+                               on_scanned=self.retro.observe if self.retro is not None and not self._shared
+                               else None,
                                owner=self._coordinator.process_id)
         self.watchdog = Watchdog(settings=config.watchdog, metrics=self.metrics, newest_ids=self._newest_ids,
                                  notifiers=notifiers(config.watchdog, client=client, session=session,
@@ -168,7 +172,7 @@ class Pipeline:
         coordinator.on(JOBS, self.workers.work.set)
         coordinator.on(DUE, self._reports_due.set)
         coordinator.on(BANKS, self._banks_due.set)
-        if self.retro is not None:
+        if self.retro is not None and not self._shared:
             await self.retro.load()
         await self._banks_changed()
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self.index),
@@ -268,6 +272,8 @@ class Pipeline:
         state = await self._store.bank_state()
         if self.retro is None or not await self._coordinator.claim("retro"):
             return await self.index.refresh(state)
+        if self._shared:
+            await self.retro.catch_up(state.settled_id)
         fresh = await self.retro.screen(state.settled_id)
         # The entries the index takes are those screened; the holds the screen just made apply now.
         held = (await self._store.bank_state()).quarantine_seq
