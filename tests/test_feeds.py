@@ -288,16 +288,16 @@ async def test_the_feed_commands_publish_serve_and_follow(tmp_path: Path, capsys
         line = (await asyncio.wait_for(server.stdout.readline(), 30)).decode()
         url = re.search(r"http://[\d.:]+", line)
         assert url, line
-        code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", public,
+        code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", f"--pin={public}",
                               "--source", "peer-a", "-c", str(b_conf))
         assert code == 0 and "2 added, 1 removed, 1 skipped; cursor 4" in out, out
-        wrong = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", SigningKey.generate().public,
+        wrong = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", f"--pin={SigningKey.generate().public}",
                           "--source", "other", "-c", str(b_conf))
         assert wrong[0] == 1 and "(key)" in wrong[1]
     finally:
         server.kill()
         await server.wait()
-    code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", "--pin", public,
+    code, out = await cli("feed", "sync", "--url", url.group(0), "--feed", "a", f"--pin={public}",
                           "--source", "peer-a", "-c", str(b_conf))
     assert code == 1 and "(http)" in out  # the server is gone
     followed = b_conf.read_text() + (f'[[feeds.sources]]\nname = "peer-a"\nurl = "{url.group(0)}"\nfeed = "a"\n'

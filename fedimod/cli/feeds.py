@@ -6,7 +6,7 @@
     fedimod feed serve --key feed.pem [--listen 127.0.0.1:9470]
     fedimod feed export --key feed.pem DIR
     fedimod feed rotate --key feed.pem --new-key next.pem --feed NAME
-    fedimod feed sync --url URL --feed NAME --pin KEY --source NAME [--category C ...] [--static]
+    fedimod feed sync --url URL --feed NAME --pin=KEY --source NAME [--category C ...] [--static]
     fedimod feed verdict --key feed.pem --feed NAME TYPE HEX confirmed|false_positive [--note TEXT]
     fedimod feed quarantine list | release ENTRY_ID | reject ENTRY_ID
     fedimod feed status
@@ -85,7 +85,8 @@ def register(sub: Any, add_config: AddConfig) -> None:
     sync = feed_sub.add_parser("sync", help="apply a peer's or hub's new entries to its bank, once")
     sync.add_argument("--url", required=True, help="the feed server's base URL")
     sync.add_argument("--feed", required=True, help="the feed's name on that server")
-    sync.add_argument("--pin", required=True, help="the public key its entries must be signed with")
+    sync.add_argument("--pin", required=True, help="the public key its entries must be signed with; write "
+                      "--pin=KEY, since a key may begin with -")
     sync.add_argument("--source", required=True, help="your name for the source (its bank is feed:NAME)")
     sync.add_argument("--static", action="store_true", help="the url is a static export (fedimod feed export)")
     sync.add_argument("--category", action="append", choices=[c.value for c in Category],
