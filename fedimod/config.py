@@ -31,6 +31,7 @@ from fedimod.blocklists.sync import BlocklistSettings, BlocklistSource
 from fedimod.errors import ConfigError
 from fedimod.feeds.client import FeedSource
 from fedimod.feeds.follow import FeedsSettings, FollowedSource
+from fedimod.ingest.media_store import MediaStoreSettings
 from fedimod.ingest.stream import TRANSPORTS
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.settings import BankSettings, default_thresholds
@@ -138,7 +139,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
-                                       "webhooks", "watchdog", "logging", "feeds", "retro", "blocklists"}))
+                                       "webhooks", "watchdog", "logging", "feeds", "retro", "blocklists",
+                                       "ingest"}))
     feeds = _feeds(top.table("feeds", frozenset({"serve", "sources", "publish_confirmed"})), env)
     policy = _policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"}))))
     return Config(
@@ -156,6 +158,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
         watchdog=_watchdog(top.table("watchdog", _names(WatchdogSettings))),
         retro=_read(top.table("retro", _names(RetroSettings)), RetroSettings),
         blocklists=_blocklists(top.table("blocklists", _BLOCKLIST_KEYS), env),
+        media_store=_media_store(top.table("ingest", frozenset({"media_store"})), env),
         log_level=_log_level(top.table("logging", frozenset({"level"}))),
     )
 
@@ -247,6 +250,36 @@ def _store(table: _Table, env: Mapping[str, str]) -> StoreSettings:
             raise ConfigError("store.url", "must be a postgresql:// URL (SQLite is configured by path)")
         return StoreSettings(url=url)
     return StoreSettings(path=Path(table.get("path", str, str(StoreSettings().path))))
+
+
+_SECRETS = {"database_url": "database_url_env", "s3_access_key": "s3_access_key_env",
+            "s3_secret_key": "s3_secret_key_env"}
+
+
+def _media_store(ingest: _Table, env: Mapping[str, str]) -> MediaStoreSettings:
+    """`[ingest.media_store]`; the database URL and the bucket's keys may come from variables
+    named by `…_env`, so that no secret sits in the file."""
+    known = (_names(MediaStoreSettings) - {"s3_access_key", "s3_secret_key"}) | frozenset(_SECRETS.values())
+    table = ingest.table("media_store", known)
+    given: dict[str, Any] = {}
+    for name, env_key in _SECRETS.items():
+        if env_key in table:
+            variable = table.get(env_key, str, "")
+            if not env.get(variable):
+                raise ConfigError(table.key(env_key), f"the environment variable {variable} is not set")
+            given[name] = env[variable]
+    settings = _read(table, MediaStoreSettings, **given)
+    if settings.enabled:
+        if not settings.database_url:
+            raise ConfigError(table.key("database_url"), "set database_url or database_url_env: a read-only role on "
+                              "the instance's PostgreSQL database")
+        if settings.storage not in ("local", "s3"):
+            raise ConfigError(table.key("storage"), f"must be local or s3, got {settings.storage!r}")
+        if settings.storage == "local" and not settings.root:
+            raise ConfigError(table.key("root"), "the directory Mastodon keeps media in (its public/system)")
+        if settings.storage == "s3" and not (settings.s3_endpoint and settings.s3_bucket):
+            raise ConfigError(table.key("s3_bucket"), "s3 storage needs s3_endpoint and s3_bucket")
+    return settings
 
 
 def _ops(table: _Table) -> OpsSettings:

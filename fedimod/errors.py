@@ -63,6 +63,10 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     DECODE_FAILED = "decode_failed"
     TOO_MANY_PIXELS = "too_many_pixels"
+    # The instance's own media storage (the media-store channel): no file where Mastodon keeps it,
+    # or the storage could not be read just now.
+    NOT_FOUND = "not_found"
+    STORAGE = "storage"
 
 
 class MediaRejected(FedimodError):
@@ -73,7 +77,8 @@ class MediaRejected(FedimodError):
     @property
     def is_permanent(self) -> bool:
         """A retry cannot change the outcome (the bytes or the address are the problem)."""
-        return self.reason not in (RejectReason.TIMEOUT, RejectReason.NETWORK, RejectReason.HTTP_STATUS)
+        return self.reason not in (RejectReason.TIMEOUT, RejectReason.NETWORK, RejectReason.HTTP_STATUS,
+                                   RejectReason.STORAGE)
 
 
 class MastodonAPIError(FedimodError):

@@ -479,6 +479,37 @@ class StoreCounts:
     bank_entries: int
 
 
+# A job whose media is read from the instance's own storage (the media-store channel) names the
+# file's key there, after this prefix, where a streamed job has a URL.
+STORE_MEDIA_SCHEME = "mastodon-store:"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMedia:
+    """One media attachment as the instance's database holds it, read by the media-store channel,
+    and what became of it there (for the coverage report)."""
+
+    media_id: str
+    status_id: str | None
+    account_id: str
+    created_at: float
+    visibility: str  # public, unlisted, private, direct, limited; "" without a status
+    origin: str  # "local", or the remote account's domain
+    gap: str = ""  # why it cannot be scanned from the store ("" when it can)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoverageRow:
+    """Media the instance stored in a period, counted by how fedimod came to scan it (or not)."""
+
+    channel: str  # the post source that recorded it (stream, webhook, sweep, media_store), or "" if none
+    visibility: str
+    origin: str  # "local" or "remote"
+    outcome: str  # scanned, pending, failed, skipped, unseen, or gap
+    reason: str  # for failed and gap: why
+    media: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessInfo:
     """A running fedimod process on the store, and the singleton roles it holds right now."""

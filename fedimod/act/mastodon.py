@@ -112,7 +112,21 @@ class MastodonClient(Collector):
             "category": category,
             "forward": "1" if forward else "0",
         }
-        result = await self._call("POST /api/v1/reports", lambda: self._request("POST", "/api/v1/reports", params))
+        try:
+            result = await self._call("POST /api/v1/reports",
+                                      lambda: self._request("POST", "/api/v1/reports", params))
+        except MastodonAPIError as exc:
+            if exc.status != 404:
+                raise
+            # Mastodon attaches only statuses the reporter can see (app/services/report_service.rb:
+            # AccountStatusesFilter), and answers 404 for any other: a followers-only or direct post
+            # found in the instance's own storage. The account is reported, the post named in the
+            # comment, so a moderator still sees which one. A 404 here again means the account is gone.
+            note = f"\nstatus {request.status_id} (not visible to this account: followers-only or direct)"
+            unattached = {**params, "comment": request.comment[:1000 - len(note)] + note}
+            del unattached["status_ids[]"]
+            result = await self._call("POST /api/v1/reports",
+                                      lambda: self._request("POST", "/api/v1/reports", unattached))
         return str(result["id"])
 
     async def moderate(self, account_id: str, action: ActionType, *, report_id: str | None, notify: bool,

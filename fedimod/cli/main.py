@@ -8,17 +8,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedimod import __version__
-from fedimod.cli import bank, blocklists, feeds, hashing, matching, moderation, storage
+from fedimod.cli import bank, blocklists, feeds, hashing, matching, moderation, scan, storage
 from fedimod.config import Config, load_config
 from fedimod.errors import FedimodError
 from fedimod.logs import log_event, setup_logging
 from fedimod.match import FORMATS
-from fedimod.models import Category
+from fedimod.models import Category, CoverageRow
 
 if TYPE_CHECKING:
     from fedimod.pipeline.service import Pipeline
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     blocklists.register(sub, _add_config)
     matching.register(sub, _add_config)
     storage.register(sub, _add_config)
+    scan.register(sub, _add_config)
 
     sandbox = sub.add_parser("sandbox", help="run the bundled test instance on 127.0.0.1",
                              description="Serve the Mastodon-compatible sandbox instance until interrupted; prints "
@@ -215,6 +217,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = matching.dispatch(args)
     if result is None:
         result = storage.dispatch(args)
+    if result is None:
+        result = scan.dispatch(args)
     if result is not None:
         return result
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
@@ -273,6 +277,8 @@ async def _status(config: Config) -> int:
         reports = await store.reports()
         failed_jobs = await store.failed_jobs()
         processes = await _processes(config, store)
+        coverage = {label: await store.coverage(since=time.time() - seconds)
+                    for label, seconds in (("last day", 86400), ("last 30 days", 30 * 86400))}
     print(f"posts seen     {counts.posts}")
     print("jobs           " + (", ".join(f"{k} {v}" for k, v in sorted(counts.jobs_by_state.items())) or "none"))
     print(f"media hashed   {counts.media_hashed}")
@@ -286,9 +292,39 @@ async def _status(config: Config) -> int:
             print(f"  failed report {report.key}: {report.last_error}")
     for line in processes:
         print(line)
+    for line in coverage_lines(coverage):
+        print(line)
     for line in await _live_status(config):
         print(line)
     return 0
+
+
+def coverage_lines(periods: dict[str, list[CoverageRow]]) -> list[str]:
+    """The share of the instance's stored media that was scanned, per period, with the gaps."""
+    lines = []
+    for label, rows in periods.items():
+        stored = sum(r.media for r in rows)
+        if not stored:
+            continue
+        scanned = sum(r.media for r in rows if r.outcome == "scanned")
+        by_channel: dict[str, int] = {}
+        for r in rows:
+            if r.outcome == "scanned":
+                by_channel[r.channel] = by_channel.get(r.channel, 0) + r.media
+        lines.append(f"coverage       {label}: {scanned} of {stored} stored media scanned ({scanned / stored:.1%}); "
+                     "by channel " + ", ".join(f"{c or '?'} {n}" for c, n in sorted(by_channel.items())))
+        for key in sorted({(r.visibility or "-", r.origin) for r in rows}):
+            part = [r for r in rows if (r.visibility or "-", r.origin) == key]
+            total, done = sum(r.media for r in part), sum(r.media for r in part if r.outcome == "scanned")
+            lines.append(f"  {key[1]:<6} {key[0]:<9} {done:>7} of {total:<7} ({done / total:.1%})")
+        gaps: dict[str, int] = {}
+        for r in rows:
+            if r.outcome != "scanned":
+                name = f"{r.outcome}: {r.reason}" if r.reason else r.outcome
+                gaps[name] = gaps.get(name, 0) + r.media
+        for name, count in sorted(gaps.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  not scanned: {count} {name}")
+    return lines
 
 
 async def _processes(config: Config, store: object) -> list[str]:

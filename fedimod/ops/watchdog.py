@@ -85,7 +85,8 @@ class Watchdog(Collector):
         conditions = {"hashing_stalled": self._hashing_stalled(m), "hash_errors": self._error_rate(m),
                       "ingest_stalled": await self._ingest_stalled(m), "stage_failing": self._stage_failing(m),
                       "store_unwritable": self._store_unwritable(m), "feed_stale": self._feed_stale(m),
-                      "entry_quarantined": self._quarantined(m), "coordination_lost": self._uncoordinated(m)}
+                      "entry_quarantined": self._quarantined(m), "coordination_lost": self._uncoordinated(m),
+                      "coverage_low": self._coverage_low(m)}
         for name, message in conditions.items():
             if message is not None and name not in self.active:
                 self.active[name] = message
@@ -111,6 +112,14 @@ class Watchdog(Collector):
             return None
         error = next(iter(m.values("fedimod_store_error")), "unknown error")
         return f"the store cannot commit writes ({error}); nothing new is recorded"
+
+    @staticmethod
+    def _coverage_low(m: Metrics) -> str | None:
+        ratio, bound = m.value("fedimod_coverage_ratio", default=-1.0), m.value("fedimod_coverage_bound", default=0.0)
+        if ratio < 0 or bound <= 0 or ratio >= bound:
+            return None
+        return (f"coverage low: fedimod scanned {ratio:.1%} of the media the instance stored in the last day "
+                f"(bound {bound:.1%}); see `fedimod status` for the gaps by channel and reason")
 
     @staticmethod
     def _uncoordinated(m: Metrics) -> str | None:

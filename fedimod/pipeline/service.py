@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -44,9 +44,11 @@ from fedimod.feeds.server import FeedServer
 from fedimod.feeds.verify import SignatureChecker
 from fedimod.ingest import StreamIngester
 from fedimod.ingest.intake import PostIntake
+from fedimod.ingest.media_store import MediaStoreSettings, MediaStoreSource
 from fedimod.ingest.webhook import WebhookReceiver
 from fedimod.logs import log_event
 from fedimod.media import HashPool, MediaFetcher
+from fedimod.media.storage import LocalStorage, MediaStorage, S3Credentials, S3Storage
 from fedimod.metrics import Metrics
 from fedimod.models import ActionType, Post
 from fedimod.ops import OpsServer
@@ -69,7 +71,7 @@ ROLES = ("all", "ingest", "worker")
 class Pipeline:
     def __init__(self, *, config: Config, store: Store, fetcher: MediaFetcher, hasher: HashPool,
                  client: MastodonClient, session: aiohttp.ClientSession, coordinator: Coordinator | None = None,
-                 role: str = "all") -> None:
+                 role: str = "all", storage: MediaStorage | None = None) -> None:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         self._config = config
@@ -114,13 +116,18 @@ class Pipeline:
                                draining=self._draining,
                                on_scanned=self.retro.observe if self.retro is not None and not self._shared
                                else None,
-                               owner=self._coordinator.process_id)
+                               owner=self._coordinator.process_id, storage=storage,
+                               max_image_bytes=config.media.max_bytes)
         self.watchdog = Watchdog(settings=config.watchdog, metrics=self.metrics, newest_ids=self._newest_ids,
                                  notifiers=notifiers(config.watchdog, client=client, session=session,
                                                      instance=self._instance))
         self.metrics.register(self.ingester.stats, self.intake.stats, self.workers.stats, fetcher.stats,
                               hasher.stats, self.index, self.executor.stats, client, client.budget, self.health,
                               self.restarts, self.watchdog)
+        self.media_store: MediaStoreSource | None = None
+        if config.media_store.enabled:
+            self.media_store = MediaStoreSource(settings=config.media_store, store=store, record=self._record_stored)
+            self.metrics.register(self.media_store.stats)
         self.feeds: FeedFollower | None = None
         self._checker: SignatureChecker | None = None
         if config.feeds.sources:
@@ -141,6 +148,13 @@ class Pipeline:
     async def accept_post(self, post: Post, source: str) -> None:
         """Durably record a post's jobs (webhooks: return only once committed)."""
         await self.intake.record(post, source)
+
+    async def _record_stored(self, posts: Sequence[Post]) -> list[int]:
+        """Record what the media-store channel read (it batches its own rows) and wake the workers."""
+        counts = await self._store.record_posts([(post, "media_store") for post in posts])
+        if any(counts):
+            self.workers.work.set()
+        return counts
 
     def _post_recorded(self, post: Post, source: str, new_jobs: int) -> None:
         """Called by the intake for each committed post: wake the workers for its new jobs."""
@@ -231,6 +245,8 @@ class Pipeline:
                           (self.ingester.timeline.name, single("sweep", self.ingester.timeline.run))]
             if self.webhooks is not None:
                 followers.append((self.webhooks.name, self.webhooks.run))
+            if self.media_store is not None:
+                followers.append((self.media_store.name, single("media_store", self.media_store.run)))
         if self._works:
             followers.append(("reviewer", single("reviewer", self._reviewer)))
             if self.feeds is not None:
@@ -359,6 +375,7 @@ async def open_pipeline(config: Config, role: str = "all") -> AsyncIterator[Pipe
             stack.enter_context(StoreLock(config.store.path))
         store = await stack.enter_async_context(open_store(config.store))
         coordinator = await stack.enter_async_context(open_coordinator(config.store, store, role))
+        storage_session = await stack.enter_async_context(aiohttp.ClientSession(headers={"User-Agent": "fedimod"}))
         async with (
             MediaFetcher(config.media) as fetcher,
             HashPool(processes=config.workers.hash_processes, max_pixels=config.media.max_pixels,
@@ -369,9 +386,21 @@ async def open_pipeline(config: Config, role: str = "all") -> AsyncIterator[Pipe
             client = MastodonClient(base_url=config.instance.base_url, token=config.instance.token,
                                      request_timeout_s=config.instance.request_timeout_s, budget=budget_for(config))
             pipeline = Pipeline(config=config, store=store, fetcher=fetcher, hasher=hasher, client=client,
-                                session=session, coordinator=coordinator, role=role)
+                                session=session, coordinator=coordinator, role=role,
+                                storage=media_storage(config.media_store, storage_session))
             pipeline.metrics.register(coordinator)
             yield pipeline
+
+
+def media_storage(settings: MediaStoreSettings, session: aiohttp.ClientSession) -> MediaStorage | None:
+    """The instance's media storage, read-only, when the media-store channel is configured."""
+    if not settings.enabled:
+        return None
+    if settings.storage == "s3":
+        return S3Storage(session=session, endpoint=settings.s3_endpoint, bucket=settings.s3_bucket,
+                         credentials=S3Credentials(access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
+                                                   region=settings.s3_region))
+    return LocalStorage(Path(settings.root))
 
 
 def budget_for(config: Config) -> RateBudget:

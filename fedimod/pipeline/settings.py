@@ -9,6 +9,7 @@ from fedimod.act.policy import PolicySettings
 from fedimod.act.report import ReportSettings
 from fedimod.blocklists.sync import BlocklistSettings
 from fedimod.feeds.follow import FeedsSettings
+from fedimod.ingest.media_store import MediaStoreSettings
 from fedimod.ingest.webhook import WebhookSettings
 from fedimod.match.settings import BankSettings
 from fedimod.media.settings import MediaSettings
@@ -71,4 +72,5 @@ class Config:
     feeds: FeedsSettings = field(default_factory=FeedsSettings)
     retro: RetroSettings = field(default_factory=RetroSettings)
     blocklists: BlocklistSettings = field(default_factory=BlocklistSettings)
+    media_store: MediaStoreSettings = field(default_factory=MediaStoreSettings)
     log_level: str = "INFO"

@@ -21,11 +21,12 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from fedimod.act.decide import Decider
-from fedimod.errors import FedimodError, MalformedInput, MediaRejected
+from fedimod.errors import FedimodError, MalformedInput, MediaRejected, RejectReason
 from fedimod.logs import log_event
 from fedimod.media import HashPool, MediaFetcher
+from fedimod.media.storage import MediaStorage
 from fedimod.metrics import Collector, Metric, counter, counters
-from fedimod.models import JobOutcome, JobState, Match, MediaJob, Post, Signal
+from fedimod.models import STORE_MEDIA_SCHEME, JobOutcome, JobState, Match, MediaJob, Post, Signal
 from fedimod.pipeline.index import IndexKeeper
 from fedimod.pipeline.settings import WorkerSettings
 from fedimod.signals import REGISTRY, quality_of
@@ -75,7 +76,8 @@ class Workers:
     def __init__(self, *, settings: WorkerSettings, max_video_bytes: int, store: JobRepository,
                  fetcher: MediaFetcher, hasher: HashPool, index: IndexKeeper, decider: Decider,
                  fetch_status: StatusFetcher, on_queued: Callable[[], None], draining: asyncio.Event,
-                 on_scanned: Callable[[MediaJob, tuple[Signal, ...]], None] | None = None, owner: str = "") -> None:
+                 on_scanned: Callable[[MediaJob, tuple[Signal, ...]], None] | None = None, owner: str = "",
+                 storage: MediaStorage | None = None, max_image_bytes: int = 16 * 1024 * 1024) -> None:
         self._settings = settings
         self._max_video_bytes = max_video_bytes
         self._store = store
@@ -88,6 +90,8 @@ class Workers:
         self._on_scanned = on_scanned  # a job's hashes are recorded: the scan log index takes them
         self._draining = draining
         self._owner = owner  # this process, named on every lease it takes
+        self._storage = storage  # the instance's own media storage (the media-store channel)
+        self._max_image_bytes = max_image_bytes
         self.work = asyncio.Event()
         self.active = 0
         self.stats = WorkerStats()
@@ -190,8 +194,7 @@ class Workers:
             await self._fail(job, "no media URL yet (still processing on the instance)", permanent=False)
             return
         try:
-            data = await self._fetcher.fetch(
-                url, max_bytes=self._max_video_bytes if job.media_type in VIDEO_TYPES else None)
+            data = await self._read(job, url)
             result = await self._hasher.hash(data)
             del data  # media bytes never outlive hashing
             result.raise_if_rejected()
@@ -228,6 +231,17 @@ class Workers:
                       value=REGISTRY[match.signal_type].format(match.entry.value))
         if completed.new_report or completed.new_action:
             self._on_queued()
+
+    async def _read(self, job: MediaJob, url: str) -> bytes:
+        """The media's bytes: from the instance's own storage for a media-store job, else downloaded."""
+        max_bytes = self._max_video_bytes if job.media_type in VIDEO_TYPES else None
+        if url.startswith(STORE_MEDIA_SCHEME):
+            if self._storage is None:
+                raise MediaRejected(RejectReason.STORAGE, "a media-store job, but no [ingest.media_store] storage "
+                                                          "is configured in this process")
+            return await self._storage.read(url.removeprefix(STORE_MEDIA_SCHEME),
+                                            max_bytes=max_bytes or self._max_image_bytes)
+        return await self._fetcher.fetch(url, max_bytes=max_bytes)
 
     async def _refreshed_urls(self, job: MediaJob) -> MediaJob:
         """Ask the instance for the attachment's URLs again: Mastodon serves `url: null` while it

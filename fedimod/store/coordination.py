@@ -30,7 +30,7 @@ BANKS = "banks"  # bank entries were added, removed, enabled or disabled
 CHANNELS = (JOBS, DUE, BANKS)
 
 # The stages that run in one process at a time, by the name their lock and `fedimod status` use.
-SINGLETONS = ("stream", "sweep", "executor", "reviewer", "feeds", "blocklists", "retro", "reaper")
+SINGLETONS = ("stream", "sweep", "media_store", "executor", "reviewer", "feeds", "blocklists", "retro", "reaper")
 
 
 def process_metrics(info: ProcessInfo, held: tuple[str, ...]) -> list[Metric]:

@@ -27,6 +27,7 @@ from fedimod.models import (
     BankState,
     Category,
     Completed,
+    CoverageRow,
     DomainBlock,
     FailedJob,
     FeedApplied,
@@ -51,6 +52,7 @@ from fedimod.models import (
     Signal,
     StoreCounts,
     StoredAction,
+    StoredMedia,
     VerdictRecord,
 )
 
@@ -333,6 +335,16 @@ class BlocklistRepository(Protocol):
     async def forget_account(self, account: str) -> None: ...
 
 
+class CoverageRepository(Protocol):
+    """The media the instance stored (read by the media-store channel), against what was scanned."""
+
+    async def record_store_media(self, rows: Sequence[StoredMedia], now: float | None = None) -> None: ...
+
+    async def coverage(self, *, since: float, until: float | None = None) -> list[CoverageRow]:
+        """Attachments stored in the period, by channel, visibility, origin and outcome."""
+        ...
+
+
 class Store(JobRepository, BankRepository, FeedRepository, RetroRepository, BlocklistRepository, ActionRepository,
-            AuditRepository, Protocol):
+            AuditRepository, CoverageRepository, Protocol):
     """Every repository over one database (and one transaction helper)."""

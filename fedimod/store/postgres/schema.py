@@ -255,4 +255,18 @@ MIGRATIONS: tuple[str, ...] = (
         seen_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: SQLite's 11, the media the instance stored (the coverage report's denominator).
+    """
+    CREATE TABLE store_media (
+        media_id TEXT PRIMARY KEY,
+        status_id TEXT,
+        account_id TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        visibility TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        gap TEXT NOT NULL DEFAULT '',
+        seen_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX store_media_by_created ON store_media (created_at);
+    """,
 )

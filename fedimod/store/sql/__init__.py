@@ -16,6 +16,7 @@ from fedimod.store.sql.actions import SQLActions
 from fedimod.store.sql.audit import SQLAudit
 from fedimod.store.sql.banks import SQLBanks
 from fedimod.store.sql.blocklists import SQLBlocklists
+from fedimod.store.sql.coverage import SQLCoverage
 from fedimod.store.sql.feeds import SQLFeeds
 from fedimod.store.sql.jobs import SQLJobs
 from fedimod.store.sql.retro import SQLRetro
@@ -23,7 +24,7 @@ from fedimod.store.sql.retro import SQLRetro
 __all__ = ["SQLStore"]
 
 
-class SQLStore(SQLJobs, SQLFeeds, SQLBanks, SQLRetro, SQLBlocklists, SQLActions, SQLAudit):
+class SQLStore(SQLJobs, SQLFeeds, SQLBanks, SQLRetro, SQLBlocklists, SQLActions, SQLAudit, SQLCoverage):
     async def complete_job(self, job: MediaJob, outcome: JobOutcome, now: float | None = None) -> Completed:
         """Record a finished job: its hashes, matches, the decision and what it queues, all at once.
 

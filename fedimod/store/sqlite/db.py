@@ -326,6 +326,21 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
     """,
+    # 11: the media the instance itself stored, as the media-store channel read it from the
+    # instance's database: what the coverage report counts against.
+    """
+    CREATE TABLE store_media (
+        media_id TEXT PRIMARY KEY,
+        status_id TEXT,
+        account_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        visibility TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        gap TEXT NOT NULL DEFAULT '',
+        seen_at REAL NOT NULL
+    );
+    CREATE INDEX store_media_by_created ON store_media (created_at);
+    """,
 )
 
 
