@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from fedimod.errors import FedimodError, MediaRejected, RejectReason
 from fedimod.ingest.media_store import InstanceDatabase, MediaStoreSettings, id_partition, storage_key
 from fedimod.media.storage import LocalStorage, S3Credentials, S3Storage
 from fedimod.models import JobState
+from fedimod.ops.transparency import build_report, render_text
 from fedimod.sandbox import Sandbox
 from fedimod.store import SQLiteStore
 from tests.helpers import bank_images, make_config, running, wait_until
@@ -107,6 +109,9 @@ async def test_followers_only_remote_media_is_found_scanned_and_reported_and_cov
             await wait_until(lambda: bot.workers.stats.media_hashed >= 4, timeout_s=30, what="all media hashed")
         async with SQLiteStore.open(db) as store:
             rows = await store.coverage(since=0)
+            report = await build_report(store, since=0, until=time.time() + 1)
+    assert (report.media_stored, report.stored_media_scanned, report.not_scanned) == (4, 4, {})
+    assert "4 of 4 stored media scanned (100.0%)" in render_text(report)
     by = {(r.visibility, r.origin): r for r in rows}
     assert all(r.outcome == "scanned" for r in rows), rows
     assert sum(r.media for r in rows) == 4

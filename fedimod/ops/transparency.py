@@ -16,11 +16,17 @@ import html
 import json
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fedimod.store import AuditRepository
+from fedimod.store.protocols import CoverageRepository
+
+
+class ReportSource(AuditRepository, CoverageRepository, Protocol):
+    """What the report reads: the audit log, and the media the instance stored (coverage)."""
 
 ACTED = {"report": {"sent", "reconciled"}, "account_action": {"applied", "reconciled"}}
 HISTOGRAM_EDGES_S = (60, 300, 900, 3600, 6 * 3600, 24 * 3600)
@@ -43,6 +49,13 @@ class TransparencyReport:
     time_to_action_p95_s: float | None
     time_to_action_histogram: dict[str, int]
     daily_matches: dict[str, int]
+    # Of the media the instance itself stored in the period (read by the media-store channel):
+    # how much, how much was scanned, by which channel, and why the rest was not. Zero stored
+    # when that channel is not configured: coverage is then unknown, not 100 %.
+    media_stored: int = 0
+    stored_media_scanned: int = 0
+    scanned_by_channel: dict[str, int] | None = None
+    not_scanned: dict[str, int] | None = None
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -81,7 +94,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-async def build_report(store: AuditRepository, *, since: float, until: float) -> TransparencyReport:
+async def build_report(store: ReportSource, *, since: float, until: float) -> TransparencyReport:
     rows = [r for r in await store.audit_rows(since=since) if r.at <= until]
     scanned = await store.scan_counts(since)
     by_category: Counter[str] = Counter()
@@ -113,6 +126,14 @@ async def build_report(store: AuditRepository, *, since: float, until: float) ->
     delays = [max(0.0, at - t) for sid, at in first_action.items()
               if (t := _parse_time(created.get(sid, ""))) is not None]
     histogram = Counter(_bucket(d) for d in delays)
+    coverage = await store.coverage(since=since, until=until)
+    by_channel: Counter[str] = Counter()
+    missed: Counter[str] = Counter()
+    for c in coverage:
+        if c.outcome == "scanned":
+            by_channel[c.channel or "unknown"] += c.media
+        else:
+            missed[f"{c.outcome}: {c.reason}" if c.reason else c.outcome] += c.media
     return TransparencyReport(
         since=datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
         until=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"),
@@ -124,6 +145,8 @@ async def build_report(store: AuditRepository, *, since: float, until: float) ->
         time_to_action_p95_s=round(percentile(delays, 95), 3) if delays else None,
         time_to_action_histogram={label: histogram[label] for label in _labels() if histogram[label]},
         daily_matches=dict(sorted(daily.items())),
+        media_stored=sum(c.media for c in coverage), stored_media_scanned=sum(by_channel.values()),
+        scanned_by_channel=dict(sorted(by_channel.items())), not_scanned=dict(sorted(missed.items())),
     )
 
 
@@ -149,6 +172,11 @@ def render_text(report: TransparencyReport) -> str:
         f"time to action         median {fmt(report.time_to_action_median_s)}, "
         f"p95 {fmt(report.time_to_action_p95_s)}",
     ]
+    if report.media_stored:
+        lines += [f"coverage               {report.stored_media_scanned} of {report.media_stored} stored media scanned "
+                  f"({report.stored_media_scanned / report.media_stored:.1%})",
+                  "scanned by channel     " + _pairs(report.scanned_by_channel or {}),
+                  "not scanned            " + _pairs(report.not_scanned or {})]
     return "\n".join(lines) + "\n"
 
 
@@ -216,7 +244,21 @@ Automated hash matching of media posted to this instance. No media is stored or 
 {table("Media matched, by category", report.matches_by_category, "matches_by_category")}
 {table("Media matched, by feed source", report.matches_by_source, "matches_by_source")}
 {table("Actions taken, by type", report.actions_by_type, "actions_by_type")}
+{_coverage_html(report, cell, table)}
 {_bars("Time from post to action", report.time_to_action_histogram, "time_to_action_histogram")}
 {_bars("Matches per day", report.daily_matches, "daily_matches")}
 </body></html>
 """
+
+
+def _coverage_html(report: TransparencyReport, cell: Callable[[str, Any], str],
+                   table: Callable[[str, dict[str, int], str], str]) -> str:
+    if not report.media_stored:
+        return ("<h2>Coverage</h2><p>Unknown: the media-store channel is not configured, so the share of the "
+                "media this instance stored that was scanned is not measured.</p>")
+    share = f"{report.stored_media_scanned / report.media_stored:.1%}"
+    return (f"<h2>Coverage</h2><table><tr><th>Media the instance stored</th>{cell('media_stored', report.media_stored)}"
+            f"</tr><tr><th>Of which scanned</th>{cell('stored_media_scanned', report.stored_media_scanned)}</tr>"
+            f"<tr><th>Share scanned</th>{cell('coverage_share', share)}</tr></table>"
+            + table("Scanned, by channel", report.scanned_by_channel or {}, "scanned_by_channel")
+            + table("Not scanned, by reason", report.not_scanned or {}, "not_scanned"))
