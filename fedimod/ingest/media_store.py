@@ -100,7 +100,8 @@ class InstanceDatabase:
         self._url = url
         self._timeout_ms = statement_timeout_ms
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self.queries = 0
+        self.queries = 0  # what this session asked of the instance's database, and how long it took
+        self.query_seconds = 0.0
 
     async def __aenter__(self) -> InstanceDatabase:
         try:
@@ -148,11 +149,14 @@ class InstanceDatabase:
     async def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         assert self._conn is not None
         self.queries += 1
+        started = time.monotonic()
         try:
             cursor = await self._conn.execute(sql, params)
             return await cursor.fetchall()
         except psycopg.Error as exc:
             raise FedimodError(f"the instance's database refused a read: {_first_line(exc)}") from exc
+        finally:
+            self.query_seconds += time.monotonic() - started
 
     async def after(self, media_id: int, *, limit: int, settled_before: float) -> list[tuple[Any, ...]]:
         """Attachments with ids above `media_id`, in id order, created before `settled_before`."""
@@ -275,6 +279,8 @@ class MediaStoreSource:
         self._progress = progress
         self.stats = MediaStoreStats(gaps={}, bound=settings.min_coverage)
         self.resumed = False
+        self.queries = 0
+        self.query_seconds = 0.0
 
     async def run(self) -> None:
         """Follow the instance's new media for as long as the pipeline runs."""
@@ -310,6 +316,7 @@ class MediaStoreSource:
             await self._pass(db, RateLimit(self._settings.rows_per_s), start, until=end, total=total,
                              cursor_key=SCAN_KEY, end=end)
             await self._store.set_meta(SCAN_KEY, "")
+            self.queries, self.query_seconds = db.queries, db.query_seconds
             return self.stats.rows - before
 
     async def _pass(self, db: InstanceDatabase, limit: RateLimit, cursor: int, *, until: int | None,
