@@ -320,3 +320,29 @@ async def test_low_coverage_raises_an_alert_and_status_shows_the_gaps() -> None:
     text = "\n".join(coverage_lines({"last day": rows}))
     assert "9 of 10 stored media scanned (90.0%)" in text and "media_store 3, stream 6" in text
     assert "  remote direct  " in text and "0 of 1 " in text and "not scanned: 1 unseen" in text
+
+
+async def test_an_upload_attached_to_its_post_later_is_scanned_then(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, instance_db: MastodonDB) -> None:
+    """Mastodon stores an upload before the post exists; the post may come minutes later."""
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    seller, _ = sandbox.create_account("seller", domain="remote.example")
+    await instance_db.account(seller.id, "seller", "remote.example")
+    copy = altered_copy(BANNED, 0.6)
+    status = sandbox.post_status(seller.id, "later", media=[copy], visibility="direct")
+    async with instance_db.role() as reader:
+        config = replace(make_config(sandbox, bot_token, db), media_store=_media_store(reader, instance_db.root))
+        async with running(config, sandbox) as bot:
+            await asyncio.sleep(0.5)
+            await instance_db.media(status.media_ids[0], None, seller.id, copy, remote=True, age_s=0)
+            await wait_until(lambda: bot.media_store is not None and bot.media_store.stats.rows >= 1,
+                             timeout_s=20, what="the upload read")
+            assert not sandbox.reports
+            await instance_db.status(status.id, seller.id, "direct", local=False)
+            await instance_db.execute("UPDATE media_attachments SET status_id = %s WHERE id = %s",
+                                      (status.id, status.media_ids[0]))
+            await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=30, what="the report")
+        async with SQLiteStore.open(db) as store:
+            rows = await store.coverage(since=0)
+    assert [(r.channel, r.visibility, r.outcome) for r in rows] == [("media_store", "direct", "scanned")]

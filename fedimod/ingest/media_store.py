@@ -164,6 +164,9 @@ class InstanceDatabase:
             _SELECT + "WHERE m.id > %s AND m.created_at < to_timestamp(%s) ORDER BY m.id LIMIT %s",
             (media_id, settled_before, limit))
 
+    async def by_ids(self, media_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        return await self._all(_SELECT + "WHERE m.id = ANY(%s) ORDER BY m.id", (list(media_ids),))
+
     async def newest_id(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM media_attachments")
         return int(row[0])
@@ -279,6 +282,9 @@ class MediaStoreSource:
         self._progress = progress
         self.stats = MediaStoreStats(gaps={}, bound=settings.min_coverage)
         self.resumed = False
+        # Uploads not yet attached to a post (Mastodon stores the file before the post is made):
+        # looked at again each pass for a day, then left as the gap they were recorded as.
+        self._unattached: dict[int, float] = {}
         self.queries = 0
         self.query_seconds = 0.0
 
@@ -294,6 +300,7 @@ class MediaStoreSource:
             while True:
                 done = await self._pass(db, limit, int(cursor), until=None)
                 cursor = str(done)
+                await self._revisit(db)
                 await self._update_coverage()
                 await asyncio.sleep(self._settings.poll_s)
 
@@ -338,6 +345,18 @@ class MediaStoreSource:
             if self._progress is not None:
                 self._progress(done, total)
 
+    async def _revisit(self, db: InstanceDatabase) -> None:
+        """Uploads seen before their post existed: taken now if they have one (a day at most)."""
+        horizon = time.time() - 86400
+        self._unattached = {m: at for m, at in self._unattached.items() if at >= horizon}
+        if not self._unattached:
+            return
+        rows = [r for r in await db.by_ids(sorted(self._unattached)) if r[1] is not None]
+        for row in rows:
+            self._unattached.pop(int(row[0]), None)
+        if rows:
+            await self._take(rows)
+
     async def _take(self, rows: Sequence[Sequence[Any]]) -> None:
         readings, posts = [], []
         for row in rows:
@@ -349,6 +368,8 @@ class MediaStoreSource:
                 post = None
             readings.append(stored)
             self.stats.rows += 1
+            if stored.status_id is None and not stored.gap.startswith("unreadable"):
+                self._unattached[int(row[0])] = stored.created_at
             if post is None:
                 assert self.stats.gaps is not None
                 self.stats.gaps[stored.gap] = self.stats.gaps.get(stored.gap, 0) + 1
