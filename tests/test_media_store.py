@@ -346,3 +346,19 @@ async def test_an_upload_attached_to_its_post_later_is_scanned_then(
         async with SQLiteStore.open(db) as store:
             rows = await store.coverage(since=0)
     assert [(r.channel, r.visibility, r.outcome) for r in rows] == [("media_store", "direct", "scanned")]
+
+
+async def test_doctor_checks_the_role_and_the_storage(tmp_path: Path, instance_db: MastodonDB) -> None:
+    from fedimod.cli.doctor import _media_store as media_store_checks
+    from fedimod.pipeline.settings import Config, InstanceSettings
+
+    async with instance_db.role() as reader, instance_db.role(can_write=True) as writer:
+        base = Config(instance=InstanceSettings(base_url="https://x.example", token_env="T", token="t"))
+        empty = replace(base, media_store=_media_store(reader, tmp_path))
+        checks = await media_store_checks(empty)
+        assert [c.ok for c in checks] == [True, False] and "neither media_attachments" in checks[1].detail
+        (instance_db.root / "cache").mkdir()
+        good = replace(base, media_store=_media_store(reader, instance_db.root))
+        assert all(c.ok for c in await media_store_checks(good))
+        with pytest.raises(FedimodError, match="can write"):
+            await media_store_checks(replace(base, media_store=_media_store(writer, instance_db.root)))

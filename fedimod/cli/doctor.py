@@ -74,7 +74,7 @@ async def run_checks(config: Config) -> list[Check]:
         api = _Instance(session, config)
         for remote in (_token, _scopes, _timeline, _own_filters, _streaming):
             checks.extend(await _guard(remote.__name__.strip("_"), partial(remote, api, config)))
-    for local in (_webhooks, _ops, _store, _banks, _hashing):
+    for local in (_webhooks, _ops, _store, _banks, _hashing, _media_store):
         checks.extend(await _guard(local.__name__.strip("_"), partial(local, config)))
     return checks
 
@@ -272,6 +272,31 @@ async def _store(config: Config) -> list[Check]:
     return [Check(name="store", ok=result.writable, detail=f"{where} writable" if result.writable else
                   f"{where}: {result.error}", fix="" if result.writable else "free disk space or fix the file's "
                                                                              "permissions")]
+
+
+async def _media_store(config: Config) -> list[Check]:
+    """The media-store channel, when configured: a read-only role on the instance's database that
+    sees the tables, and the storage where the files are."""
+    settings = config.media_store
+    if not settings.enabled:
+        return []
+    from pathlib import Path
+
+    from fedimod.ingest.media_store import InstanceDatabase
+
+    async with InstanceDatabase(settings.database_url, statement_timeout_ms=settings.statement_timeout_ms) as db:
+        newest = await db.newest_id()
+    checks = [Check(name="media store database", ok=True,
+                    detail=f"read-only role accepted; newest attachment id {newest}")]
+    if settings.storage == "local":
+        root = Path(settings.root)
+        found = (root / "media_attachments").is_dir() or (root / "cache").is_dir()
+        checks.append(Check(name="media storage", ok=found,
+                            detail=f"{root} holds Mastodon's media" if found else
+                            f"{root} has neither media_attachments/ nor cache/",
+                            fix="" if found else "set root to Mastodon's public/system (PAPERCLIP_ROOT_PATH), "
+                                                 "mounted read-only"))
+    return checks
 
 
 async def _banks(config: Config) -> list[Check]:
