@@ -18,6 +18,7 @@ from fedimod.models import (
     JobOutcome,
     Severity,
     Signal,
+    StoredMedia,
     Verdict,
     VerdictRecord,
 )
@@ -63,6 +64,9 @@ async def _populate(path: Path) -> None:
         await store.save_blocklist_copy("peer", [block], now=T0)
         await store.hold_block(block, "followed by local accounts", now=T0)
         await store.set_meta("cold_start_head", "123")
+        await store.record_store_media([StoredMedia(media_id=f"m{n}", status_id=str(n), account_id="1",
+                                                    created_at=T0 + n, visibility="private", origin="remote.example")
+                                        for n in range(1, 6)], now=T0)
 
 
 def _fedimod(*args: str) -> subprocess.CompletedProcess[str]:
@@ -125,3 +129,12 @@ def test_a_missing_source_or_a_bad_address_is_a_clear_error(tmp_path: Path) -> N
     assert not (tmp_path / "b.db").exists()
     bad = _fedimod("store", "copy", "--from", "mysql://x", "--to", str(tmp_path / "b.db"))
     assert bad.returncode == 2 and "neither a SQLite path" in bad.stderr
+
+
+async def test_the_copy_knows_every_table_of_the_schema(tmp_path: Path) -> None:
+    """A table added by a migration and forgotten here would be left behind by every copy."""
+    from fedimod.store.copy import TABLES
+
+    async with SQLiteStore.open(tmp_path / "s.sqlite3") as store:
+        tables = {r[0] for r in await store._all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {name for name, _key in TABLES}

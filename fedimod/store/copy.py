@@ -39,6 +39,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("blocklist_copies", ("source",)),
     ("blocklist_holds", ("domain",)),
     ("managed_accounts", ("account",)),
+    ("store_media", ("media_id",)),
     ("meta", ("key",)),
 )
 _OWN_META = ("schema_version", "ops_probe")
