@@ -362,3 +362,32 @@ async def test_doctor_checks_the_role_and_the_storage(tmp_path: Path, instance_d
         assert all(c.ok for c in await media_store_checks(good))
         with pytest.raises(FedimodError, match="can write"):
             await media_store_checks(replace(base, media_store=_media_store(writer, instance_db.root)))
+
+
+async def test_media_kept_in_an_s3_bucket_is_read_there_and_reported(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, instance_db: MastodonDB) -> None:
+    import boto3
+
+    db = tmp_path / "f.sqlite3"
+    await bank_images(db, [jpeg_bytes(BANNED)])
+    seller, _ = sandbox.create_account("seller", domain="remote.example")
+    await instance_db.account(seller.id, "seller", "remote.example")
+    copy = altered_copy(BANNED, 0.75)
+    with _moto() as endpoint:
+        bucket = boto3.client("s3", endpoint_url=str(endpoint), region_name="us-east-1",
+                              aws_access_key_id="k", aws_secret_access_key="s")
+        bucket.create_bucket(Bucket="media")
+        async with instance_db.role() as reader:
+            settings = _media_store(reader, instance_db.root, storage="s3", s3_endpoint=str(endpoint),
+                                    s3_bucket="media", s3_access_key="k", s3_secret_key="s")
+            config = replace(make_config(sandbox, bot_token, db), media_store=settings)
+            async with running(config, sandbox):
+                await asyncio.sleep(0.5)
+                status = sandbox.post_status(seller.id, "x", media=[copy], visibility="private")
+                key = storage_key(status.media_ids[0], "abc.jpg", remote=True, schema_version=1)
+                bucket.put_object(Bucket="media", Key=key, Body=copy)  # stored before the row, as Mastodon does
+                await instance_db.status(status.id, seller.id, "private", local=False)
+                await instance_db.media(status.media_ids[0], status.id, seller.id, copy, remote=True, age_s=0,
+                                        file_name="abc.jpg", write_file=False)
+                await wait_until(lambda: len(sandbox.reports) == 1, timeout_s=30, what="the report")
+    assert sandbox.reports[0].target_account_id == seller.id
