@@ -73,3 +73,30 @@ def test_store_settings_read_a_url_from_the_file_or_the_environment() -> None:
         _config({"url": "mysql://u@h/d"})
     assert StoreSettings.parse("sqlite:/tmp/a.db").path.as_posix() == "/tmp/a.db"
     assert StoreSettings.parse("postgresql://u@h/d").is_postgres
+
+
+async def test_a_connection_lost_inside_a_transaction_commits_none_of_it_and_the_store_goes_on(
+        pg_url: str) -> None:
+    import psycopg
+
+    from fedimod.models import FailedJob
+
+    async with PostgresStore.open(pg_url) as store:
+        await store.record_posts([(post("1", "a"), "s")], now=T0)
+        (job,) = await store.claim_jobs(1, lease_s=60, now=T0)
+        (backend,) = await store._one("SELECT pg_backend_pid()")
+        with pytest.raises(StoreError, match="commit failed"):
+            async with store._transaction(ordered=False):
+                await store._conn.execute("UPDATE jobs SET last_error = 'half' WHERE id = ?", (job.id,))
+                async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+                    await admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+                await asyncio.sleep(0.2)
+                with pytest.raises(StoreError, match="terminating connection"):
+                    await store._conn.execute("UPDATE jobs SET attempts = 9 WHERE id = ?", (job.id,))
+                # Code that goes on after the error must not find its later statements committed
+                # one by one on a new connection.
+                with pytest.raises(StoreError, match="inside a transaction"):
+                    await store._conn.execute("UPDATE jobs SET state = 'done' WHERE id = ?", (job.id,))
+        # The next operation gets a new connection; nothing of the broken transaction is there.
+        assert [m.state.value for m in await store.status_media("1")] == ["leased"]
+        assert await store.failed_jobs() == list[FailedJob]()

@@ -92,6 +92,7 @@ class PostgresDatabase(Database):
     async def _transaction(self, *, ordered: bool = True) -> AsyncIterator[None]:
         async with self._lock:
             await self._conn.execute("BEGIN")
+            self._conn.in_transaction = True
             try:
                 if ordered:
                     await self._conn.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(self.scope, "writes"),))
@@ -99,6 +100,7 @@ class PostgresDatabase(Database):
             except BaseException:
                 with contextlib.suppress(StoreError):
                     await asyncio.shield(self._conn.execute("ROLLBACK"))
+                self._conn.in_transaction = False
                 raise
             # A cancel arriving now must not leave a half-recorded outcome: finish the commit first.
             try:
@@ -107,6 +109,8 @@ class PostgresDatabase(Database):
                 with contextlib.suppress(StoreError):
                     await self._conn.execute("ROLLBACK")
                 raise StoreError(f"store commit failed: {exc}") from exc
+            finally:
+                self._conn.in_transaction = False
 
 
 class PostgresStore(PostgresDatabase, SQLStore):

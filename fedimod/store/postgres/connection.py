@@ -74,6 +74,10 @@ class PGConnection:
         self._url = url
         self._pg = conn
         self.total_changes = 0
+        # Set by the store between BEGIN and COMMIT: a connection that breaks then is not replaced
+        # until the transaction has ended, or its remaining statements would run, one by one and
+        # committed, on a new connection while its first ones were lost with the old.
+        self.in_transaction = False
 
     @classmethod
     async def connect(cls, url: str) -> PGConnection:
@@ -88,6 +92,8 @@ class PGConnection:
 
     async def _live(self) -> psycopg.AsyncConnection[Any]:
         if self._pg.closed or self._pg.broken:
+            if self.in_transaction:
+                raise StoreError("the database connection broke inside a transaction: none of it was committed")
             self._pg = await _connect(self._url)
         return self._pg
 
