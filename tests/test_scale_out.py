@@ -261,3 +261,32 @@ async def _bank_images(url: str, images: list[Image.Image]) -> None:
              for image in images for s in hash_media(jpeg_bytes(image)).signals if s.signal_type in ("pdq", "md5")]
     async with PostgresStore.open(url) as store:
         await store.add_bank_entries("test-bank", parse_bank_lines(lines))
+
+
+async def test_readiness_asks_each_process_only_for_what_it_does(
+        sandbox: Sandbox, bot_token: str, tmp_path: Path, pg_url: str) -> None:
+    """A worker has no stream and an ingest process has no index: each is ready for its role."""
+    import re as regex
+
+    import aiohttp
+
+    await _bank(pg_url)
+    config = _config(tmp_path, sandbox, pg_url)
+    (tmp_path / "w").mkdir()
+    async with (PostgresStore.open(pg_url) as store, _processes(config, bot_token, tmp_path, 1, role="ingest"),
+                _processes(config, bot_token, tmp_path / "w", 1, role="worker")):
+        await wait_until(lambda: _all_live(store, 2), timeout_s=30, what="two live processes")
+        await wait_until(lambda: sandbox.is_subscribed("public:media"), timeout_s=30, what="the stream")
+
+        def port(log: Path) -> int | None:
+            found = regex.search(r'"event": "ops_listening".*?"port": (\d+)', log.read_text())
+            return int(found.group(1)) if found else None
+
+        logs = [tmp_path / "bot-0.log", tmp_path / "w" / "bot-0.log"]
+        await wait_until(lambda: all(port(log) for log in logs), timeout_s=30, what="both ops endpoints")
+        async with aiohttp.ClientSession() as http:
+            for log in logs:
+                async def ready(log: Path = log) -> bool:
+                    async with http.get(f"http://127.0.0.1:{port(log)}/readyz") as response:
+                        return response.status == 200
+                await wait_until(ready, timeout_s=30, what=f"/readyz of {log.parent.name}")

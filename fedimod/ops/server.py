@@ -12,6 +12,7 @@ the endpoint never imports the pipeline and nothing is copied into it by hand.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -37,8 +38,12 @@ class OpsSettings:
 
 
 class OpsServer:
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464,
+                 applies: Callable[[str], bool] = lambda check: True) -> None:
         self._metrics = metrics
+        # Which readiness checks concern this process now: with several processes on one store, a
+        # worker has no stream, and an ingest process that does not hold the stream waits for it.
+        self._applies = applies
         self.host = host
         self.port = port
         self._stack = contextlib.AsyncExitStack()
@@ -58,7 +63,8 @@ class OpsServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        failing = [check for check, metric, default in READINESS if not self._metrics.value(metric, default)]
+        failing = [check for check, metric, default in READINESS
+                   if self._applies(check) and not self._metrics.value(metric, default)]
         if failing:
             return web.Response(status=503, text="not ready: " + ", ".join(failing) + "\n")
         return web.Response(text="ready\n")

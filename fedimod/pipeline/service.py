@@ -188,7 +188,8 @@ class Pipeline:
         coordinator.on(BANKS, self._banks_due.set)
         if self.retro is not None and not self._shared:
             await self.retro.load()
-        await self._banks_changed()
+        if self._works:  # an ingest-only process matches nothing: no index (a large bank is GiBs)
+            await self._banks_changed()
         log_event(logger, logging.INFO, "pipeline_started", instance=self._instance, bank_entries=len(self.index),
                   workers=self._config.workers.concurrency if self._works else 0, role=self._role,
                   process_id=coordinator.process_id, dry_run=self._config.report.dry_run)
@@ -197,7 +198,8 @@ class Pipeline:
                 stack.callback(self._checker.close)
             if self._config.ops.host is not None:
                 ops = await stack.enter_async_context(
-                    OpsServer(self.metrics, host=self._config.ops.host, port=self._config.ops.port))
+                    OpsServer(self.metrics, host=self._config.ops.host, port=self._config.ops.port,
+                              applies=self._readiness_applies))
                 self.ops_port = ops.port
             hooks = self._config.webhooks
             if hooks.host is not None and self._ingests:
@@ -218,6 +220,15 @@ class Pipeline:
                 self.metrics.register(server.stats)
             await self._run_stages()
 
+    def _readiness_applies(self, check: str) -> bool:
+        """/readyz asks for the stream only where this process holds it, and for banks only where
+        it matches (on SQLite, everything)."""
+        if check == "stream_connected":
+            return self._ingests and (not self._shared or "stream" in self._coordinator.held())
+        if check == "banks_loaded":
+            return self._works
+        return True
+
     def drain(self) -> None:
         """Stop taking work: ingest stops now; workers finish the job in hand, the executor files
         what is due, then `run` returns. Jobs never started stay in the table for the next run."""
@@ -237,7 +248,7 @@ class Pipeline:
         single = self._singleton
         # Cancelled when draining starts: the sources, and what only follows or watches.
         followers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("banks", self._follow_banks), ("watchdog", self.watchdog.run), ("store_probe", self.health.run)]
+            ("watchdog", self.watchdog.run), ("store_probe", self.health.run)]
         # End by themselves once draining; the group waits for them.
         finishers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self._ingests:
@@ -248,7 +259,7 @@ class Pipeline:
             if self.media_store is not None:
                 followers.append((self.media_store.name, single("media_store", self.media_store.run)))
         if self._works:
-            followers.append(("reviewer", single("reviewer", self._reviewer)))
+            followers += [("banks", self._follow_banks), ("reviewer", single("reviewer", self._reviewer))]
             if self.feeds is not None:
                 followers.append((self.feeds.name, single("feeds", self.feeds.run)))
             if self.blocklists is not None:
