@@ -120,10 +120,13 @@ def _names(cls: type, *, without: frozenset[str] = frozenset(), extra: frozenset
     return frozenset(f.name for f in fields(cls)) - without | extra
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require_token: bool = True) -> Config:
+def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require_token: bool = True,
+                require_instance: bool = True) -> Config:
     """Read and validate the config file; `environ` defaults to the process environment.
 
-    Commands that only touch the local store (bank import, status) pass `require_token=False`.
+    Commands that only touch the local store (bank import, status) pass `require_token=False`;
+    those that never name the instance either (`bank`, `match`) also `require_instance=False`, so
+    a config of a store and banks alone will do for checking files by hand.
     """
     env = os.environ if environ is None else environ
     try:
@@ -134,10 +137,11 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, *, require
         raise ConfigError(str(path), f"cannot read config file: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
-    return parse_config(raw, env, require_token=require_token)
+    return parse_config(raw, env, require_token=require_token, require_instance=require_instance)
 
 
-def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True) -> Config:
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_token: bool = True,
+                 require_instance: bool = True) -> Config:
     top = _Table(raw, "", frozenset({"instance", "store", "media", "workers", "report", "banks", "ops", "policy",
                                        "webhooks", "watchdog", "logging", "feeds", "retro", "blocklists",
                                        "ingest"}))
@@ -145,7 +149,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
     policy = _policy(top.table("policy", _names(PolicySettings, extra=frozenset({"default_trust"}))))
     return Config(
         instance=_instance(top.table("instance", _names(InstanceSettings, without=frozenset({"token"}))), env,
-                           require_token),
+                           require_token, require_instance),
         store=_store(top.table("store", frozenset({"path", "url", "url_env"})), env),
         media=_media(top.table("media", _names(MediaSettings))),
         workers=_read(top.table("workers", _names(WorkerSettings)), WorkerSettings),
@@ -163,7 +167,10 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], *, require_toke
     )
 
 
-def _instance(table: _Table, env: Mapping[str, str], require_token: bool) -> InstanceSettings:
+def _instance(table: _Table, env: Mapping[str, str], require_token: bool, require_instance: bool = True
+              ) -> InstanceSettings:
+    if not require_instance and "base_url" not in table:
+        return InstanceSettings(base_url="")  # the command never calls the instance
     base_url = table.get("base_url", str, _REQUIRED).rstrip("/")
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -114,6 +114,26 @@ def test_a_flat_background_reaching_the_cap_is_the_pictures_own_and_a_border_aro
     assert edges(_caption(photo)) == (0, _caption(photo).height - photo.height, 0, 0)
 
 
+def test_a_band_whose_text_reaches_the_edge_and_a_wide_border_beside_bright_rows_are_cut_exactly() -> None:
+    photo = generate_image(2600, (200, 160))
+    # A thin bottom band whose letters run off its outer edge: the edge row is as much ink as
+    # ground, so its median is no background; the band is found by the luma most of it lies near.
+    band = Image.new("RGB", (200, 170), (255, 255, 255))
+    band.paste(photo, (0, 0))
+    ImageDraw.Draw(band).text((2, 163), "when you see it " * 6, fill=(0, 0, 0))
+    assert edges(band) == (0, 10, 0, 0)
+    # A wide black border round a picture whose edge rows are partly bright: beside the side
+    # borders those rows are two-tone against black, but they cross it once, as no text does.
+    lit = photo.copy()
+    ImageDraw.Draw(lit).rectangle((0, 0, 59, 30), fill=(4, 4, 4))  # a dark corner, then a lit sky
+    ImageDraw.Draw(lit).rectangle((60, 0, 199, 30), fill=(250, 250, 250))
+    framed = ImageOps.expand(lit, border=40, fill=(0, 0, 0))
+    assert edges(framed) == (40, 40, 40, 40)
+    # Each side may take its own share: a wide border on a small picture is cut on all four.
+    small = ImageOps.expand(generate_image(2601, (120, 100)), border=40, fill=(128, 128, 128))
+    assert edges(small) == (40, 40, 40, 40)
+
+
 async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = await asyncio.to_thread(main, list(argv))
     out = capsys.readouterr()
@@ -156,6 +176,26 @@ async def test_add_media_then_match_prints_the_label_and_the_pair_and_remove_ite
     assert code == 0 and "removed" in out
     async with SQLiteStore.open(tmp_path / "a.sqlite3") as store:
         assert await store.bank_entries() == []
+
+
+async def test_checking_files_by_hand_needs_only_a_store_in_the_config_not_the_instance(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = generate_image(2602)
+    banked, copy = tmp_path / "banked.png", tmp_path / "copy.jpg"
+    image.save(banked)
+    copy.write_bytes(jpeg_bytes(ImageOps.expand(ImageOps.mirror(image), border=25, fill=(30, 30, 200))))
+    conf = tmp_path / "offline.toml"
+    conf.write_text(f'[store]\npath = "{tmp_path / "offline.sqlite3"}"\n')
+    code, out = await _cli(capsys, "bank", "add-media", "--bank", "known", "-c", str(conf), str(banked))
+    assert code == 0, out
+    code, out = await _cli(capsys, "match", "--format", "json", "-c", str(conf), str(copy))
+    assert code == 0, out
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert {h["label"] for h in record["hits"]} == {"banked.png"}
+    assert any(h["variant"] == "trimmed+mirror" for h in record["hits"])
+    # A command that speaks to the instance still says what is missing.
+    code, out = await _cli(capsys, "doctor", "-c", str(conf))
+    assert code == 2 and "instance.base_url" in out
 
 
 async def test_an_item_round_trips_through_export_and_import_and_through_a_feed(

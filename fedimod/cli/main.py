@@ -189,7 +189,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             setup_logging("INFO" if args.verbose else "CRITICAL")
             return asyncio.run(run_demo(posts=args.posts, out=lambda line: print(line, flush=True)))
         case "bank":
-            config = load_config(args.config, require_token=False)
+            config = load_config(args.config, require_token=False, require_instance=False)
             setup_logging(config.log_level)
             return asyncio.run(bank.run(config, args))
         case "status":

@@ -51,7 +51,7 @@ async def _run(args: argparse.Namespace) -> int:
     from fedimod.signals import REGISTRY
     from fedimod.store import open_store
 
-    config = load_config(args.config, require_token=False)
+    config = load_config(args.config, require_token=False, require_instance=False)
     async with open_store(config.store) as store:
         index = BankIndex(await store.bank_entries(), config.banks.thresholds)
         index.set_verdicts(await store.verdicts())

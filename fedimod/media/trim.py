@@ -2,15 +2,18 @@
 
 A border or letterbox is a run of rows (or columns) at an edge that are all close to one colour.
 Rows are judged by their luma (what PDQ and pHash see, and a third of the work of RGB).
-A caption band is a run of rows at the top or bottom that are two-tone: much of each row is one
-background colour and nearly all the rest text strokes far from it, as no photograph's row is.
-Either is cut off, and what is inside is hashed as well as the whole picture (`[media] variants`).
-A picture with nothing to trim gives nothing here.
+A caption band is a run of rows at an edge that are two-tone text: much of each row is the band's
+background (the luma most of the edge row lies near, which the text does not move as it moves a
+median), nearly all the rest strokes far from it, crossing between the two often, as no
+photograph's row is. Either is cut off, and what is inside is hashed as well as the whole picture
+(`[media] variants`). A picture with nothing to trim gives nothing here.
 
-A flat run that reaches `MAX_SHARE` of the side it lies along is no border: it is the picture's
-own background (the night sky around the moon, a page's white), and that side is left alone. So
-the trim of a bordered copy and the trim of the original agree, whatever size the border is;
-cutting such a run to the cap instead would cut the two at different rows.
+A run that reaches `MAX_SHARE` of the side it lies along is no border: it is the picture's own
+background (the night sky around the moon, a page's white), and that side is left alone. So the
+trim of a bordered copy and the trim of the original agree, whatever size the border is; cutting
+such a run to the cap instead would cut the two at different rows. Where rows read as a caption
+run on to the cap, the flat rows before them are still cut: a dark picture beside a black border
+can look like text on black, the border itself cannot.
 """
 
 from __future__ import annotations
@@ -20,20 +23,30 @@ import numpy.typing as npt
 from PIL import Image
 
 MAX_SHARE = 0.35  # never cut more than this of a side: past it, it is no border
-FLAT = 12  # a border row's pixels lie within this (0–255) of the first row's median luma
+FLAT = 12  # a border row's pixels lie within this (0–255) of the edge row's background luma
 CAPTION = 0.30  # a caption row: at least this share of its pixels on the band's background colour…
-STROKE = 96  # …and the rest text strokes, this far from it: two-tone, as no photograph's row is
+STROKE = 96  # …and the rest text strokes, this far from it: two-tone, as no photograph's row is…
 TWO_TONE = 0.75
+CROSSINGS = 6  # …crossing between the two this often, unless…
+QUIET = 0.90  # …this much of the row is background (the tips of tall or hanging letters)
 MIN_CHANGE = 0.02  # trimmed by less than this share of both sides: not worth another hash
 
 
 def edges(frame: Image.Image) -> tuple[int, int, int, int]:
-    """How many rows or columns of border or caption band lie at the top, bottom, left and right."""
+    """How many rows or columns of border or caption band lie at the top, bottom, left and right.
+
+    The sides are looked at in that order, each inside what the ones before it cut, so a caption
+    band's columns do not hide a border beside the picture."""
     luma = np.asarray(frame.convert("L"))
     height, width = luma.shape
     if height < 32 or width < 32:
         return 0, 0, 0, 0
-    return _edge(luma, height), _edge(luma[::-1], height), _edge(luma.T, width), _edge(luma.T[::-1], width)
+    top = _edge(luma, int(MAX_SHARE * height))
+    bottom = _edge(luma[top:][::-1], min(int(MAX_SHARE * height), height - top - 16))
+    inner = luma[top:height - bottom].T
+    left = _edge(inner, int(MAX_SHARE * width))
+    right = _edge(inner[::-1][:width - left], min(int(MAX_SHARE * width), width - left - 16))
+    return top, bottom, left, right
 
 
 def trim_box(frame: Image.Image, cut: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int] | None:
@@ -53,24 +66,45 @@ def trimmed(frame: Image.Image, cut: tuple[int, int, int, int] | None = None) ->
     return None if box is None else frame.crop(box)
 
 
-def _edge(rows: npt.NDArray[np.uint8], length: int) -> int:
-    """How many rows at the start of `rows` are border or caption band (0 when the run reaches
-    the cap: see the module's docstring). Most pictures stop at the first row, so it is looked at
-    alone first, and only the rows looked at are converted."""
-    limit = int(MAX_SHARE * length)
+def _background(row: npt.NDArray[np.uint8]) -> np.int16:
+    """The luma most of the row's pixels lie within `FLAT` of: a caption's background even in a
+    row that crosses its text, where the median would fall on the strokes."""
+    counts = np.bincount(row, minlength=256).cumsum()
+    window = counts[2 * FLAT:] - np.r_[0, counts[:-2 * FLAT - 1]]  # pixels in [v - FLAT, v + FLAT]
+    centre = int(np.argmax(window)) + FLAT
+    near = row[np.abs(row.astype(np.int16) - centre) <= FLAT]
+    return np.int16(np.partition(near, len(near) // 2)[len(near) // 2])  # their (upper) median
+
+
+def _edge(rows: npt.NDArray[np.uint8], limit: int) -> int:
+    """How many rows at the start of `rows` are border or caption band, below `limit` (see the
+    module's docstring for a run that reaches it). Most pictures stop at the first row, so it is
+    looked at alone first, and only the rows looked at are converted."""
+    if limit <= 0:
+        return 0
     width = rows.shape[1]
-    middle = width // 2
-    background = np.int16(np.partition(rows[0], middle)[middle])  # the first row's (upper) median
+    background = _background(rows[0])
     count, step = 0, 1
+    plain = None  # where the rows stop being flat: a border proper, without caption rows
     while count < limit:
         off = rows[count:min(limit, count + step)].astype(np.int16)
         off -= background
         np.abs(off, out=off)
-        flat = np.count_nonzero(off <= FLAT, axis=1)
+        near = off <= FLAT
+        flat = np.count_nonzero(near, axis=1)
         strokes = np.count_nonzero(off >= STROKE, axis=1)
-        border = (flat == width) | ((flat >= CAPTION * width) & (flat + strokes >= TWO_TONE * width))
+        crossings = np.count_nonzero(near[:, 1:] != near[:, :-1], axis=1)
+        # Text is strokes: a caption row crosses between ground and ink often, where a photo's row
+        # against a flat ground (an object beside a border) crosses once or twice; the rows at the
+        # tips of tall or hanging letters cross seldom but are nearly all ground.
+        caption = ((flat >= CAPTION * width) & (flat + strokes >= TWO_TONE * width)
+                   & ((crossings >= CROSSINGS) | (flat >= QUIET * width)))
+        whole = flat == width
+        if plain is None and not whole.all():
+            plain = count + int(np.argmin(whole))
+        border = whole | caption
         if not border.all():
             return count + int(np.argmin(border))
         count += len(off)
         step *= 2
-    return 0
+    return plain if plain is not None else 0
