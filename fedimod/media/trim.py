@@ -43,9 +43,11 @@ def edges(frame: Image.Image) -> tuple[int, int, int, int]:
         return 0, 0, 0, 0
     top = _edge(luma, int(MAX_SHARE * height))
     bottom = _edge(luma[top:][::-1], min(int(MAX_SHARE * height), height - top - 16))
-    inner = luma[top:height - bottom].T
-    left = _edge(inner, int(MAX_SHARE * width))
-    right = _edge(inner[::-1][:width - left], min(int(MAX_SHARE * width), width - left - 16))
+    inner = luma[top:height - bottom]
+    cap = int(MAX_SHARE * width)
+    left = _edge(np.ascontiguousarray(inner[:, :cap].T), cap)  # only the columns it may cut, in rows
+    cap = min(cap, width - left - 16)
+    right = _edge(np.ascontiguousarray(inner[:, width - 1:width - 1 - max(cap, 0):-1].T), cap)
     return top, bottom, left, right
 
 
@@ -66,34 +68,43 @@ def trimmed(frame: Image.Image, cut: tuple[int, int, int, int] | None = None) ->
     return None if box is None else frame.crop(box)
 
 
-def _background(row: npt.NDArray[np.uint8]) -> np.int16:
-    """The luma most of the row's pixels lie within `FLAT` of: a caption's background even in a
-    row that crosses its text, where the median would fall on the strokes."""
-    counts = np.bincount(row, minlength=256).cumsum()
-    window = counts[2 * FLAT:] - np.r_[0, counts[:-2 * FLAT - 1]]  # pixels in [v - FLAT, v + FLAT]
-    centre = int(np.argmax(window)) + FLAT
-    near = row[np.abs(row.astype(np.int16) - centre) <= FLAT]
-    return np.int16(np.partition(near, len(near) // 2)[len(near) // 2])  # their (upper) median
+def _background(row: npt.NDArray[np.uint8]) -> tuple[np.int16, bool]:
+    """The luma most of the row's pixels lie within `FLAT` of (a caption's background even in a
+    row that crosses its text, where the median would fall on the strokes), and whether the row
+    could be border or band at all, read off its histogram (most pictures' edge rows cannot)."""
+    counts = np.bincount(row, minlength=256)
+    total = counts.cumsum()
+    window = total[2 * FLAT:] - np.concatenate(([0], total[:-2 * FLAT - 1]))  # pixels in [v - FLAT, v + FLAT]
+    low = int(np.argmax(window))
+    near = counts[low:low + 2 * FLAT + 1].cumsum()
+    median = low + int(np.searchsorted(near, near[-1] // 2 + 1))  # their (upper) median
+    width = len(row)
+    flat = int(total[min(255, median + FLAT)] - (total[median - FLAT - 1] if median > FLAT else 0))
+    strokes = int((total[median - STROKE] if median >= STROKE else 0)
+                  + (width - total[median + STROKE - 1] if median + STROKE <= 256 else 0))
+    return np.int16(median), flat == width or (flat >= CAPTION * width and flat + strokes >= TWO_TONE * width)
 
 
 def _edge(rows: npt.NDArray[np.uint8], limit: int) -> int:
     """How many rows at the start of `rows` are border or caption band, below `limit` (see the
     module's docstring for a run that reaches it). Most pictures stop at the first row, so it is
-    looked at alone first, and only the rows looked at are converted."""
+    judged by its histogram first, and the rest are looked at a few, then twice as many, at a time."""
     if limit <= 0:
         return 0
     width = rows.shape[1]
-    background = _background(rows[0])
-    count, step = 0, 1
+    background, possible = _background(rows[0])
+    if not possible:
+        return 0
+    distance = np.abs(np.arange(256, dtype=np.int16) - background)
+    is_near, is_stroke = distance <= FLAT, distance >= STROKE  # looked up per pixel
+    count, step = 0, 4
     plain = None  # where the rows stop being flat: a border proper, without caption rows
     while count < limit:
-        off = rows[count:min(limit, count + step)].astype(np.int16)
-        off -= background
-        np.abs(off, out=off)
-        near = off <= FLAT
-        flat = np.count_nonzero(near, axis=1)
-        strokes = np.count_nonzero(off >= STROKE, axis=1)
-        crossings = np.count_nonzero(near[:, 1:] != near[:, :-1], axis=1)
+        chunk = rows[count:min(limit, count + step)]
+        near = is_near[chunk]
+        flat = near.sum(axis=1)
+        strokes = is_stroke[chunk].sum(axis=1)
+        crossings = (near[:, 1:] != near[:, :-1]).sum(axis=1)
         # Text is strokes: a caption row crosses between ground and ink often, where a photo's row
         # against a flat ground (an object beside a border) crosses once or twice; the rows at the
         # tips of tall or hanging letters cross seldom but are nearly all ground.
@@ -105,6 +116,6 @@ def _edge(rows: npt.NDArray[np.uint8], limit: int) -> int:
         border = whole | caption
         if not border.all():
             return count + int(np.argmin(border))
-        count += len(off)
+        count += len(chunk)
         step *= 2
     return plain if plain is not None else 0
