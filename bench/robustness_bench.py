@@ -98,9 +98,18 @@ def originals(quick: bool, tiles: int = 2) -> list[tuple[str, Image.Image]]:
         w, h = photo.size
         for k, (y, x) in enumerate(itertools.product(range(tiles), repeat=2)):
             tile = photo.crop((x * w // tiles, y * h // tiles, (x + 1) * w // tiles, (y + 1) * h // tiles))
-            if min(tile.size) >= 128:
-                out.append((f"{name}[{k}]", tile))
+            if min(tile.size) < 128:
+                continue
+            if quality(downsample(np.asarray(tile.convert("F")))) < MIN_QUALITY:
+                # Too flat for PDQ to vouch for (a tile of sky or wall): `bank add-media` warns and
+                # banks no PDQ of it, and its pHash moves with a brightness change.
+                FLAT_TILES.append(f"{name}[{k}]")
+                continue
+            out.append((f"{name}[{k}]", tile))
     return out
+
+
+FLAT_TILES: list[str] = []
 
 
 def _encode(image: Image.Image, fmt: str, **options: object) -> Image.Image:
@@ -321,6 +330,8 @@ def main(quick: bool, tiles: int, only: str | None = None) -> None:
     photo_count = len({n.split("[")[0] for n, _ in items})
     print(f"{len(items)} distinct originals ({tiles}x{tiles} disjoint tiles of {photo_count} photos); "
           f"{len(EDITS)} edits; thresholds PDQ {PDQ_T}, pHash {PHASH_T}, PDQ quality floor {MIN_QUALITY}")
+    if FLAT_TILES:
+        print(f"left out: {len(FLAT_TILES)} tiles below PDQ's quality floor ({', '.join(FLAT_TILES)})")
     banks = {}
     for mode, (bank, _) in MODES.items():
         if bank not in {b for b, _ in banks.values()}:

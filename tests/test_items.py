@@ -46,6 +46,8 @@ EDITS: dict[str, Edit] = {
     "crop 10% left": lambda im: crop(im, 0.0, 0.0, 0.10, 0.0),
     "rotate 3°": lambda im: im.rotate(3, resample=Image.Resampling.BICUBIC),
     "rotate 5°, white corners": lambda im: im.rotate(-5, resample=Image.Resampling.BICUBIC, fillcolor=(255,) * 3),
+    # ImageMagick's -rotate grows the canvas to hold the turned picture, corners filled.
+    "rotate 3°, canvas grown": lambda im: im.rotate(3, resample=Image.Resampling.BICUBIC, expand=True),
     "caption band": _caption,
 }
 

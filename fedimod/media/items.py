@@ -11,8 +11,10 @@ at query time; instead the bank holds the edits in advance. `item_signals` hashe
   trim there, where the original's own flat edge would otherwise have been cut too;
 - for the `geometric` types only (PDQ), centred crops of 1 to 12 % per edge in steps of 1 %
   ("crop 5%"), one-sided crops of 2 to 12 % in steps of 2 % ("crop 6% left"), and turns of ±2° and
-  ±4° with their centre cut as the query's centre is ("rotate -2°"). PDQ tolerates about 1 % of
-  centred crop and 2 % of one-sided crop, and 1° of turn, so these steps cover 0–12 % and 0–5°.
+  ±4° with their centre cut as the query's centre is ("rotate -2°"), and the same turns on a canvas
+  grown to hold the whole turned picture, as ImageMagick's `-rotate` leaves it ("rotate -2°
+  expanded"). PDQ tolerates about 1 % of centred crop and 2 % of one-sided crop, and 1° of turn,
+  so these steps cover 0–12 % and 0–5°.
 
 At query time `[media] variants` adds the picture's eight rotations and mirror images, its trim,
 and its centre (`CENTRE` cut from each edge, which removes the corners a turn of up to 5° leaves),
@@ -77,6 +79,9 @@ def _geometric(frame: Image.Image) -> Iterator[tuple[str, Image.Image]]:
     for degrees in TURNS:
         turned = frame.rotate(degrees, resample=Image.Resampling.BICUBIC)
         yield f"rotate {-degrees:+g}°", centre(turned)
+    for degrees in TURNS:  # turned on a canvas grown to hold it all, as ImageMagick's -rotate does
+        turned = frame.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)
+        yield f"rotate {-degrees:+g}° expanded", centre(turned)
 
 
 def item_signals(frame: Image.Image, frame_types: Sequence[SignalType]) -> list[Signal]:
