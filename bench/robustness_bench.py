@@ -122,15 +122,18 @@ def _border(px: int, colour: tuple[int, int, int]) -> Edit:
     return lambda im: ImageOps.expand(im, border=px, fill=colour)
 
 
-def _caption(share: float, top: bool) -> Edit:
+def _caption(share: float, top: bool, dark: bool = False) -> Edit:
+    """A band of `share` of the height with a line of text: black on white, or (`dark`, a meme's
+    dark caption) white on black."""
+    ground, ink = ((0, 0, 0), (255, 255, 255)) if dark else ((255, 255, 255), (0, 0, 0))
+    text, x, rise = ("WAIT FOR IT " * 5, 6, 3) if dark else ("when you see it lol " * 4, 4, 4)
+
     def edit(im: Image.Image) -> Image.Image:
         w, h = im.size
         band = max(8, int(h * share))
-        out = Image.new("RGB", (w, h + band), (255, 255, 255))
+        out = Image.new("RGB", (w, h + band), ground)
         out.paste(im, (0, band if top else 0))
-        draw = ImageDraw.Draw(out)
-        y0 = 0 if top else h
-        draw.text((4, y0 + band // 4), "when you see it lol " * 4, fill=(0, 0, 0))
+        ImageDraw.Draw(out).text((x, (0 if top else h) + band // rise), text, fill=ink)
         return out
     return edit
 
@@ -147,18 +150,6 @@ def _crop(share: float, sides: str) -> Edit:
 
 def _rotate(degrees: float) -> Edit:
     return lambda im: im.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(0, 0, 0))
-
-
-def _caption_dark(share: float, top: bool) -> Edit:
-    """A black band with white text (a meme's dark caption)."""
-    def edit(im: Image.Image) -> Image.Image:
-        w, h = im.size
-        band = max(8, int(h * share))
-        out = Image.new("RGB", (w, h + band), (0, 0, 0))
-        out.paste(im, (0, band if top else 0))
-        ImageDraw.Draw(out).text((6, (0 if top else h) + band // 3), "WAIT FOR IT " * 5, fill=(255, 255, 255))
-        return out
-    return edit
 
 
 def _rotate_expanded(degrees: float) -> Edit:
@@ -192,8 +183,8 @@ EDITS: dict[str, Edit] = {
     "caption 10% bottom": _caption(0.10, False),
     "caption 15% top": _caption(0.15, True),
     "caption 15% bottom": _caption(0.15, False),
-    "caption 10% top dark": _caption_dark(0.10, True),
-    "caption 15% bottom dark": _caption_dark(0.15, False),
+    "caption 10% top dark": _caption(0.10, True, dark=True),
+    "caption 15% bottom dark": _caption(0.15, False, dark=True),
     "crop 2% centred": _crop(0.02, "lrtb"),
     "crop 5% centred": _crop(0.05, "lrtb"),
     "crop 7% centred": _crop(0.07, "lrtb"),
